@@ -1,0 +1,1 @@
+"""Launch files, parameter files and RViz configuration of the APT stack."""

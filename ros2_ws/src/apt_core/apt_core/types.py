@@ -1,0 +1,39 @@
+"""Plain data types shared by the simulator, the runtime, evaluation and the ROS nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Observation:
+    """One synchronised observation, ROS-free.
+
+    images: camera name (contract `cameras[].name`) -> (H, W, 3) uint8 RGB.
+    joint_positions: (J,) float64 in the contract's joint order [rad, or m for prismatic joints].
+    stamp: time of the observation [s] (sim time or ROS time).
+    """
+
+    images: dict[str, np.ndarray]
+    joint_positions: np.ndarray
+    stamp: float = 0.0
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ChunkPolicy(Protocol):
+    """Anything that maps an observation and an instruction to a chunk of joint targets.
+
+    Implemented by the trained APT policy (`apt_core.model.runner`), the scripted expert, and test
+    policies. Returns (H, J) absolute joint-position targets for times stamp + dt, ..., stamp + H*dt.
+    """
+
+    joint_names: tuple[str, ...]
+    chunk_length: int
+    rate_hz: float
+
+    def reset(self) -> None: ...
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray: ...

@@ -1,0 +1,10 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="apt_training",
+    version="0.1.0",
+    packages=find_packages(),
+    description="Training entry points of the APT stack (stage 1, stage 2, pipeline, comparison)",
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)
