@@ -1,0 +1,253 @@
+"""TabletopEnv: the MuJoCo tabletop arm, ROS-free.
+
+    env = TabletopEnv(image_size=128)
+    obs = env.reset(seed=3, split="paraphrase")      # Observation (images, joint_positions, stamp)
+    env.task.instruction                               # "drop the red brick inside the blue dish"
+    env.step(targets)                                  # (7,) joint targets, one control period
+    env.success()                                      # ground truth from the physics state
+
+Joints (contract order): shoulder_pan, shoulder_lift, elbow, wrist_1, wrist_2, wrist_3 [rad] and
+gripper = finger opening [m] in [0, 0.08]. Position actuators track the targets; within a control
+period the arm setpoint moves linearly from the previous target to the new one (what a
+JointTrajectoryController does between two points), the gripper setpoint jumps.
+Physics runs at 500 Hz (2 ms); 10 Hz control = 50 physics steps per `step`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+# Offscreen rendering on CPU needs EGL (Mesa llvmpipe); must be set before mujoco loads a GL backend.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco
+import numpy as np
+
+from apt_core.contract import Contract, load_contract
+from apt_core.sim import tasks as T
+from apt_core.types import Observation
+
+ASSETS = Path(__file__).parent / "assets"
+MJCF_PATH = ASSETS / "tabletop_arm.xml"
+URDF_PATH = ASSETS / "tabletop_arm.urdf"
+ARM_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
+JOINT_NAMES = (*ARM_JOINTS, "gripper")
+GRIPPER_MAX = 0.08  # full finger opening [m]
+# Elbow-up pose above the table centre with the gripper pointing down and open.
+HOME = np.array([0.0, 0.35, 1.45, 1.3416, 0.0, 0.0, GRIPPER_MAX])
+
+
+class TabletopEnv:
+    """The simulated robot: MuJoCo physics, a task from `tasks`, offscreen camera rendering."""
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] | None = None,
+        cameras: tuple[str, ...] | None = None,
+        contract: Contract | None = None,
+        render: bool = True,
+    ) -> None:
+        """image_size: square side or (width, height) [px], default from the contract (128).
+        cameras: MJCF camera names to render into observations, default the contract's cameras.
+        render: False skips rendering in observation() (physics-only use, e.g. benchmarks).
+        """
+        self.contract = contract or load_contract()
+        if tuple(self.contract.joint_names) != JOINT_NAMES:
+            raise ValueError(f"contract joints {self.contract.joint_names} != sim joints {JOINT_NAMES}")
+        if image_size is None:
+            self.width, self.height = self.contract.image_width, self.contract.image_height
+        elif isinstance(image_size, int):
+            self.width = self.height = image_size
+        else:
+            self.width, self.height = image_size
+        if not (8 <= self.width <= 640 and 8 <= self.height <= 480):
+            raise ValueError(f"image_size {self.width}x{self.height} outside 8..640 x 8..480")
+        self.model = mujoco.MjModel.from_xml_path(str(MJCF_PATH))
+        self.data = mujoco.MjData(self.model)
+        self.cameras = tuple(cameras) if cameras is not None else self.contract.camera_names
+        for cam in self.cameras:
+            if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, cam) < 0:
+                raise ValueError(f"camera {cam!r} not in the MJCF (have 'front', 'top')")
+        self.render_enabled = render
+        self._renderer: mujoco.Renderer | None = None
+        self.dt = self.contract.dt
+        self.n_substeps = max(1, round(self.dt / self.model.opt.timestep))
+        m = self.model
+        self._qadr = np.array([m.jnt_qposadr[m.joint(j).id] for j in ARM_JOINTS])
+        self._fl = m.jnt_qposadr[m.joint("finger_left").id]
+        self._fr = m.jnt_qposadr[m.joint("finger_right").id]
+        self._ranges = np.array([m.jnt_range[m.joint(j).id] for j in ARM_JOINTS])
+        self._pads = {m.geom("left_pad").id, m.geom("right_pad").id}
+        self._obj_geoms = {m.geom(n).id: n for n in T.OBJECTS}
+        self._target = HOME.copy()
+        self.task: T.Task | None = None
+        self.layout: T.Layout | None = None
+        self._progress = 0  # number of chain subtasks completed in order
+
+    # ----- setup ---------------------------------------------------------------------------------
+    def reset(self, seed: int, split: str = "in_distribution", instruction: str | None = None) -> Observation:
+        """New scene for `seed` and `split`; `instruction` overrides the drawn task (grammar phrasing)."""
+        task, layout = T.make_task(int(seed), split)
+        if instruction:
+            task = T.task_from_instruction(instruction)
+        self.task, self.layout = task, layout
+        self._progress = 0
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        for name, (x, y, yaw) in layout.poses.items():
+            ent = T.ENTITIES[name]
+            if name in T.OBJECTS:
+                adr = m.jnt_qposadr[m.joint(name).id]
+                d.qpos[adr : adr + 3] = (x, y, ent.half_height + 0.0005)
+                d.qpos[adr + 3 : adr + 7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+            else:  # static bodies: bowls and zones are moved in the model (they have no joint)
+                m.body_pos[m.body(name).id] = (x, y, 0.0)
+        d.qpos[self._qadr] = HOME[:6]
+        d.qpos[self._fl] = d.qpos[self._fr] = HOME[6] / 2
+        self._target = HOME.copy()
+        self._apply_ctrl(self._target)
+        mujoco.mj_forward(m, d)
+        # Let objects settle on the table before the first observation (0.2 s).
+        for _ in range(100):
+            mujoco.mj_step(m, d)
+        d.time = 0.0
+        return self.observation()
+
+    # ----- control -------------------------------------------------------------------------------
+    def clip_targets(self, targets: np.ndarray) -> np.ndarray:
+        """Validate a (7,) target vector and clip it into the joint limits."""
+        t = np.asarray(targets, dtype=np.float64).reshape(-1)
+        if t.shape != (7,):
+            raise ValueError(f"joint targets must have shape (7,) for {JOINT_NAMES}, got {t.shape}")
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"joint targets contain NaN/inf: {t}")
+        out = t.copy()
+        out[:6] = np.clip(t[:6], self._ranges[:, 0], self._ranges[:, 1])
+        out[6] = np.clip(t[6], 0.0, GRIPPER_MAX)
+        return out
+
+    def _apply_ctrl(self, t: np.ndarray) -> None:
+        self.data.ctrl[:6] = t[:6]
+        self.data.ctrl[6] = t[6] / 2  # per-finger setpoint
+
+    def step(self, joint_targets: np.ndarray) -> None:
+        """Advance one control period (1/rate) tracking `joint_targets` (7,); see module docstring."""
+        new = self.clip_targets(joint_targets)
+        old = self._target
+        for i in range(self.n_substeps):
+            a = (i + 1) / self.n_substeps
+            cmd = new.copy()
+            cmd[:6] = old[:6] + a * (new[:6] - old[:6])
+            self._apply_ctrl(cmd)
+            mujoco.mj_step(self.model, self.data)
+        self._target = new
+        self._update_progress()
+
+    def step_physics(self, setpoint: np.ndarray, n_steps: int = 1) -> None:
+        """Low-level: hold `setpoint` (7,) for n physics steps (used by the JTC in the ROS node)."""
+        t = self.clip_targets(setpoint)
+        self._apply_ctrl(t)
+        for _ in range(n_steps):
+            mujoco.mj_step(self.model, self.data)
+        self._target = t
+
+    def _update_progress(self) -> None:
+        if self.task is None:
+            return
+        s = self.scene_state()
+        while self._progress < len(self.task.subtasks) and T.subtask_success(
+            self.task.subtasks[self._progress], s
+        ):
+            self._progress += 1
+
+    # ----- state ---------------------------------------------------------------------------------
+    @property
+    def time(self) -> float:
+        """Simulated time since reset [s]."""
+        return float(self.data.time)
+
+    @property
+    def physics_dt(self) -> float:
+        return float(self.model.opt.timestep)
+
+    def joint_positions(self) -> np.ndarray:
+        """(7,) measured positions in contract order (gripper = finger opening [m])."""
+        q = np.empty(7)
+        q[:6] = self.data.qpos[self._qadr]
+        q[6] = self.data.qpos[self._fl] + self.data.qpos[self._fr]
+        return q
+
+    def joint_velocities(self) -> np.ndarray:
+        m = self.model
+        v = np.empty(7)
+        v[:6] = [self.data.qvel[m.jnt_dofadr[m.joint(j).id]] for j in ARM_JOINTS]
+        v[6] = (
+            self.data.qvel[m.jnt_dofadr[m.joint("finger_left").id]]
+            + self.data.qvel[m.jnt_dofadr[m.joint("finger_right").id]]
+        )
+        return v
+
+    def body_position(self, name: str) -> np.ndarray:
+        return self.data.body(name).xpos.copy()
+
+    def body_yaw(self, name: str) -> float:
+        w, x, y, z = self.data.body(name).xquat
+        return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+    def tcp_position(self) -> np.ndarray:
+        return self.data.site("tcp").xpos.copy()
+
+    def held_objects(self) -> frozenset[str]:
+        """Objects in contact with a finger pad right now."""
+        held = set()
+        for c in self.data.contact[: self.data.ncon]:
+            g1, g2 = int(c.geom1), int(c.geom2)
+            if g1 in self._pads and g2 in self._obj_geoms:
+                held.add(self._obj_geoms[g2])
+            elif g2 in self._pads and g1 in self._obj_geoms:
+                held.add(self._obj_geoms[g1])
+        return frozenset(held)
+
+    def scene_state(self) -> T.SceneState:
+        return T.SceneState(
+            positions={n: self.body_position(n) for n in T.ENTITIES}, held=self.held_objects()
+        )
+
+    def subtask_progress(self) -> int:
+        """How many subtasks of the current task have been completed in order."""
+        return self._progress
+
+    def success(self) -> bool:
+        """True when every subtask was done in order and all still hold now."""
+        if self.task is None:
+            return False
+        self._update_progress()
+        if self._progress < len(self.task.subtasks):
+            return False
+        s = self.scene_state()
+        return all(T.subtask_success(sub, s) for sub in self.task.subtasks)
+
+    # ----- rendering -----------------------------------------------------------------------------
+    def render(self, camera: str = "front") -> np.ndarray:
+        """(H, W, 3) uint8 RGB image from an MJCF camera."""
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render().copy()
+
+    def observation(self) -> Observation:
+        images = {c: self.render(c) for c in self.cameras} if self.render_enabled else {}
+        return Observation(images=images, joint_positions=self.joint_positions(), stamp=self.time)
+
+    def camera_intrinsics(self, camera: str = "front") -> np.ndarray:
+        """3x3 pinhole matrix K of a camera at the rendered size (for CameraInfo)."""
+        fovy = math.radians(float(self.model.cam_fovy[self.model.camera(camera).id]))
+        f = 0.5 * self.height / math.tan(fovy / 2)
+        return np.array([[f, 0, self.width / 2], [0, f, self.height / 2], [0, 0, 1.0]])
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
