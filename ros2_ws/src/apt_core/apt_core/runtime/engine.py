@@ -1,0 +1,419 @@
+"""The policy runtime loop without ROS: observations in, safe stitched trajectories out.
+
+`PolicyRuntime` owns the latest observation, the task queue, the stitcher, the safety filter and the
+completion detector. A ROS node (apt_policy.policy_node) feeds it messages converted to arrays and
+calls `step()` from a dedicated worker thread; everything it must publish comes back in a
+`StepResult`. Because `step()` runs the model outside the lock while the controller executes the
+previous plan, inference is asynchronous: the next chunk is computed while the current one executes.
+
+    inputs (any thread)        worker thread: step(now)
+    on_joint_state ─┐          snapshot obs (lock) -> stale? -> HOLD (once) + reason
+    on_image ───────┼─ lock -> predict (no lock) -> [IK] -> finite? -> stitch -> safety -> PLAN
+    on_success ─────┘          completion -> next subtask / next task
+    instruct / stop / cancel
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apt_core.runtime.ik import IKAdapter, IKError, ee_chunk_to_joints
+from apt_core.runtime.safety import SafetyFilter, SafetyViolation, Watchdog
+from apt_core.runtime.stitching import ChunkStitcher, StitchConfig, Trajectory, hold_trajectory
+from apt_core.runtime.tasks import CompletionConfig, CompletionDetector, InstructionError, Task, TaskQueue
+from apt_core.types import ChunkPolicy, Observation
+
+# States (same numbers as apt_msgs/PolicyStatus.STATE_*; the core does not import the messages).
+IDLE, RUNNING, HOLDING, FAULT, STARTING = 0, 1, 2, 3, 4
+# Phases (apt_msgs/action/Execute feedback PHASE_*).
+PHASE_QUEUED, PHASE_OBSERVING, PHASE_EXECUTING, PHASE_HOLDING, PHASE_SUCCEEDED = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    dt: float  # chunk step period [s] (1 / contract rate_hz)
+    chunk_length: int  # H: steps per predicted chunk (contract)
+    replan_steps: int = 4  # compute a new chunk every this many steps (< chunk_length)
+    lead_time_s: float = 0.02  # a plan starts this long after it is built (publish + controller pickup) [s]
+    max_skew_s: float = 0.1  # max time between the camera image and the joint state of one observation [s]
+    joint_state_timeout_s: float = 0.25  # watchdog: joint states older than this -> hold [s]
+    image_timeout_s: float = 0.5  # watchdog: camera images older than this -> hold [s]
+    task_timeout_s: float = 120.0  # default per-task timeout, 0 = none [s]
+    action_space: str = "joint_position"  # contract action space: joint_position | joint_delta | ee_pose
+    gripper_joint: str = ""  # joint that takes the gripper value of ee_pose actions ("" = none)
+    stitch: StitchConfig | None = None  # None: StitchConfig(dt) with defaults
+    completion: CompletionConfig = field(default_factory=CompletionConfig)  # subtask completion rules
+
+    def __post_init__(self) -> None:
+        if not self.dt > 0:
+            raise ValueError(f"RuntimeConfig.dt must be > 0, got {self.dt}")
+        if self.chunk_length < 1:
+            raise ValueError(f"RuntimeConfig.chunk_length must be >= 1, got {self.chunk_length}")
+        if not 1 <= self.replan_steps <= self.chunk_length:
+            raise ValueError(
+                f"RuntimeConfig.replan_steps must be in 1..chunk_length ({self.chunk_length}), got {self.replan_steps}"
+            )
+        for name in ("max_skew_s", "joint_state_timeout_s", "image_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RuntimeConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.lead_time_s < 0 or self.task_timeout_s < 0:
+            raise ValueError("RuntimeConfig.lead_time_s and task_timeout_s must be >= 0")
+        if self.action_space not in ("joint_position", "joint_delta", "ee_pose"):
+            raise ValueError(f"RuntimeConfig.action_space {self.action_space!r} is not supported")
+
+    @property
+    def stitch_cfg(self) -> StitchConfig:
+        return self.stitch or StitchConfig(dt=self.dt)
+
+
+@dataclass
+class StepResult:
+    """What one `step()` produced. kind: idle | wait | hold | plan | fault."""
+
+    kind: str
+    plan: Trajectory | None = None  # trajectory to publish (plan or hold)
+    chunk: np.ndarray | None = None  # raw (H, J) joint chunk behind a plan
+    obs_stamp: float = 0.0  # time of the observation the chunk came from
+    latency_s: float = 0.0  # model time of the chunk
+    task_id: str = ""
+    reason: str = ""  # why: hold/fault reason, or subtask/task transitions
+    events: list[str] = field(default_factory=list)  # task transitions during this step
+
+
+@dataclass
+class StatusSnapshot:
+    state: int
+    task_id: str = ""
+    instruction: str = ""
+    subtask: str = ""
+    subtask_index: int = 0
+    subtask_count: int = 0
+    queue_length: int = 0
+    progress: float = 0.0
+    phase: int = PHASE_QUEUED
+    elapsed_s: float = 0.0
+    last_latency_s: float = 0.0
+    image_age: float = -1.0
+    joint_state_age: float = -1.0
+    fault: str = ""
+    chunks: int = 0
+    holds: int = 0
+    switches: int = 0
+    premature_switches: int = 0
+
+
+class PolicyRuntime:
+    """See module docstring. Thread-safe: inputs and commands may come from any thread."""
+
+    def __init__(
+        self,
+        policy: ChunkPolicy,
+        joint_names: tuple[str, ...],
+        camera_names: tuple[str, ...],
+        cfg: RuntimeConfig,
+        safety: SafetyFilter,
+        ik: IKAdapter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if tuple(policy.joint_names) != tuple(joint_names) and cfg.action_space != "ee_pose":
+            raise ValueError(
+                f"policy joints {list(policy.joint_names)} do not match the robot's joints {list(joint_names)}"
+            )
+        if tuple(safety.limits.joint_names) != tuple(joint_names):
+            raise ValueError("safety limits must be given in the robot's joint order")
+        if cfg.action_space == "ee_pose" and ik is None:
+            raise ValueError("action_space 'ee_pose' needs an IK adapter (ik_backend)")
+        self.policy, self.joint_names, self.camera_names = policy, tuple(joint_names), tuple(camera_names)
+        self.cfg, self.safety, self.ik, self.clock = cfg, safety, ik, clock
+        self.stitcher = ChunkStitcher(cfg.stitch_cfg)
+        self.queue = TaskQueue()
+        self.completion = CompletionDetector(cfg.completion)
+        self.watchdog = Watchdog(
+            {"joint_states": cfg.joint_state_timeout_s}
+            | {f"camera {c}": cfg.image_timeout_s for c in self.camera_names}
+        )
+        self._lock = threading.RLock()
+        self._joints: tuple[np.ndarray, float] | None = None  # (positions, header stamp)
+        self._images: dict[str, tuple[np.ndarray, float]] = {}
+        self._success: bool | None = None  # None: no success signal wired / received
+        self._holding = False
+        self._hold_reason = ""
+        self._fault = ""
+        self._stopped_reason = ""
+        self._last_latency = 0.0
+        self._next_step = 0.0
+        self._active_id = ""  # task the stitcher's chunks belong to
+        self._subtask_key: tuple[str, int] = ("", -1)
+        self.chunks = 0
+        self.holds = 0
+        self.switch_log: list[tuple[str, int, float, bool | None]] = []  # (task, subtask, t, success)
+
+    # ------------------------------------------------------------------ inputs
+    def on_joint_state(self, positions: np.ndarray, stamp: float, now: float | None = None) -> None:
+        """positions: (J,) in contract order, finite (the node checks). stamp: header time [s]."""
+        with self._lock:
+            self._joints = (np.asarray(positions, dtype=np.float64).copy(), stamp)
+            self.watchdog.feed("joint_states", self.clock() if now is None else now)
+
+    def on_image(self, camera: str, rgb: np.ndarray, stamp: float, now: float | None = None) -> None:
+        with self._lock:
+            self._images[camera] = (rgb, stamp)
+            self.watchdog.feed(f"camera {camera}", self.clock() if now is None else now)
+
+    def on_success(self, value: bool) -> None:
+        with self._lock:
+            self._success = bool(value)
+            self.completion.success = bool(value)
+
+    def measured(self) -> np.ndarray | None:
+        with self._lock:
+            return None if self._joints is None else self._joints[0].copy()
+
+    # ------------------------------------------------------------------ commands
+    def instruct(self, text: str, append: bool, timeout_s: float = 0.0) -> tuple[bool, str, str]:
+        """Set (append=False) or queue an instruction. Returns (accepted, task_id, message)."""
+        with self._lock:
+            if self._fault:
+                return False, "", f"policy is in fault: {self._fault}"
+            try:
+                task, msg = self.queue.submit(
+                    text, append=append, timeout_s=timeout_s or self.cfg.task_timeout_s
+                )
+            except InstructionError as e:
+                return False, "", f"rejected: {e}"
+            self._stopped_reason = ""
+            return True, task.task_id, msg
+
+    def stop(self, reason: str = "stopped", outcome: str = "canceled") -> Trajectory | None:
+        """End every task and hold the measured position. Returns the hold trajectory (None if no state)."""
+        with self._lock:
+            self.queue.cancel_all(outcome)
+            self._stopped_reason = reason
+            self.stitcher.reset()
+            self.completion.reset()
+            self._active_id = ""
+            if self._joints is None:
+                return None
+            hold = hold_trajectory(self.clock() + self.cfg.lead_time_s, self._joints[0])
+            self.stitcher.set_plan(hold)
+            self.holds += 1
+            return hold
+
+    def cancel_task(self, task_id: str) -> Trajectory | None:
+        """Cancel one task: the active one stops and holds; a queued one is dropped."""
+        with self._lock:
+            act = self.queue.active
+            if act is not None and act.task_id == task_id:
+                return self.stop(f"task {task_id} canceled")
+            for t in list(self.queue.queue):
+                if t.task_id == task_id:
+                    self.queue.queue.remove(t)
+                    t.outcome = "canceled"
+                    self.queue.finished.append(t)
+            return None
+
+    def set_fault(self, reason: str) -> None:
+        with self._lock:
+            self._fault = reason
+            self.queue.cancel_all(f"fault: {reason}")
+
+    def find_task(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self.queue.find(task_id)
+
+    # ------------------------------------------------------------------ the loop
+    def next_step_time(self) -> float:
+        return self._next_step
+
+    def _snapshot(self, now: float) -> tuple[Observation | None, list[str]]:
+        reasons = self.watchdog.stale(now)
+        if reasons or self._joints is None:
+            return None, reasons or ["no joint_states received"]
+        q, js_stamp = self._joints
+        stamps = [js_stamp] + [self._images[c][1] for c in self.camera_names]
+        if all(s > 0 for s in stamps):  # header stamps are set: check synchronisation
+            skew = max(stamps) - min(stamps)
+            if skew > self.cfg.max_skew_s:
+                return None, [f"camera/joint-state skew {skew:.3f} s > max_skew_s {self.cfg.max_skew_s} s"]
+        imgs = {c: self._images[c][0] for c in self.camera_names}
+        return Observation(images=imgs, joint_positions=q.copy(), stamp=now), []
+
+    def _hold(self, now: float, reason: str) -> StepResult:
+        """Enter HOLDING (publish one hold at the measured position); later calls just wait."""
+        if self._holding and reason == self._hold_reason:
+            return StepResult("wait", reason=reason)
+        first = not self._holding
+        self._holding, self._hold_reason = True, reason
+        self.stitcher.reset()
+        if first and self._joints is not None:
+            hold = hold_trajectory(now + self.cfg.lead_time_s, self._joints[0])
+            self.stitcher.set_plan(hold)
+            self.holds += 1
+            return StepResult("hold", plan=hold, reason=reason)
+        return StepResult("wait", reason=reason)
+
+    def step(self, now: float | None = None) -> StepResult:
+        """One iteration of the worker: maybe compute, stitch, check and return a plan."""
+        now = self.clock() if now is None else now
+        events: list[str] = []
+        with self._lock:
+            if self._fault:
+                self._next_step = now + self.cfg.dt
+                return StepResult("fault", reason=self._fault)
+            task = self.queue.active
+            if task is None:
+                self._holding = False
+                self._next_step = now + self.cfg.dt / 2
+                return StepResult("idle")
+            if task.started_at is None:
+                task.started_at = task.subtask_started_at = now
+                events.append(f"started {task.task_id}: {task.instruction!r}")
+            if task.timeout_s and now - task.started_at > task.timeout_s:
+                hold = self.stop(f"task {task.task_id} timed out", outcome="timeout")
+                self._stopped_reason = ""
+                return StepResult("hold", plan=hold, reason="timeout", task_id=task.task_id, events=events)
+            if (task.task_id, task.index) != self._subtask_key:
+                # new subtask: forget chunks of the previous instruction (ensembling across different
+                # instructions would average two intents), keep the executing plan for continuity.
+                plan = self.stitcher.plan
+                self.stitcher.reset()
+                self.stitcher.set_plan(plan)
+                self.completion.reset()
+                if self._success is not None:
+                    self.completion.success = False
+                if task.task_id != self._active_id:
+                    self.policy.reset()
+                    self._active_id = task.task_id
+                self._subtask_key = (task.task_id, task.index)
+            obs, reasons = self._snapshot(now)
+            if obs is None:
+                self._next_step = now + self.cfg.dt / 2
+                res = self._hold(now, "; ".join(reasons))
+                res.events, res.task_id = events, task.task_id
+                return res
+            if self._holding:
+                events.append(f"resumed after: {self._hold_reason}")
+                self._holding, self._hold_reason = False, ""
+                self.stitcher.reset()
+            instruction, task_id = task.subtask, task.task_id
+        # ---- inference outside the lock: inputs keep flowing while the model runs
+        t_obs = obs.stamp
+        t_start = time.perf_counter()
+        try:
+            raw = np.asarray(self.policy.predict(obs, instruction), dtype=np.float64)
+        except Exception as e:  # a model failure must not kill the runtime: hold and report
+            with self._lock:
+                self._next_step = self.clock() + self.cfg.dt
+                res = self._hold(self.clock(), f"model error: {type(e).__name__}: {e}")
+                res.task_id, res.events = task_id, events
+                return res
+        latency = time.perf_counter() - t_start
+        with self._lock:
+            self._last_latency = latency
+            if self.queue.active is None or self.queue.active.task_id != task_id:
+                return StepResult("wait", reason="task changed during inference", events=events)
+            try:
+                chunk = self._to_joint_chunk(raw, obs.joint_positions)
+                self.stitcher.add_chunk(t_obs, chunk)
+                t0 = self.clock() + self.cfg.lead_time_s
+                plan = self.stitcher.stitch(t0, measured=obs.joint_positions)
+                measured_now = self._joints[0] if self._joints is not None else obs.joint_positions
+                safe, report = self.safety.apply(plan, measured_now, v_start=plan.velocities[0])
+            except (SafetyViolation, IKError, ValueError) as e:
+                self._next_step = self.clock() + self.cfg.dt
+                res = self._hold(self.clock(), f"rejected chunk: {e}")
+                res.task_id, res.events = task_id, events
+                return res
+            self.stitcher.set_plan(safe)
+            self.chunks += 1
+            self._next_step = t_obs + self.cfg.replan_steps * self.cfg.dt
+            if report.clamped:
+                events.append("safety clamp: " + "; ".join(report.notes))
+            events += self._update_completion(chunk, obs.joint_positions, self.clock())
+            return StepResult(
+                "plan",
+                plan=safe,
+                chunk=chunk,
+                obs_stamp=t_obs,
+                latency_s=latency,
+                task_id=task_id,
+                events=events,
+            )
+
+    def _to_joint_chunk(self, raw: np.ndarray, q: np.ndarray) -> np.ndarray:
+        nj = len(self.joint_names)
+        if self.cfg.action_space == "ee_pose":
+            assert self.ik is not None
+            chunk = ee_chunk_to_joints(self.ik, raw, q, self.joint_names, self.cfg.gripper_joint or None)
+        else:
+            if raw.ndim != 2 or raw.shape[1] != nj or raw.shape[0] < 1:
+                raise ValueError(f"policy returned shape {raw.shape}, expected (H, {nj})")
+            # ChunkPolicy returns absolute targets in every joint action space (the runner adds
+            # joint deltas to the state itself), so nothing is added here.
+            chunk = raw
+        if not np.all(np.isfinite(chunk)):
+            k, j = (int(x) for x in np.argwhere(~np.isfinite(chunk))[0])
+            raise SafetyViolation(f"non-finite value in chunk at step {k}, joint {self.joint_names[j]!r}")
+        return chunk
+
+    def _update_completion(self, chunk: np.ndarray, q: np.ndarray, now: float) -> list[str]:
+        task = self.queue.active
+        if task is None:
+            return []
+        self.completion.observe_chunk(chunk, q)
+        elapsed = now - (task.subtask_started_at or now)
+        if not self.completion.complete(elapsed, success_available=self._success is not None):
+            return []
+        self.switch_log.append((task.task_id, task.index, now, self._success))
+        sub = task.subtask
+        done = self.queue.complete_subtask(now)
+        if done:
+            return [f"completed {task.task_id} (last subtask {sub!r})"]
+        return [f"{task.task_id}: subtask {task.index - 1} {sub!r} complete, next {task.subtask!r}"]
+
+    # ------------------------------------------------------------------ status
+    def status(self, now: float | None = None) -> StatusSnapshot:
+        now = self.clock() if now is None else now
+        with self._lock:
+            t = self.queue.active
+            ages = {
+                "js": self.watchdog.age("joint_states", now),
+                "img": max((self.watchdog.age(f"camera {c}", now) for c in self.camera_names), default=-1.0),
+            }
+            if any(self.watchdog.age(f"camera {c}", now) < 0 for c in self.camera_names):
+                ages["img"] = -1.0
+            snap = StatusSnapshot(
+                state=IDLE,
+                queue_length=len(self.queue.queue),
+                last_latency_s=self._last_latency,
+                image_age=ages["img"],
+                joint_state_age=ages["js"],
+                chunks=self.chunks,
+                holds=self.holds,
+                switches=len(self.switch_log),
+                premature_switches=sum(1 for s in self.switch_log if s[3] is False),
+            )
+            if self._fault:
+                snap.state, snap.fault = FAULT, self._fault
+                return snap
+            if t is None:
+                if self._stopped_reason:
+                    snap.state, snap.fault = HOLDING, self._stopped_reason
+                return snap
+            snap.task_id, snap.instruction, snap.subtask = t.task_id, t.instruction, t.subtask
+            snap.subtask_index, snap.subtask_count = t.index, len(t.subtasks)
+            snap.elapsed_s = 0.0 if t.started_at is None else now - t.started_at
+            sub_el = 0.0 if t.subtask_started_at is None else now - t.subtask_started_at
+            snap.progress = self.completion.progress(sub_el)
+            if self._holding:
+                snap.state, snap.fault, snap.phase = HOLDING, self._hold_reason, PHASE_HOLDING
+            elif self.chunks == 0 or t.started_at is None:
+                snap.state, snap.phase = RUNNING, PHASE_OBSERVING
+            else:
+                snap.state, snap.phase = RUNNING, PHASE_EXECUTING
+            return snap

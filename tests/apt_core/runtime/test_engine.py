@@ -1,0 +1,175 @@
+"""PolicyRuntime without ROS: a policy, an ideal controller that follows the published plans, and a
+clock we advance by hand. Covers chaining, holds, faults and asynchronous replanning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apt_core.runtime.engine import FAULT, HOLDING, IDLE, RUNNING, PolicyRuntime, RuntimeConfig
+from apt_core.runtime.safety import SafetyFilter, SafetyLimits
+from apt_core.runtime.tasks import CompletionConfig
+from apt_core.types import Observation
+
+JOINTS = ("j0", "j1", "j2")
+DT = 0.1
+
+
+class GoalPolicy:
+    """Moves toward a goal chosen by the instruction's first word at <= 0.6 rad/s; 'nan' -> NaN."""
+
+    joint_names = JOINTS
+    chunk_length = 12
+    rate_hz = 10.0
+    goals = {"left": [0.6, 0.2, -0.3], "right": [-0.5, 0.4, 0.1], "home": [0.0, 0.0, 0.0]}
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+        self.calls.append(instruction)
+        word = instruction.split()[0]
+        if word == "nan":
+            return np.full((self.chunk_length, 3), np.nan)
+        if word == "crash":
+            raise RuntimeError("model exploded")
+        goal = np.array(self.goals[word])
+        q = obs.joint_positions
+        steps = np.arange(1, self.chunk_length + 1)[:, None]
+        d = goal - q
+        return q + np.sign(d) * np.minimum(np.abs(d), 0.06 * steps)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _make(**kw: object) -> tuple[PolicyRuntime, GoalPolicy, Clock]:
+    clock = Clock()
+    pol = GoalPolicy()
+    cfg = RuntimeConfig(
+        dt=DT,
+        chunk_length=12,
+        replan_steps=4,
+        completion=CompletionConfig(min_subtask_s=1.0, settle_motion=0.01, settle_chunks=2),
+        **kw,
+    )
+    rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock)
+    return rt, pol, clock
+
+
+def _simulate(rt: PolicyRuntime, clock: Clock, seconds: float, q0: np.ndarray, sensors: bool = True) -> tuple:
+    """Run the worker loop with an ideal tracking controller; returns (final q, results)."""
+    q, plan, results = q0.copy(), None, []
+    img = np.zeros((8, 8, 3), np.uint8)
+    end = clock.t + seconds
+    while clock.t < end:
+        if plan is not None:
+            q, _ = plan.sample(clock.t)
+        if sensors:
+            rt.on_joint_state(q, clock.t)
+            rt.on_image("front", img, clock.t)
+        if clock.t >= rt.next_step_time():
+            res = rt.step()
+            results.append(res)
+            if res.plan is not None:
+                plan = res.plan
+        clock.t += 0.02
+    return q, results
+
+
+def test_chain_runs_subtasks_in_order_and_reaches_goals() -> None:
+    rt, pol, clock = _make()
+    ok, tid, msg = rt.instruct("left arm, then right arm", append=False)
+    assert ok and "2 subtask(s)" in msg
+    q, results = _simulate(rt, clock, 8.0, np.zeros(3))
+    assert np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
+    events = [e for r in results for e in r.events]
+    assert any("subtask 0 'left arm' complete" in e for e in events), events
+    assert any(f"completed {tid}" in e for e in events)
+    # left was commanded before right, and never after
+    first_right = pol.calls.index("right arm")
+    assert "left arm" not in pol.calls[first_right:]
+    assert rt.status().state == IDLE and rt.find_task(tid).outcome == "completed"
+    # asynchronous replanning: one chunk per replan_steps * dt (not one per control step)
+    plans = [r for r in results if r.kind == "plan"]
+    gaps = np.diff([r.obs_stamp for r in plans])
+    assert np.allclose(np.median(gaps), 4 * DT, atol=0.03)
+
+
+def test_queue_append_runs_after_current() -> None:
+    rt, pol, clock = _make()
+    rt.instruct("left", append=True)
+    ok, tid2, msg = rt.instruct("home", append=True)
+    assert ok and "queued at position 1" in msg
+    assert rt.status().queue_length == 1
+    q, _ = _simulate(rt, clock, 8.0, np.zeros(3))
+    assert (
+        np.allclose(q, 0.0, atol=0.02) and "left" in pol.calls and rt.find_task(tid2).outcome == "completed"
+    )
+
+
+def test_stale_sensors_hold_then_resume() -> None:
+    rt, _, clock = _make()
+    rt.instruct("left", append=False)
+    q, _ = _simulate(rt, clock, 1.0, np.zeros(3))
+    q_hold, results = _simulate(rt, clock, 1.0, q, sensors=False)
+    holds = [r for r in results if r.kind == "hold"]
+    assert len(holds) == 1, "exactly one hold trajectory is published when the inputs go stale"
+    assert "joint_states is" in holds[0].reason
+    assert (
+        np.allclose(holds[0].plan.positions, holds[0].plan.positions[0])
+        and not holds[0].plan.velocities.any()
+    )
+    st = rt.status()
+    assert st.state == HOLDING and "old" in st.fault
+    _, results = _simulate(rt, clock, 0.3, q_hold)
+    assert rt.status().state == RUNNING
+    assert any("resumed" in e for r in results for e in r.events)
+
+
+def test_nan_chunk_and_model_error_hold_not_crash() -> None:
+    for word, reason in (("nan", "non-finite value in chunk"), ("crash", "model error: RuntimeError")):
+        rt, _, clock = _make()
+        rt.instruct(word, append=False)
+        _, results = _simulate(rt, clock, 0.5, np.zeros(3))
+        assert results[0].kind == "hold" and reason in results[0].reason
+        assert rt.status().state == HOLDING
+
+
+def test_stop_cancel_fault_and_bad_instruction() -> None:
+    rt, _, clock = _make()
+    ok, _, msg = rt.instruct("\x07", append=False)
+    assert not ok and "non-printable" in msg
+    _, tid, _ = rt.instruct("left", append=False)
+    q, _ = _simulate(rt, clock, 0.6, np.zeros(3))
+    hold = rt.stop("stop service")
+    assert hold is not None and np.allclose(hold.positions[0], q)
+    st = rt.status()
+    assert st.state == HOLDING and st.fault == "stop service" and rt.find_task(tid).outcome == "canceled"
+    rt.set_fault("checkpoint mismatch")
+    assert rt.status().state == FAULT
+    ok, _, msg = rt.instruct("left", append=False)
+    assert not ok and "fault" in msg
+
+
+def test_config_and_joint_checks() -> None:
+    with pytest.raises(ValueError, match="replan_steps"):
+        RuntimeConfig(dt=0.1, chunk_length=8, replan_steps=9)
+    cfg = RuntimeConfig(dt=0.1, chunk_length=8)
+    with pytest.raises(ValueError, match="do not match the robot's joints"):
+        PolicyRuntime(
+            GoalPolicy(),
+            ("a", "b", "c"),
+            ("front",),
+            cfg,
+            SafetyFilter(SafetyLimits.uniform(("a", "b", "c"))),
+        )
