@@ -1,0 +1,154 @@
+"""APTPolicy: backbone -> layer-wise gated fusion -> action expert, with DDIM or flow denoising.
+
+    images (B,C,3,S,S) ─┐
+                        ├─> Backbone ──> taps f_1..f_K (B,N,D), lang_mask, valid
+    instruction ids ────┘                    │ (computed ONCE per chunk; K/V cached per layer)
+                                             v
+    history, state ──> expert tokens ──> [layer 1] <─gate g_1─ f_{tap(1)}   stage 2: tap(l) = l
+    noisy actions a_t ─┘                 [layer 2] <─gate g_2─ f_{tap(2)}   stage 1: tap(i) = 2i+1,
+    time t ──> adaRMSNorm everywhere        ...                             language keys masked
+                                         [layer L] ──> head ──> eps (DDIM) | velocity (flow)
+
+Variants (cfg.variant): apt (stage 1 / 2), single_stage (stage-2 model trained from scratch),
+knowledge_insulation (backbone features detached: no expert gradient reaches the backbone),
+token_insertion (language tokens enter the expert's sequence; gated fusion carries vision only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import build_backbone
+from .config import PolicyConfig
+from .expert import ActionExpert
+from .lora import LoRALinear, inject_lora
+from .objectives import build_objective
+from .text import ByteTokenizer
+
+
+class APTPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg, ByteTokenizer.vocab_size)
+        K = self.backbone.num_taps
+        # stage 2: one expert layer per tap; stage 1: half of them, fed by the odd taps (-> 2i+1)
+        self.layer_taps = list(range(K)) if cfg.stage == 2 else [2 * i + 1 for i in range(K // 2)]
+        self.expert = ActionExpert(cfg, self.backbone.feature_dim, len(self.layer_taps))
+        self.objective = build_objective(cfg.objective)
+        if cfg.backbone_mode == "lora":
+            inject_lora(
+                self.backbone,
+                self.backbone.lora_targets,
+                cfg.backbone.lora_rank,
+                cfg.backbone.lora_alpha,
+                scope=getattr(self.backbone, "lora_scope", ""),
+            )
+        apply_backbone_mode(self)
+
+    # ---- encoding (once per chunk) -------------------------------------------------------------
+    def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+        """Backbone forward + per-layer context keys/values + expert prefix tokens and masks."""
+        for key in ("images", "lang_ids", "lang_mask", "state"):
+            if key not in batch:
+                raise KeyError(f"processed batch is missing {key!r} (build it with Processor.process_batch)")
+        bb_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
+        insulate = self.cfg.variant == "knowledge_insulation"
+        with torch.set_grad_enabled(bb_grad):
+            out = self.backbone(batch["images"], batch["lang_ids"], batch["lang_mask"], insulate=insulate)
+        lang, valid = out.lang_mask, out.valid_mask  # (B, N)
+        see_lang = self.cfg.language_visible and self.cfg.variant != "token_insertion"
+        ctx_allowed = (valid & (~lang if not see_lang else torch.ones_like(lang)))[
+            :, None, None, :
+        ]  # (B,1,1,N)
+        ctx = [
+            layer.context(out.features[tap])
+            for layer, tap in zip(self.expert.layers, self.layer_taps, strict=True)
+        ]
+        lang_tokens = None
+        if self.cfg.variant == "token_insertion":
+            sel = lang[0]
+            if not bool((lang == sel).all()):
+                raise ValueError(
+                    "token insertion needs language tokens at the same positions in every sample"
+                )
+            top = out.features[-1][:, sel]  # (B, L, D)
+            lang_tokens = (self.expert.lang_in(self.expert.lang_norm(top)), valid[:, sel])
+        hist = batch.get("action_history")
+        if self.cfg.n_action_history and hist is None:
+            raise KeyError("processed batch is missing 'action_history'")
+        prefix, self_allowed = self.expert.prefix(batch["state"], hist, lang_tokens)
+        return {"ctx": ctx, "ctx_allowed": ctx_allowed, "prefix": prefix, "self_allowed": self_allowed}
+
+    def _denoise(self, enc: dict[str, object], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.expert(x_t, t, enc["prefix"], enc["self_allowed"], enc["ctx"], enc["ctx_allowed"])
+
+    # ---- training ------------------------------------------------------------------------------
+    def compute_loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Denoising loss on the normalised action chunk, ignoring padded steps. Returns (loss, info)."""
+        if "actions" not in batch:
+            raise KeyError("processed batch is missing 'actions' (training batches need them)")
+        x0 = batch["actions"]  # (B, H, A)
+        self._check_actions(x0, "actions")
+        enc = self.encode(batch)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        x_t, t, target = self.objective.training_pair(x0, noise, generator)
+        pred = self._denoise(enc, x_t, t)
+        err = (pred - target).pow(2).mean(-1)  # (B, H)
+        pad = batch.get("action_is_pad")
+        w = (~pad).float() if pad is not None else torch.ones_like(err)
+        loss = (err * w).sum() / w.sum().clamp(min=1.0)
+        gates = torch.cat([layer.gate().detach().flatten() for layer in self.expert.layers])
+        return loss, {"loss": float(loss.detach()), "gate_mean": float(gates.mean())}
+
+    # ---- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        batch: dict[str, torch.Tensor],
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoise a normalised action chunk (B, H, A). The backbone runs once; only the expert per step."""
+        B = batch["state"].shape[0]
+        shape = (B, self.cfg.chunk_length, self.cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+        noise = noise.to(batch["state"])
+        enc = self.encode(batch)
+        steps = num_steps or self.cfg.objective.inference_steps
+        return self.objective.sample(lambda x, t: self._denoise(enc, x, t), noise, steps)
+
+    def _check_actions(self, x: torch.Tensor, name: str) -> None:
+        want = (self.cfg.chunk_length, self.cfg.action_dim)
+        if x.dim() != 3 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, {want[0]}, {want[1]})")
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def apply_backbone_mode(policy: APTPolicy) -> None:
+    """Set requires_grad per the effective backbone mode (stage 1 always frozen).
+
+    frozen: backbone weights fixed (necks/adapters that map raw encoder outputs stay trainable);
+    lora: only LoRA A/B matrices of the backbone train; full: everything trains.
+    """
+    mode = policy.cfg.backbone_mode
+    for name, p in policy.backbone.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(mode == "lora")
+        elif name.startswith("neck."):
+            p.requires_grad_(True)
+        else:
+            p.requires_grad_(mode == "full")
+    for p in policy.expert.parameters():
+        p.requires_grad_(True)
+    if mode == "lora" and not any(isinstance(m, LoRALinear) for m in policy.backbone.modules()):
+        raise RuntimeError("backbone mode 'lora' but no LoRA layers were injected")

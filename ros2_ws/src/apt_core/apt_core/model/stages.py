@@ -1,0 +1,92 @@
+"""Stage 1 -> stage 2 expansion and per-mode freezing helpers.
+
+Expansion (APT): stage-1 expert layer i is copied into stage-2 layer 2i+1 (it keeps reading the same
+tapped backbone layer, 2i+1); the even layers 0, 2, ... are new language layers with fresh weights.
+Token embeddings, time MLP, output head and the backbone are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import PolicyConfig
+from .policy import APTPolicy, apply_backbone_mode
+
+
+class ExpansionError(ValueError):
+    """The stage-2 config cannot take the stage-1 weights; the message names the field."""
+
+
+_MUST_MATCH = (
+    "chunk_length",
+    "action_dim",
+    "state_dim",
+    "n_action_history",
+    "image_size",
+    "camera_names",
+    "action_space",
+)
+
+
+def expand_to_stage2(stage1: APTPolicy, stage2_cfg: PolicyConfig, seed: int | None = 0) -> APTPolicy:
+    """A stage-2 APTPolicy whose odd layers (2i+1) carry the stage-1 layers i exactly."""
+    c1 = stage1.cfg
+    if c1.stage != 1:
+        raise ExpansionError(f"expand_to_stage2 needs a stage-1 policy, got stage {c1.stage}")
+    if stage2_cfg.stage != 2:
+        raise ExpansionError(f"stage2_cfg.stage must be 2, got {stage2_cfg.stage}")
+    for f in _MUST_MATCH:
+        if getattr(c1, f) != getattr(stage2_cfg, f):
+            raise ExpansionError(
+                f"{f} differs: stage 1 has {getattr(c1, f)!r}, stage 2 config {getattr(stage2_cfg, f)!r}"
+            )
+    for f in ("style", "width", "n_heads", "mlp_ratio", "gate"):
+        if getattr(c1.expert, f) != getattr(stage2_cfg.expert, f):
+            raise ExpansionError(
+                f"expert.{f} differs: stage 1 {getattr(c1.expert, f)!r}, stage 2 {getattr(stage2_cfg.expert, f)!r}"
+            )
+    for f in ("kind", "model_path", "tap_every", "width", "n_layers", "max_text_len"):
+        if getattr(c1.backbone, f) != getattr(stage2_cfg.backbone, f):
+            raise ExpansionError(
+                f"backbone.{f} differs: stage 1 {getattr(c1.backbone, f)!r}, stage 2 {getattr(stage2_cfg.backbone, f)!r}"
+            )
+    if seed is not None:
+        torch.manual_seed(seed)  # the new language layers' initialisation is reproducible
+    s2 = APTPolicy(stage2_cfg)
+    if len(s2.expert.layers) != 2 * len(stage1.expert.layers):
+        raise ExpansionError(
+            f"stage 2 has {len(s2.expert.layers)} layers, expected 2 x {len(stage1.expert.layers)}"
+        )
+    with torch.no_grad():
+        # backbone: same keys (LoRA wraps keep base names); only lora_* keys are new
+        missing, unexpected = s2.backbone.load_state_dict(stage1.backbone.state_dict(), strict=False)
+        if unexpected or any("lora_" not in k for k in missing):
+            raise ExpansionError(
+                f"backbone weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for i, layer in enumerate(stage1.expert.layers):
+            s2.expert.layers[2 * i + 1].load_state_dict(layer.state_dict())
+        shared = {k: v for k, v in stage1.expert.state_dict().items() if not k.startswith("layers.")}
+        missing, unexpected = s2.expert.load_state_dict(shared, strict=False)
+        if unexpected or any(not k.startswith(("layers.", "lang_")) for k in missing):
+            raise ExpansionError(
+                f"expert weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+    apply_backbone_mode(s2)
+    return s2
+
+
+def va_layer_indices(stage1_layers: int) -> list[int]:
+    """Stage-2 indices of the layers that came from stage 1 (the VA prior): 1, 3, 5, ..."""
+    return [2 * i + 1 for i in range(stage1_layers)]
+
+
+def freeze_backbone(policy: APTPolicy) -> None:
+    """Apply the config's (effective) backbone mode: frozen / LoRA-only / full."""
+    apply_backbone_mode(policy)
+
+
+def trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
+    """Parameters the optimiser should see (requires_grad)."""
+    return [p for p in policy.parameters() if p.requires_grad]

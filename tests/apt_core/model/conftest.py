@@ -1,0 +1,54 @@
+"""Fixtures for the model tests: synthetic stats and raw batches in the dataset's (LeRobot v3) format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+J, H = 7, 16
+
+
+def make_stats(j: int = J, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(0, 0.3, j)
+    std = rng.uniform(0.2, 0.6, j)
+    entry = {
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "min": (mean - 3 * std).tolist(),
+        "max": (mean + 3 * std).tolist(),
+        "q01": (mean - 2.3 * std).tolist(),
+        "q99": (mean + 2.3 * std).tolist(),
+    }
+    return {"observation.state": entry, "action": dict(entry)}
+
+
+def make_raw_batch(
+    b: int = 4, seed: int = 0, tasks: list[str] | None = None, img: int = 64, h: int = H
+) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(b, J, generator=g) * 0.3
+    # a smooth chunk that depends on the state, so there is something to learn
+    ramp = torch.linspace(0, 1, h)[None, :, None]
+    action = state[:, None, :] + ramp * torch.randn(b, 1, J, generator=g) * 0.3
+    return {
+        "observation.images.front": torch.randint(0, 256, (b, 3, img, img), generator=g, dtype=torch.uint8),
+        "observation.state": state,
+        "action": action,
+        "action_is_pad": torch.zeros(b, h, dtype=torch.bool),
+        "task": tasks
+        or [f"pick up the {c} cube" for c in ("red", "green", "blue", "yellow", "white", "black")[:b]]
+        + ["x"] * max(0, b - 6),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def stats() -> dict:
+    return make_stats()
