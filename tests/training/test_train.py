@@ -1,0 +1,182 @@
+"""Training entry points: train, kill, resume with identical losses; stage 2 from stage 1; DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apt_core.model.checkpoint import load_checkpoint
+from apt_training import stage1, stage2
+from apt_training.config import TrainConfigError, train_preset
+
+FAST = dict(batch_size=4, threads=1, progress=False, log_every=1, warmup_steps=2)
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Loss per step from metrics.jsonl; a step logged twice (re-run after a kill) keeps its last value."""
+    out: dict[int, float] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["kind"] == "train":
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def test_stage1_trains_and_writes_checkpoint_plots_and_metrics(tiny_dataset, tmp_path):
+    cfg = train_preset(
+        "debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=6, save_every=3, **FAST
+    )
+    final = stage1.main(cfg)
+    policy, processor, meta = load_checkpoint(final, expect={"stage": 1})
+    assert meta["step"] == 6 and meta["stage"] == 1
+    assert meta["joint_names"] == list(policy.cfg.joint_names) and len(meta["joint_names"]) == 7
+    assert (tmp_path / "s1" / "losses.png").stat().st_size > 1000
+    assert sorted(losses(tmp_path / "s1")) == [1, 2, 3, 4, 5, 6]
+    # only complete checkpoints are pointed at, and the final one carries no optimizer state
+    assert not list(final.glob("train_state.*"))
+
+
+def test_killed_run_resumes_with_identical_losses(tiny_dataset, tmp_path):
+    """SIGKILL a real training process after its first checkpoint; the re-run continues exactly."""
+    args = [
+        "--recipe",
+        "debug",
+        "--dataset",
+        str(tiny_dataset),
+        "--steps",
+        "40",
+        "--save-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+        "--no-progress",
+    ]
+    ref = tmp_path / "reference"
+    subprocess.run(
+        [sys.executable, "-m", "apt_training.stage1", *args, "--out-dir", str(ref)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apt_training.stage1", *args, "--out-dir", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pointer = run / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 4:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert killed_at < 40, "the run finished before it could be killed; the test proves nothing"
+    assert not (run / "final").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "apt_training.stage1", *args, "--out-dir", str(run)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert f"resuming from {run / 'checkpoints'}" in resumed.stdout
+    a, b = losses(ref), losses(run)
+    assert sorted(b) == list(range(1, 41))
+    after = [s for s in range(killed_at + 1, 41)]
+    assert [b[s] for s in after] == pytest.approx([a[s] for s in after], rel=1e-5, abs=1e-7)
+    assert (run / "final" / "meta.json").exists()
+
+
+def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tmp_path):
+    s1 = stage1.main(
+        train_preset("debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=3, **FAST)
+    )
+    cfg2 = train_preset(
+        "debug",
+        dataset=str(tiny_dataset),
+        out_dir=str(tmp_path / "s2"),
+        steps=3,
+        stage=2,
+        init_from=str(s1),
+        **FAST,
+    )
+    final = stage2.main(cfg2)
+    policy, _, meta = load_checkpoint(final, expect={"stage": 2})
+    assert meta["variant"] == "apt" and policy.cfg.language_visible
+
+    with pytest.raises(ValueError, match="starts from a stage-1 checkpoint"):
+        stage2.main(cfg2.replace(init_from=""))
+    base = stage2.main(cfg2.replace(variant="single_stage", init_from="", out_dir=str(tmp_path / "single")))
+    _, _, meta = load_checkpoint(base, expect={"stage": 2})
+    assert meta["variant"] == "single_stage"
+
+
+def test_bad_training_configs_name_the_field(tiny_dataset):
+    with pytest.raises(TrainConfigError, match="steps must be >= 1"):
+        train_preset("debug", dataset=str(tiny_dataset), steps=0)
+    with pytest.raises(TrainConfigError, match="unknown training preset 'nope'"):
+        train_preset("nope")
+    with pytest.raises(TrainConfigError, match="init_from is only used by stage 2"):
+        train_preset("debug", init_from="x")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gloo(tiny_dataset, tmp_path):
+    """torchrun with 2 processes on the gloo backend: both ranks end with identical weights."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "apt_training.stage1",
+            "--recipe",
+            "debug",
+            "--dataset",
+            str(tiny_dataset),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--log-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ddp: parameters identical across 2 processes" in proc.stdout
+    assert "2 process(es)" in proc.stdout
+    _, _, meta = load_checkpoint(out / "final")
+    assert meta["step"] == 4

@@ -1,0 +1,139 @@
+"""Training configuration: a frozen dataclass per run and named presets.
+
+`TrainConfig` holds what a training stage needs besides the policy architecture (which is a
+`apt_core.model.config.PolicyConfig` preset): data, optimisation, logging, checkpointing and
+evaluation. Presets pair a policy preset with its recipe:
+
+  debug       tiny model, a few hundred steps, seconds to minutes on a laptop CPU (tests, CI)
+  cpu-demo    MiniLM + EfficientNet-Lite0 backbone, about an hour on a 2-core CPU
+  qwen3vl-2b  the paper's recipe for GPUs (AdamW 1e-4, wd 1e-2, 10k warmup, batch 32 per GPU)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class TrainConfigError(ValueError):
+    """A training config field holds an invalid value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = ""  # LeRobot v3 dataset folder written by `apt-convert` (required)
+    out_dir: str = "runs/apt"  # run folder: checkpoints/, metrics.jsonl, plots, report
+    preset: str = "debug"  # policy preset (apt_core.model.config.get_preset)
+    stage: int = 1  # 1: VA prior | 2: language injection (expands `init_from` when given)
+    variant: str = "apt"  # apt | single_stage | knowledge_insulation | token_insertion
+    backbone_mode: str = ""  # override the preset's backbone mode in stage 2: frozen | lora | full
+    objective: str = ""  # override the preset's objective: ddim | flow
+    init_from: str = ""  # stage 2: the stage-1 checkpoint to expand (empty: train stage 2 from scratch)
+    steps: int = 200  # optimisation steps of this stage
+    batch_size: int = 16  # samples per step (per process under DDP)
+    lr: float = 3e-4  # AdamW peak learning rate (paper: 1e-4 at batch 32 per GPU)
+    backbone_lr_scale: float = 0.1  # backbone (LoRA/full) lr = lr * this, to protect pretrained features
+    weight_decay: float = 1e-2  # AdamW weight decay (paper: 1e-2)
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 10% (paper: 10k warm-up)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    seed: int = 0  # seeds data order, initialisation and diffusion noise
+    num_workers: int = 0  # DataLoader worker processes (0: in the training process; exact resume)
+    augment: bool = False  # random image crops/colour jitter in the loader
+    log_every: int = 10  # steps between metric lines in metrics.jsonl
+    save_every: int = 100  # steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 2  # step checkpoints kept besides `final`
+    eval_every: int = 0  # steps between in-simulator evaluations; 0 disables
+    eval_episodes: int = 4  # episodes per split for periodic evaluation
+    eval_splits: tuple[str, ...] = ("in_distribution",)  # splits for periodic evaluation
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise TrainConfigError(msg)
+
+        check(self.stage in (1, 2), f"stage must be 1 or 2, got {self.stage}")
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
+        check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        check(
+            self.backbone_mode in ("", "frozen", "lora", "full"),
+            f"backbone_mode {self.backbone_mode!r} unknown",
+        )
+        check(self.objective in ("", "ddim", "flow"), f"objective {self.objective!r} unknown")
+        check(
+            self.variant in ("apt", "single_stage", "knowledge_insulation", "token_insertion"),
+            f"variant {self.variant!r} unknown",
+        )
+        check(self.stage == 2 or not self.init_from, "init_from is only used by stage 2")
+        check(self.stage == 2 or self.variant == "apt", f"variant {self.variant!r} trains in stage 2 only")
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eval_splits"] = list(self.eval_splits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TrainConfigError(f"unknown training config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "eval_splits" in d:
+            d["eval_splits"] = tuple(d["eval_splits"])
+        return cls(**d)
+
+
+# Recipes per policy preset and stage. Stage 2 gets as many steps as stage 1 (the paper trains the
+# expanded model jointly; language alignment needs at least as long as the prior).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "debug": dict(preset="debug", steps=200, batch_size=16, lr=1e-3, warmup_steps=20, save_every=100),
+    "cpu-demo": dict(
+        preset="cpu-demo",
+        steps=1500,
+        batch_size=32,
+        lr=3e-4,
+        warmup_steps=100,
+        save_every=250,
+        num_workers=1,
+        augment=True,
+        threads=2,
+    ),
+    "qwen3vl-2b": dict(
+        preset="qwen3vl-2b",
+        steps=100_000,
+        batch_size=32,
+        lr=1e-4,
+        weight_decay=1e-2,
+        warmup_steps=10_000,
+        save_every=5000,
+        num_workers=8,
+        augment=True,
+        device="cuda",
+        eval_every=5000,
+        backbone_mode="lora",
+    ),
+}
+
+
+def train_preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named training recipe with overrides (e.g. dataset=..., out_dir=..., stage=2)."""
+    if name not in TRAIN_PRESETS:
+        raise TrainConfigError(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}")
+    return TrainConfig(**{**TRAIN_PRESETS[name], **overrides})

@@ -1,0 +1,372 @@
+"""The training loop shared by both stages: one code path for stage 1, stage 2 and the baselines.
+
+    dataset (LeRobot v3) -> DemoDataset -> Processor.process_batch -> APTPolicy.compute_loss
+        -> AdamW (warm-up + cosine) -> checkpoints/step_N (model + train state) -> final/
+
+Resuming: `out_dir/checkpoints/latest.json` names the newest complete checkpoint; it is written
+last, after the checkpoint folder and its train state, so a kill at any moment leaves a loadable
+state. Re-running the same command continues from it with the same subsequent losses.
+Data-parallel: run under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU); rank 0 logs and
+saves, every rank trains on its shard of each epoch's permutation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from apt_core.data.dataset import DemoDataset, collate
+from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
+from apt_core.model.config import PolicyConfig, get_preset
+from apt_core.model.policy import APTPolicy
+from apt_core.model.processor import Processor
+from apt_core.model.stages import expand_to_stage2
+
+from .config import TrainConfig
+from .plots import plot_run
+from .state import load_train_state, save_train_state
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the process group torchrun set up (WORLD_SIZE > 1); a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+class _LossModule(nn.Module):
+    """Wraps compute_loss as forward() so DistributedDataParallel can hook the backward pass."""
+
+    def __init__(self, policy: APTPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        return self.policy.compute_loss(batch, generator=generator)
+
+
+def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
+    """The preset's architecture, fitted to the dataset's joints, cameras and rate."""
+    info = dataset.meta
+    joints = dataset_joint_names(dataset)
+    overrides: dict[str, Any] = dict(
+        stage=cfg.stage,
+        variant=cfg.variant,
+        joint_names=joints,
+        state_dim=len(joints),
+        action_dim=len(joints),
+        camera_names=tuple(k.removeprefix("observation.images.") for k in dataset.camera_keys),
+        rate_hz=float(info.get("fps", 10.0)),
+    )
+    backbone: dict[str, Any] = {}
+    if cfg.backbone_mode:
+        backbone["mode"] = cfg.backbone_mode
+    if backbone:
+        overrides["backbone"] = backbone
+    if cfg.objective:
+        overrides["objective"] = {"kind": cfg.objective, "inference_steps": 10}
+    return get_preset(cfg.preset, **overrides)
+
+
+def dataset_joint_names(dataset: DemoDataset) -> tuple[str, ...]:
+    """Joint order of the dataset's state/action columns (LeRobot v3 feature names)."""
+    return tuple(dataset.meta["features"]["observation.state"]["names"])
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to 10% of it at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def epoch_batches(n: int, cfg: TrainConfig, epoch: int, d: Dist) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation, split across ranks, full batches only."""
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()[d.rank :: d.world]
+    nb = len(perm) // cfg.batch_size
+    if nb == 0:
+        raise ValueError(f"dataset has {n} samples, fewer than one batch of {cfg.batch_size} per process")
+    return [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(nb)]
+
+
+def iterate(
+    dataset, cfg: TrainConfig, d: Dist, epoch: int, batch_idx: int
+) -> Iterator[tuple[int, int, dict]]:
+    """Yields (epoch, index of the next batch, raw batch) forever, starting at (epoch, batch_idx)."""
+    while True:
+        batches = epoch_batches(len(dataset), cfg, epoch, d)
+        # An explicit generator keeps the DataLoader from drawing on the global torch RNG, which
+        # holds the diffusion noise stream that resuming must reproduce exactly.
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches[batch_idx:],
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            persistent_workers=False,
+        )
+        for raw in loader:
+            batch_idx += 1
+            yield epoch, batch_idx, raw
+        epoch, batch_idx = epoch + 1, 0
+
+
+def _param_groups(policy: APTPolicy, cfg: TrainConfig) -> list[dict[str, Any]]:
+    decay, no_decay, backbone = [], [], []
+    for name, p in policy.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("backbone.") and not name.startswith("backbone.neck."):
+            backbone.append(p)
+        elif p.dim() < 2 or "norm" in name or "gate" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": backbone, "weight_decay": cfg.weight_decay, "lr_scale": cfg.backbone_lr_scale},
+    ]
+    return [g for g in groups if g["params"]] or groups[:1]
+
+
+def _latest(ckpt_root: Path) -> Path | None:
+    pointer = ckpt_root / "latest.json"
+    if not pointer.exists():
+        return None
+    folder = ckpt_root / json.loads(pointer.read_text())["folder"]
+    return folder if (folder / "train_state.json").exists() else None
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:
+    """A fresh policy for this stage: stage 1 from the preset; stage 2 expanded from `init_from`."""
+    if cfg.stage == 2 and cfg.init_from:
+        stage1, processor, meta = load_checkpoint(cfg.init_from, expect={"stage": 1})
+        if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
+            raise ValueError(
+                f"init_from {cfg.init_from} was trained on joints {meta.get('joint_names')}, "
+                f"but the dataset has {list(dataset_joint_names(dataset))}"
+            )
+        changes: dict[str, Any] = {"stage": 2, "variant": cfg.variant}
+        if cfg.backbone_mode:
+            changes["backbone"] = {"mode": cfg.backbone_mode}
+        policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
+        return policy, processor
+    pcfg = policy_config_for(cfg, dataset)
+    processor = Processor.from_stats(pcfg, dataset.stats)
+    return APTPolicy(pcfg), processor
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train one stage; returns the final checkpoint folder. Re-running resumes where a kill left it."""
+    if not cfg.dataset:
+        raise ValueError("TrainConfig.dataset is required (a folder written by apt-convert)")
+    d = init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # noqa: NPY002 (libraries may draw on the legacy global stream)
+    out = cfg.out_path
+    ckpt_root = out / "checkpoints"
+    if d.main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        _atomic_json(out / "train_config.json", cfg.to_dict())
+
+    policy_cfg_probe = get_preset(cfg.preset)
+    dataset = DemoDataset(
+        cfg.dataset,
+        chunk_length=policy_cfg_probe.chunk_length,
+        n_action_history=policy_cfg_probe.n_action_history,
+        augment=cfg.augment,
+    )
+    policy, processor = build_models(cfg, dataset)
+    step, epoch, batch_idx = 0, 0, 0
+    resume = _latest(ckpt_root)
+    if resume is not None:
+        policy, processor, _ = load_checkpoint(resume)
+    policy.to(cfg.device).train()
+    optimizer = torch.optim.AdamW(_param_groups(policy, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    if resume is not None:
+        progress = load_train_state(resume, optimizer)
+        step, epoch, batch_idx = progress["step"], progress["epoch"], progress["batch_idx"]
+        if d.main:
+            print(f"train: resuming from {resume} at step {step}")
+    model: nn.Module = _LossModule(policy)
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    if d.main:
+        n_train = policy.num_parameters(trainable_only=True)
+        print(
+            f"train: stage {cfg.stage} variant {cfg.variant} preset {cfg.preset}: "
+            f"{policy.num_parameters() / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable), "
+            f"{len(dataset)} samples, {cfg.steps} steps x batch {cfg.batch_size} x {d.world} process(es)"
+        )
+    bar = None
+    if cfg.progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)
+    metrics = (out / "metrics.jsonl").open("a") if d.main else None
+    data = iterate(dataset, cfg, d, epoch, batch_idx)
+    t_start = time.monotonic()
+    final = out / "final"
+    try:
+        while step < cfg.steps:
+            epoch, batch_idx, raw = next(data)
+            batch = {
+                k: (v.to(cfg.device) if torch.is_tensor(v) else v)
+                for k, v in processor.process_batch(raw, train=True).items()
+            }
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss, info = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+                if cfg.grad_clip
+                else 0.0
+            )
+            optimizer.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{lr:.1e}")
+            if metrics is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                row = {
+                    "kind": "train",
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "time_s": round(time.monotonic() - t_start, 2),
+                    **info,
+                }
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            if d.main and (step % cfg.save_every == 0 or step == cfg.steps):
+                _save_step(cfg, ckpt_root, policy, processor, optimizer, dataset, step, epoch, batch_idx)
+            if cfg.eval_every and step % cfg.eval_every == 0 and d.main and metrics is not None:
+                row = evaluate_in_sim(policy, processor, dataset, cfg, step)
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                policy.train()
+        if d.world > 1:
+            _check_replicas_in_sync(policy, d)
+        if d.main:
+            last = _latest(ckpt_root)
+            assert last is not None
+            tmp = out / "final.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(last, tmp, ignore=shutil.ignore_patterns("train_state.*"))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            plot_run(out)
+            print(f"train: done; final checkpoint {final}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+        if d.world > 1:
+            dist.barrier()
+    return final
+
+
+def _check_replicas_in_sync(policy: APTPolicy, d: Dist) -> None:
+    """All ranks must hold the same weights after DDP training (gradients were all-reduced)."""
+    flat = torch.cat([p.detach().double().flatten() for p in policy.parameters()])
+    probe = torch.stack(
+        [flat.sum(), flat.pow(2).sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype)).sum()]
+    )
+    gathered = [torch.zeros_like(probe) for _ in range(d.world)]
+    dist.all_gather(gathered, probe)
+    if not all(torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: {[g.tolist() for g in gathered]}")
+    if d.main:
+        print(f"ddp: parameters identical across {d.world} processes")
+
+
+def checkpoint_metadata(
+    cfg: TrainConfig, policy: APTPolicy, dataset: DemoDataset, step: int
+) -> dict[str, Any]:
+    pc = policy.cfg
+    return {
+        "stage": pc.stage,
+        "variant": pc.variant,
+        "backbone": pc.backbone.kind,
+        "backbone_mode": pc.backbone_mode,
+        "joint_names": list(pc.joint_names),
+        "camera_names": list(pc.camera_names),
+        "action_space": pc.action_space,
+        "rate_hz": pc.rate_hz,
+        "chunk_length": pc.chunk_length,
+        "step": step,
+        "dataset": str(cfg.dataset),
+        "dataset_frames": len(dataset),
+        "train_config": cfg.to_dict(),
+    }
+
+
+def _save_step(cfg, ckpt_root, policy, processor, optimizer, dataset, step, epoch, batch_idx) -> None:
+    folder = ckpt_root / f"step_{step:07d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    save_checkpoint(folder, policy, processor, checkpoint_metadata(cfg, policy, dataset, step))
+    save_train_state(folder, optimizer, {"step": step, "epoch": epoch, "batch_idx": batch_idx})
+    _atomic_json(ckpt_root / "latest.json", {"folder": folder.name, "step": step})
+    kept = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    for old in kept[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def evaluate_in_sim(policy: APTPolicy, processor: Processor, dataset, cfg: TrainConfig, step: int) -> dict:
+    """Success rates of the current weights in the simulator (in process, no ROS)."""
+    from apt_core.model.runner import PolicyRunner
+    from apt_core.sim.evaluate import evaluate
+
+    policy.eval()
+    runner = PolicyRunner(policy, processor, {"joint_names": list(policy.cfg.joint_names)})
+    res = evaluate(runner, splits=list(cfg.eval_splits), n_episodes=cfg.eval_episodes, seed=10_000 + cfg.seed)
+    row: dict[str, Any] = {"kind": "eval", "step": step}
+    for split, r in res.items():
+        row[f"success/{split}"] = r["success_rate"] if isinstance(r, dict) else float(r)
+    return row
