@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
@@ -126,6 +127,17 @@ def _stamp(msg_stamp) -> int:
     return int(msg_stamp.sec) * 1_000_000_000 + int(msg_stamp.nanosec)
 
 
+def bag_custom_data(bag: Path) -> dict[str, str]:
+    """The `custom_data` mapping of a rosbag2's metadata.yaml (empty when absent)."""
+    try:
+        meta = yaml.safe_load((bag / "metadata.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BagError(bag, f"cannot read metadata.yaml: {e}") from None
+    info = meta.get("rosbag2_bagfile_information", {}) if isinstance(meta, dict) else {}
+    custom = info.get("custom_data") if isinstance(info, dict) else None
+    return {str(k): str(v) for k, v in (custom or {}).items()}
+
+
 def required_topics(contract: Contract) -> dict[str, tuple[str, ...]]:
     """topic -> accepted message types, for every topic the contract needs."""
     req: dict[str, tuple[str, ...]] = {}
@@ -185,10 +197,8 @@ def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
                 raise BagError(bag, f"required topic missing (bag has: {sorted(present)})", topic)
             if present[topic] not in types:
                 raise BagError(bag, f"has type {present[topic]}, contract needs {types[0]}", topic)
-        custom = getattr(reader, "custom_data", None)
-        if custom is None and reader.readers:
-            custom = getattr(reader.readers[0], "custom_data", None) or {}
-        meta_instr = (custom or {}).get("instruction")
+        custom = bag_custom_data(bag)
+        meta_instr = custom.get("instruction")
         if contract.instruction_source == "metadata" and not meta_instr:
             raise BagError(
                 bag, "instruction.source is 'metadata' but the bag's custom_data has no 'instruction'"

@@ -145,11 +145,6 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-
-
 def make_loader(
     dataset: DemoDataset,
     batch_size: int,
@@ -168,7 +163,6 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate,
         generator=g,
-        worker_init_fn=_seed_worker,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )

@@ -163,6 +163,7 @@ def write_synthetic_bag(
     skip_topics: Sequence[str] = (),
     nan_frames: Sequence[int] = (),
     frame_hook: Callable[[int, dict[str, object]], None] | None = None,
+    stamp_offsets_s: dict[int, float] | None = None,
 ) -> SyntheticBag:
     """Write a rosbag2 at `path` (must not exist) with `n_frames` frames at the contract rate.
 
@@ -176,6 +177,7 @@ def write_synthetic_bag(
     skip_topics: topics not written at all. nan_frames: frames whose JointState holds a NaN.
     frame_hook: called as hook(i, overrides) before frame i is written; it may set
         overrides["image_encoding"], overrides["image_size"] or overrides["skip"] = True.
+    stamp_offsets_s: frame -> seconds added to that frame's header stamps (e.g. to go backwards).
     """
     contract = contract or load_contract()
     path = Path(path)
@@ -205,7 +207,7 @@ def write_synthetic_bag(
         if meta:
             w.set_custom_data("instruction", instruction)
         conns = {}
-        for ci, cam in enumerate(contract.cameras):
+        for cam in contract.cameras:
             if cam.topic not in skip_topics:
                 typ = "sensor_msgs/msg/CompressedImage" if cam.compressed else "sensor_msgs/msg/Image"
                 conns[cam.name] = w.add_connection(cam.topic, typ, typestore=TYPESTORE)
@@ -227,7 +229,7 @@ def write_synthetic_bag(
         current = instruction
         for i in range(n_frames):
             t = start_ns + i * dt_ns
-            hs = t - off_ns
+            hs = t - off_ns + round((stamp_offsets_s or {}).get(i, 0.0) * 1e9)
             ov: dict[str, object] = {}
             if frame_hook is not None:
                 frame_hook(i, ov)

@@ -1,0 +1,154 @@
+"""Converter round trips on real rosbag2 files written by the tests (mcap and sqlite3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from apt_core.contract import CameraSpec, load_contract
+from apt_core.data.convert import convert, main
+from apt_core.data.images import decode_stored
+from apt_core.data.lerobot_v3 import load_v3
+from apt_core.data.synthetic import write_synthetic_bag
+
+
+@pytest.fixture
+def contract():
+    return load_contract()
+
+
+def _frames(root: Path):
+    ds = load_v3(root)
+    d = ds.data
+    imgs = np.stack([decode_stored(c["bytes"]) for c in d["observation.images.front"].to_pylist()])
+    state = np.asarray(d["observation.state"].to_pylist())
+    action = np.asarray(d["action"].to_pylist())
+    return ds, imgs, state, action
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_round_trip_values_and_images(tmp_path: Path, contract, storage: str) -> None:
+    sb = write_synthetic_bag(tmp_path / "bag", contract, 25, "stack the cubes", storage=storage)
+    summary = convert(tmp_path / "bag", tmp_path / "out", contract)
+    assert (summary.episodes, summary.frames, summary.tasks, summary.bags_converted) == (1, 25, 1, 1)
+    assert summary.skips.total() == 0 and not summary.skipped_bags
+    ds, imgs, state, action = _frames(tmp_path / "out")
+    np.testing.assert_array_equal(imgs, sb.images["front"])  # PNG storage is lossless
+    np.testing.assert_allclose(state, sb.states, atol=1e-6)  # float32 storage
+    np.testing.assert_allclose(action, sb.targets, atol=1e-6)  # command source: target for t + dt
+    assert ds.tasks == ["stack the cubes"]
+    assert ds.info["fps"] == contract.rate_hz and ds.info["total_frames"] == 25
+    assert "episodes: 1, frames: 25" in summary.text()
+
+
+def test_next_state_action_source(tmp_path: Path, contract) -> None:
+    c = dataclasses.replace(contract, action_source="next_state")
+    sb = write_synthetic_bag(tmp_path / "bag", c, 12)
+    summary = convert(tmp_path / "bag", tmp_path / "out", c)
+    _, _, state, action = _frames(tmp_path / "out")
+    assert summary.frames == 11  # the last frame has no state one period later
+    np.testing.assert_allclose(action, sb.states[1:12], atol=1e-6)
+    np.testing.assert_allclose(state, sb.states[:11], atol=1e-6)
+
+
+def test_instruction_change_splits_episodes_and_multiple_bags(tmp_path: Path, contract) -> None:
+    write_synthetic_bag(
+        tmp_path / "bags" / "a",
+        contract,
+        20,
+        "pick the red cube",
+        instruction_changes=[(8, "put it in the bin")],
+    )
+    write_synthetic_bag(tmp_path / "bags" / "b", contract, 10, "pick the red cube", start_s=500.0)
+    summary = convert(tmp_path / "bags", tmp_path / "out", contract)
+    ds = load_v3(tmp_path / "out")
+    eps = ds.episodes.to_pydict()
+    assert eps["length"] == [8, 12, 10]
+    assert [t[0] for t in eps["tasks"]] == ["pick the red cube", "put it in the bin", "pick the red cube"]
+    assert ds.tasks == ["pick the red cube", "put it in the bin"]
+    assert summary.episodes == 3 and summary.tasks == 2
+    # frame_index restarts per episode; task_index follows the segment
+    assert ds.data["task_index"].to_pylist()[6:10] == [0, 0, 1, 1]
+
+
+def test_metadata_instruction(tmp_path: Path, contract) -> None:
+    c = dataclasses.replace(contract, instruction_source="metadata")
+    write_synthetic_bag(tmp_path / "bag", c, 6, "open the drawer")
+    convert(tmp_path / "bag", tmp_path / "out", c)
+    assert load_v3(tmp_path / "out").tasks == ["open the drawer"]
+
+
+def test_header_vs_receive_time(tmp_path: Path, contract) -> None:
+    # header stamps 30 ms before receipt; both clocks give the same frames because every stream shifts
+    sb = write_synthetic_bag(tmp_path / "bag", contract, 10, header_offset_s=0.03)
+    for ts in ("header", "receive"):
+        convert(tmp_path / "bag", tmp_path / ts, contract, time_source=ts)
+        _, imgs, state, action = _frames(tmp_path / ts)
+        np.testing.assert_array_equal(imgs, sb.images["front"])
+        np.testing.assert_allclose(state, sb.states, atol=1e-6)
+        np.testing.assert_allclose(action, sb.targets, atol=1e-6)
+
+
+def test_encodings_compressed_and_resize(tmp_path: Path, contract) -> None:
+    cam = dataclasses.replace(contract.cameras[0], compressed=True)
+    c = dataclasses.replace(contract, cameras=(cam,))
+    sb = write_synthetic_bag(tmp_path / "png", c, 5, compressed_format="png")
+    convert(tmp_path / "png", tmp_path / "o1", c)
+    np.testing.assert_array_equal(_frames(tmp_path / "o1")[1], sb.images["front"])
+    sb2 = write_synthetic_bag(tmp_path / "bgr", contract, 5, image_encoding="bgr8", image_size=(256, 256))
+    convert(tmp_path / "bgr", tmp_path / "o2", contract)
+    imgs = _frames(tmp_path / "o2")[1]
+    assert imgs.shape == (5, 128, 128, 3)  # resized to the contract's image size
+    small = sb2.images["front"][:, ::2, ::2].astype(int)
+    assert np.abs(imgs.astype(int) - small).mean() < 8
+
+
+def test_two_cameras(tmp_path: Path, contract) -> None:
+    wrist = CameraSpec(name="wrist", topic="/camera/wrist/image_raw", encoding="mono8")
+    c = dataclasses.replace(contract, cameras=(contract.cameras[0], wrist))
+    sb = write_synthetic_bag(tmp_path / "bag", c, 4)
+    convert(tmp_path / "bag", tmp_path / "out", c)
+    ds = load_v3(tmp_path / "out")
+    w = np.stack([decode_stored(x["bytes"]) for x in ds.data["observation.images.wrist"].to_pylist()])
+    np.testing.assert_array_equal(w, sb.images["wrist"])
+    assert set(ds.camera_keys) == {"observation.images.front", "observation.images.wrist"}
+
+
+def test_parallel_workers_give_identical_output(tmp_path: Path, contract) -> None:
+    for i in range(3):
+        write_synthetic_bag(tmp_path / "bags" / f"b{i}", contract, 8, f"task {i}", seed=i)
+    convert(tmp_path / "bags", tmp_path / "w1", contract, workers=1)
+    convert(tmp_path / "bags", tmp_path / "w2", contract, workers=2)
+    for rel in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet"):
+        assert pq.read_table(tmp_path / "w1" / rel).equals(pq.read_table(tmp_path / "w2" / rel))
+    assert json.loads((tmp_path / "w1/meta/stats.json").read_text()) == json.loads(
+        (tmp_path / "w2/meta/stats.json").read_text()
+    )
+
+
+def test_cli_main(tmp_path: Path, contract, capsys: pytest.CaptureFixture[str]) -> None:
+    write_synthetic_bag(tmp_path / "bag", contract, 6)
+    rc = main(
+        [
+            str(tmp_path / "bag"),
+            "--out",
+            str(tmp_path / "out"),
+            "--align",
+            "hold",
+            "--time",
+            "receive",
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "episodes: 1, frames: 6" in out
+    assert json.loads((tmp_path / "out/meta/apt.json").read_text())["align"] == "hold"
+    rc = main([str(tmp_path / "bag"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 1 and "already holds a dataset" in capsys.readouterr().err
+    rc = main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"])
+    assert rc == 1 and "nope" in capsys.readouterr().err
