@@ -31,7 +31,14 @@ def losses(run: Path) -> dict[int, float]:
 
 def test_stage1_trains_and_writes_checkpoint_plots_and_metrics(tiny_dataset, tmp_path):
     cfg = train_preset(
-        "debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=6, save_every=3, **FAST
+        "debug",
+        dataset=str(tiny_dataset),
+        out_dir=str(tmp_path / "s1"),
+        steps=6,
+        save_every=3,
+        eval_every=6,
+        eval_episodes=1,
+        **FAST,
     )
     final = stage1.main(cfg)
     policy, processor, meta = load_checkpoint(final, expect={"stage": 1})
@@ -39,6 +46,13 @@ def test_stage1_trains_and_writes_checkpoint_plots_and_metrics(tiny_dataset, tmp
     assert meta["joint_names"] == list(policy.cfg.joint_names) and len(meta["joint_names"]) == 7
     assert (tmp_path / "s1" / "losses.png").stat().st_size > 1000
     assert sorted(losses(tmp_path / "s1")) == [1, 2, 3, 4, 5, 6]
+    # periodic evaluation in the MuJoCo simulator, logged and plotted
+    evals = [
+        json.loads(x) for x in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x
+    ]
+    assert len(evals) == 1 and evals[0]["step"] == 6
+    assert evals[0]["success/in_distribution"] in (0.0, 1.0)
+    assert (tmp_path / "s1" / "eval.png").exists()
     # only complete checkpoints are pointed at, and the final one carries no optimizer state
     assert not list(final.glob("train_state.*"))
 

@@ -366,7 +366,7 @@ def evaluate_in_sim(policy: APTPolicy, processor: Processor, dataset, cfg: Train
     policy.eval()
     runner = PolicyRunner(policy, processor, {"joint_names": list(policy.cfg.joint_names)})
     res = evaluate(runner, splits=list(cfg.eval_splits), n_episodes=cfg.eval_episodes, seed=10_000 + cfg.seed)
-    row: dict[str, Any] = {"kind": "eval", "step": step}
-    for split, r in res.items():
-        row[f"success/{split}"] = r["success_rate"] if isinstance(r, dict) else float(r)
+    row: dict[str, Any] = {"kind": "eval", "step": step, "eval_seconds": round(res.seconds, 1)}
+    for s in res.summary:
+        row[f"success/{s.split}"] = s.rate
     return row
