@@ -15,5 +15,5 @@ setup(
     zip_safe=False,
     description="ROS-free core of the APT vision-language-action stack",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["apt-convert = apt_core.data.convert:main"]},
 )
