@@ -14,5 +14,10 @@ setup(
     zip_safe=False,
     description="Simulated MuJoCo tabletop arm for the APT stack",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "apt-sim = apt_sim.sim_node:main",
+            "apt-record-demos = apt_sim.record_demos:main",
+        ]
+    },
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 # Offscreen rendering on CPU needs EGL (Mesa llvmpipe); must be set before mujoco loads a GL backend.
@@ -72,6 +73,7 @@ class TabletopEnv:
                 raise ValueError(f"camera {cam!r} not in the MJCF (have 'front', 'top')")
         self.render_enabled = render
         self._renderer: mujoco.Renderer | None = None
+        self._renderer_thread = 0
         self.dt = self.contract.dt
         self.n_substeps = max(1, round(self.dt / self.model.opt.timestep))
         m = self.model
@@ -232,8 +234,12 @@ class TabletopEnv:
     # ----- rendering -----------------------------------------------------------------------------
     def render(self, camera: str = "front") -> np.ndarray:
         """(H, W, 3) uint8 RGB image from an MJCF camera."""
-        if self._renderer is None:
+        # An EGL context is current in one thread only: keep one renderer per calling thread
+        # (the ROS node may be built in one thread and spun in another).
+        tid = threading.get_ident()
+        if self._renderer is None or self._renderer_thread != tid:
             self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+            self._renderer_thread = tid
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
 
@@ -248,6 +254,6 @@ class TabletopEnv:
         return np.array([[f, 0, self.width / 2], [0, f, self.height / 2], [0, 0, 1.0]])
 
     def close(self) -> None:
-        if self._renderer is not None:
+        if self._renderer is not None and self._renderer_thread == threading.get_ident():
             self._renderer.close()
-            self._renderer = None
+        self._renderer = None

@@ -1,0 +1,213 @@
+"""In-process evaluation harness: any ChunkPolicy, N episodes per split, fixed seeds, 95% Wilson CIs.
+
+    from apt_core.sim.evaluate import evaluate, write_results
+    res = evaluate(policy, splits=("in_distribution", "paraphrase"), n_episodes=20, seed=0)
+    write_results(res, "out/eval")          # out/eval/episodes.csv, summary.csv, summary.md
+
+Episode i of a split uses scene seed `seed + i`, so every policy sees exactly the same scenes and
+instructions. The policy's chunk is executed for `execute_steps` control steps before the next
+`predict` (receding horizon); an episode ends at success or after `max_steps` control steps.
+The end-to-end variant through the ROS nodes is `apt_sim.evaluate_ros` (same tables).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apt_core.sim.env import TabletopEnv
+from apt_core.sim.tasks import SPLITS
+from apt_core.types import ChunkPolicy
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    split: str  # evaluation split
+    seed: int  # scene seed
+    instruction: str  # instruction given to the policy
+    family: str  # task family ("chain" for two-step tasks)
+    success: bool  # ground-truth success at the end
+    steps: int  # control steps taken
+    subtasks_done: int  # subtasks completed in order
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    split: str  # evaluation split
+    n: int  # episodes
+    successes: int  # successful episodes
+    rate: float  # successes / n
+    ci_low: float  # 95% Wilson interval, lower bound
+    ci_high: float  # 95% Wilson interval, upper bound
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% for the default z)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} outside 0..{n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(episodes: Sequence[EpisodeResult]) -> list[SplitSummary]:
+    out = []
+    for split in dict.fromkeys(e.split for e in episodes):
+        eps = [e for e in episodes if e.split == split]
+        k = sum(e.success for e in eps)
+        lo, hi = wilson_interval(k, len(eps))
+        out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi))
+    return out
+
+
+@dataclass
+class EvalResults:
+    episodes: list[EpisodeResult]  # one row per episode
+    summary: list[SplitSummary]  # one row per split
+    seconds: float  # wall time of the evaluation
+
+
+def run_episode(
+    env: TabletopEnv,
+    policy: ChunkPolicy,
+    seed: int,
+    split: str,
+    max_steps: int | None = None,
+    execute_steps: int = 8,
+) -> EpisodeResult:
+    """One episode: reset, then predict / execute `execute_steps` until success or max_steps."""
+    if execute_steps < 1:
+        raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
+    obs = env.reset(seed, split)
+    task = env.task
+    assert task is not None
+    policy.reset()
+    limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
+    steps, ok = 0, False
+    while steps < limit and not ok:
+        chunk = np.asarray(policy.predict(obs, task.instruction))
+        if chunk.ndim != 2 or chunk.shape[1] != len(env.contract.joint_names):
+            raise ValueError(f"policy returned a chunk of shape {chunk.shape}; expected (H, 7)")
+        for a in chunk[: min(execute_steps, len(chunk))]:
+            env.step(a)
+            steps += 1
+            if env.success():
+                ok = True
+                break
+            if steps >= limit:
+                break
+        obs = env.observation()
+    return EpisodeResult(split, seed, task.instruction, task.family, ok, steps, env.subtask_progress())
+
+
+def evaluate(
+    policy: ChunkPolicy,
+    splits: Sequence[str] = SPLITS,
+    n_episodes: int = 20,
+    seed: int = 0,
+    max_steps: int | None = None,
+    execute_steps: int = 8,
+    env: TabletopEnv | None = None,
+    progress: bool = False,
+) -> EvalResults:
+    """Run `policy` for `n_episodes` per split on seeds seed..seed+n-1 (see module docstring).
+
+    env: the environment to use; default the policy's own `env` (ScriptedExpert) or a new one.
+    max_steps: control-step budget per episode; default 150 per subtask (15 s at 10 Hz).
+    """
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; expected from {SPLITS}")
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    env = env or getattr(policy, "env", None) or TabletopEnv()
+    t0 = time.perf_counter()
+    episodes = []
+    for split in splits:
+        for i in range(n_episodes):
+            ep = run_episode(env, policy, seed + i, split, max_steps, execute_steps)
+            episodes.append(ep)
+            if progress:
+                print(f"{split} seed={ep.seed} success={ep.success} steps={ep.steps} :: {ep.instruction}")
+    return EvalResults(episodes, summarize(episodes), time.perf_counter() - t0)
+
+
+def summary_markdown(summary: Sequence[SplitSummary]) -> str:
+    lines = ["| split | n | success | rate | 95% CI |", "| --- | --- | --- | --- | --- |"]
+    for s in summary:
+        lines.append(
+            f"| {s.split} | {s.n} | {s.successes} | {100 * s.rate:.1f}% | "
+            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] |"
+        )
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_results(results: EvalResults, out_dir: str | Path) -> dict[str, Path]:
+    """Write episodes.csv, summary.csv and summary.md (atomically) into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"episodes": out / "episodes.csv", "summary": out / "summary.csv", "markdown": out / "summary.md"}
+    _atomic_write(paths["episodes"], _csv([asdict(e) for e in results.episodes]))
+    _atomic_write(paths["summary"], _csv([asdict(s) for s in results.summary]))
+    _atomic_write(paths["markdown"], summary_markdown(results.summary) + "\n")
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m apt_core.sim.evaluate --policy expert --episodes 20 --out out/eval` (expert only
+    from the CLI; trained checkpoints: `--checkpoint DIR` via apt_core.model.runner.load_runner)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--checkpoint", default="", help="trained policy dir (default: the scripted expert)")
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS))
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--execute-steps", type=int, default=8)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--out", default="out/eval")
+    a = ap.parse_args(argv)
+    env = TabletopEnv()
+    if a.checkpoint:
+        from apt_core.model.runner import load_runner  # imported lazily: torch is heavy
+
+        policy = load_runner(a.checkpoint)
+    else:
+        from apt_core.sim.expert import ScriptedExpert
+
+        policy = ScriptedExpert(env)
+    res = evaluate(policy, a.splits, a.episodes, a.seed, a.max_steps, a.execute_steps, env=env, progress=True)
+    paths = write_results(res, a.out)
+    print(summary_markdown(res.summary))
+    print(f"wrote {paths['markdown']} ({res.seconds:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

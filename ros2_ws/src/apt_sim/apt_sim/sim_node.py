@@ -1,0 +1,230 @@
+"""apt_sim node: the MuJoCo tabletop arm behind ros2_control-style topics.
+
+    python -m apt_sim.sim_node --ros-args -p speed:=1.0 -p seed:=0
+    apt-sim --ros-args -p contract:=/path/to/contract.yaml
+
+Publishes (topics from the contract): /joint_states (JointState, reliable), the camera's Image and
+CameraInfo (sensor-data QoS), /apt_sim/success (Bool) at the control rate, and the task
+instruction on /apt/instruction (String, transient local). Subscribes to the contract's controller
+topic (JointTrajectory, ros2_control JTC semantics via apt_core.sim.jtc; the gripper is the joint
+"gripper" of the same trajectory, finger opening [m]). Services: /apt_sim/reset (apt_msgs/ResetSim),
+/apt_sim/pause (std_srvs/SetBool; recording uses it to start episodes cleanly).
+
+Timing: a wall-clock timer steps one control period of physics per tick, every dt / speed seconds
+(speed 0 = as fast as possible). No /clock: messages are stamped with a virtual clock that starts at
+the node's time and advances with simulated time, so at speed 1 it equals node time and faster runs
+produce bags with the same stamps a real-time run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import traceback
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from apt_core.contract import load_contract
+from apt_core.sim.env import TabletopEnv
+from apt_core.sim.jtc import TrajectoryError, TrajectoryFollower, TrajectoryPoint
+from apt_core.sim.tasks import TaskError
+from apt_msgs.srv import ResetSim
+
+LATCHED = QoSProfile(
+    depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+)
+# The JTC follower is sampled this many times per control period (50 physics steps at 10 Hz):
+# every 5 physics steps = 100 Hz, like a ros2_control update loop.
+PHYSICS_PER_SAMPLE = 5
+
+
+def to_time_msg(t: float) -> Time:
+    sec = math.floor(t)
+    return Time(sec=int(sec), nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+
+
+class SimNode(Node):
+    """One Node: env + JTC follower + publishers; all callbacks run in one executor thread."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("apt_sim", **node_kwargs)
+        p = self.declare_parameter
+        p("contract", "", descriptor=_desc("contract YAML path; empty = the simulated robot's contract"))
+        p("speed", 1.0, descriptor=_desc("real-time factor target; 0 = as fast as possible"))
+        p("seed", 0, descriptor=_desc("scene seed of the initial reset"))
+        p("split", "in_distribution", descriptor=_desc("evaluation split of the initial reset"))
+        p("start_paused", False, descriptor=_desc("start with physics paused (see /apt_sim/pause)"))
+        gp = self.get_parameter
+        self.contract = load_contract(gp("contract").value or None)
+        self.speed = float(gp("speed").value)
+        if self.speed < 0:
+            raise ValueError(f"parameter speed must be >= 0, got {self.speed}")
+        self.env = TabletopEnv(contract=self.contract)
+        self.cam = self.contract.cameras[0]
+        self.lock = threading.RLock()  # the recorder reads env state from its own node callbacks
+        self.paused = bool(gp("start_paused").value)
+        self.steps = 0
+        self._t0 = self._node_now()
+        self.follower = TrajectoryFollower(self.contract.joint_names, np.zeros(7))
+
+        c = self.contract
+        self.pub_js = self.create_publisher(JointState, c.joint_state_topic, 10)
+        self.pub_img = self.create_publisher(Image, self.cam.topic, qos_profile_sensor_data)
+        self.pub_info = (
+            self.create_publisher(CameraInfo, self.cam.info_topic, qos_profile_sensor_data)
+            if self.cam.info_topic
+            else None
+        )
+        self.pub_success = self.create_publisher(Bool, c.success_topic or "/apt_sim/success", 10)
+        self.pub_instr = self.create_publisher(String, c.instruction_topic, LATCHED)
+        self.create_subscription(JointTrajectory, c.controller_topic, self._on_trajectory, 10)
+        self.create_service(ResetSim, "/apt_sim/reset", self._on_reset)
+        self.create_service(SetBool, "/apt_sim/pause", self._on_pause)
+        self._do_reset(int(gp("seed").value), str(gp("split").value), "")
+        period = c.dt / self.speed if self.speed > 0 else 0.001
+        self.timer = self.create_timer(period, self._tick)
+        self.get_logger().info(
+            f"apt_sim ready: {c.robot_name}, {self.env.width}x{self.env.height} camera '{self.cam.name}', "
+            f"{c.rate_hz:g} Hz, speed {self.speed:g}; task: {self.env.task.instruction!r}"
+        )
+
+    # ----- time ----------------------------------------------------------------------------------
+    def _node_now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def stamp_now(self) -> float:
+        """Virtual time [s]: node time at the last reset + simulated time since."""
+        return self._t0 + self.env.time
+
+    # ----- callbacks -----------------------------------------------------------------------------
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            points = [
+                TrajectoryPoint(
+                    p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
+                    tuple(p.positions),
+                    tuple(p.velocities),
+                )
+                for p in msg.points
+            ]
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            with self.lock:
+                # JTC: a zero stamp means "start now"; otherwise start at the stamp (virtual clock).
+                start = self.env.time if stamp == 0.0 else stamp - self._t0
+                self.follower.set_trajectory(list(msg.joint_names), points, start)
+        except TrajectoryError as e:
+            self.get_logger().error(f"rejected trajectory on {self.contract.controller_topic}: {e}; holding")
+        except Exception as e:  # never let a malformed message kill the node
+            self.get_logger().error(f"rejected trajectory ({type(e).__name__}: {e}); holding")
+
+    def _on_pause(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
+        with self.lock:
+            self.paused = bool(req.data)
+        resp.success, resp.message = True, "paused" if self.paused else "running"
+        return resp
+
+    def _on_reset(self, req: ResetSim.Request, resp: ResetSim.Response) -> ResetSim.Response:
+        try:
+            self._do_reset(int(req.seed), req.split or "in_distribution", req.instruction)
+            resp.success = True
+            resp.instruction = self.env.task.instruction
+            resp.task = self.env.task.family
+            resp.message = f"seed {req.seed}, split {req.split or 'in_distribution'}"
+        except (TaskError, ValueError) as e:
+            resp.success, resp.message = False, str(e)
+            self.get_logger().error(f"reset failed: {e}")
+        except Exception as e:
+            resp.success, resp.message = False, f"{type(e).__name__}: {e}"
+            self.get_logger().error(f"reset failed: {traceback.format_exc()}")
+        return resp
+
+    def _do_reset(self, seed: int, split: str, instruction: str) -> None:
+        with self.lock:
+            last = self.stamp_now() if self.steps else 0.0
+            self.env.reset(seed, split, instruction or None)  # raises before changing anything on bad input
+            # Keep stamps increasing across resets even when running faster than real time.
+            self._t0 = max(self._node_now(), last + self.contract.dt)
+            self.follower.hold(self.env.joint_positions())
+            self.pub_instr.publish(String(data=self.env.task.instruction))
+            self._publish()
+
+    def _tick(self) -> None:
+        try:
+            with self.lock:
+                if self.paused:
+                    return
+                n = self.env.n_substeps
+                for i in range(0, n, PHYSICS_PER_SAMPLE):
+                    k = min(PHYSICS_PER_SAMPLE, n - i)
+                    t = self.env.time + k * self.env.physics_dt
+                    self.env.step_physics(self.follower.sample(t), k)
+                self.follower.prune(self.env.time)
+                self.env._update_progress()
+                self.steps += 1
+                self._publish()
+        except Exception:
+            self.get_logger().error(f"sim step failed: {traceback.format_exc()}")
+
+    def _publish(self) -> None:
+        stamp = to_time_msg(self.stamp_now())
+        js = JointState()
+        js.header.stamp = stamp
+        js.header.frame_id = self.contract.base_frame
+        js.name = list(self.contract.joint_names)
+        js.position = self.env.joint_positions().tolist()
+        js.velocity = self.env.joint_velocities().tolist()
+        js.effort = [0.0] * 7  # filled so rosbags' CDR reader never sees empty trailing arrays
+        self.pub_js.publish(js)
+        rgb = self.env.render(self.cam.name)
+        img = Image()
+        img.header.stamp = stamp
+        img.header.frame_id = f"{self.cam.name}_camera_optical_frame"
+        img.height, img.width = rgb.shape[:2]
+        img.encoding = "rgb8"
+        img.step = img.width * 3
+        img.data = rgb.tobytes()
+        self.pub_img.publish(img)
+        if self.pub_info is not None:
+            k = self.env.camera_intrinsics(self.cam.name)
+            info = CameraInfo()
+            info.header = img.header
+            info.height, info.width = img.height, img.width
+            info.distortion_model = "plumb_bob"
+            info.d = [0.0] * 5
+            info.k = k.reshape(-1).tolist()
+            info.r = np.eye(3).reshape(-1).tolist()
+            info.p = np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()
+            self.pub_info.publish(info)
+        self.pub_success.publish(Bool(data=bool(self.env.success())))
+
+
+def _desc(text: str):
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    return ParameterDescriptor(description=text)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = SimNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.env.close()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()
