@@ -10,6 +10,7 @@ setup(
         "console_scripts": [
             "apt-train-stage1 = apt_training.stage1:cli",
             "apt-train-stage2 = apt_training.stage2:cli",
+            "apt-compare = apt_training.compare:main",
         ]
     },
 )

@@ -4,7 +4,8 @@ Expands the stage-1 checkpoint (stage-1 expert layer i -> stage-2 layer 2i+1, ne
 in between, every layer fed through its learnable gate) and trains all layers jointly with the
 instruction visible; the backbone stays frozen or is finetuned with LoRA / fully (`--backbone-mode`).
 Without `--init-from` it trains the stage-2 architecture from scratch: that is the single-stage
-baseline (`--variant single_stage`, `knowledge_insulation`, `token_insertion`).
+baseline (`--variant single_stage`, `knowledge_insulation`). `--variant token_insertion` replaces
+gated fusion by language tokens in the expert's sequence, from a stage-1 prior or from scratch.
 
     apt-train-stage2 --recipe debug --dataset data/sim --init-from runs/apt/stage1/final --out-dir runs/apt/stage2
     apt-train-stage2 --recipe cpu-demo --dataset data/sim --init-from runs/cpu/stage1/final --backbone-mode lora --out-dir runs/cpu/stage2
@@ -26,7 +27,7 @@ def main(cfg: TrainConfig) -> Path:
         raise ValueError(f"stage2.main needs cfg.stage == 2, got {cfg.stage}")
     if cfg.variant == "apt" and not cfg.init_from:
         raise ValueError("APT stage 2 starts from a stage-1 checkpoint: pass --init-from RUN/stage1/final")
-    if cfg.variant != "apt" and cfg.init_from:
+    if cfg.variant in ("single_stage", "knowledge_insulation") and cfg.init_from:
         raise ValueError(f"the {cfg.variant} baseline trains from scratch; drop --init-from")
     return train(cfg)
 

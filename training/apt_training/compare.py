@@ -1,0 +1,202 @@
+"""The paper's comparison in our simulator: same data, same step budget, several seeds.
+
+Variants (APT_METHOD.md, "Baselines the paper compares"):
+  single_stage          stage-2 architecture trained end to end from scratch (pi0-like), backbone finetuned
+  knowledge_insulation  as single_stage, but no expert gradient reaches the backbone (pi0.5-like)
+  apt_frozen            stage 1 (VA prior) -> expand -> stage 2 with the backbone frozen
+  apt_finetune          stage 1 -> expand -> stage 2 with the backbone finetuned (LoRA or full)
+  token_insertion       stage 1 -> expand -> stage 2 injecting language as expert tokens, not gated fusion
+Every variant gets `stage1_steps + stage2_steps` optimisation steps in total; the APT variants of
+one seed share one stage-1 run. Each trained policy is evaluated in process on the same scenes
+(`apt_core.sim.evaluate`, seeds fixed per split) and the results are pooled over seeds with 95%
+Wilson intervals into a markdown table (docs/results.md by default).
+
+    apt-compare --recipe debug --dataset data/sim --out-dir runs/compare --seeds 0 1 2 \
+        --stage1-steps 300 --stage2-steps 300 --episodes 10 --results docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from apt_core.model.checkpoint import load_checkpoint
+from apt_core.model.runner import PolicyRunner
+from apt_core.sim.evaluate import EpisodeResult, evaluate, summarize
+from apt_core.sim.tasks import SPLITS
+
+from .config import TRAIN_PRESETS, train_preset
+from .loop import train
+
+VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    dataset: str  # LeRobot v3 dataset folder
+    out_dir: str = "runs/compare"  # one folder per variant and seed
+    recipe: str = "debug"  # training preset of every run
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds
+    stage1_steps: int = 300  # steps of the APT stage 1
+    stage2_steps: int = 300  # steps of the APT stage 2; baselines train stage1 + stage2 steps
+    finetune_mode: str = "full"  # backbone mode of apt_finetune and the end-to-end baselines (full | lora)
+    variants: tuple[str, ...] = VARIANTS  # which variants to run
+    splits: tuple[str, ...] = SPLITS  # evaluation splits
+    episodes: int = 10  # evaluation episodes per split and seed
+    eval_seed: int = 1000  # first scene seed of the evaluation
+    results: str = "docs/results.md"  # markdown report
+    threads: int = 0  # torch threads per run (0: default)
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
+        if self.finetune_mode not in ("full", "lora"):
+            raise ValueError(f"finetune_mode must be full or lora, got {self.finetune_mode!r}")
+        if self.recipe not in TRAIN_PRESETS:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
+
+
+def _train(cc: CompareConfig, out: Path, seed: int, **kw) -> Path:
+    final = out / "final"
+    if (final / "meta.json").exists():
+        return final  # already trained (the command is resumable as a whole)
+    cfg = train_preset(
+        cc.recipe,
+        dataset=cc.dataset,
+        out_dir=str(out),
+        seed=seed,
+        progress=False,
+        threads=cc.threads or TRAIN_PRESETS[cc.recipe].get("threads", 0),
+        **kw,
+    )
+    return train(cfg)
+
+
+def train_variant(cc: CompareConfig, variant: str, seed: int) -> Path:
+    root = Path(cc.out_dir) / f"seed{seed}"
+    total = cc.stage1_steps + cc.stage2_steps
+    if variant in ("single_stage", "knowledge_insulation"):
+        return _train(
+            cc, root / variant, seed, stage=2, variant=variant, steps=total, backbone_mode=cc.finetune_mode
+        )
+    s1 = _train(cc, root / "apt_stage1", seed, stage=1, steps=cc.stage1_steps)
+    kw = dict(stage=2, init_from=str(s1), steps=cc.stage2_steps)
+    if variant == "apt_frozen":
+        return _train(cc, root / variant, seed, variant="apt", backbone_mode="frozen", **kw)
+    if variant == "apt_finetune":
+        return _train(cc, root / variant, seed, variant="apt", backbone_mode=cc.finetune_mode, **kw)
+    return _train(cc, root / variant, seed, variant="token_insertion", backbone_mode="frozen", **kw)
+
+
+def run(cc: CompareConfig) -> Path:
+    """Train and evaluate every variant x seed; write per-episode CSV and the markdown report."""
+    out = Path(cc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    t0 = time.monotonic()
+    for seed in cc.seeds:
+        for variant in cc.variants:
+            t = time.monotonic()
+            ckpt = train_variant(cc, variant, seed)
+            policy, processor, meta = load_checkpoint(ckpt)
+            runner = PolicyRunner(policy, processor, meta, seed=seed)
+            res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
+            for ep in res.episodes:
+                rows.append({"variant": variant, "train_seed": seed, **ep.__dict__})
+            rates = ", ".join(f"{s.split}={s.rate:.2f}" for s in res.summary)
+            print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
+    _write_csv(out / "episodes.csv", rows)
+    report = render_report(cc, rows, time.monotonic() - t0)
+    path = Path(cc.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(report)
+    os.replace(tmp, path)
+    print(report)
+    return path
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def render_report(cc: CompareConfig, rows: list[dict], seconds: float) -> str:
+    """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals."""
+    head = "| variant | " + " | ".join(cc.splits) + " | mean |"
+    lines = [head, "|" + " --- |" * (len(cc.splits) + 2)]
+    for variant in cc.variants:
+        eps = [_episode(r) for r in rows if r["variant"] == variant]
+        if not eps:
+            continue
+        by_split = {s.split: s for s in summarize(eps)}
+        cells = []
+        for split in cc.splits:
+            s = by_split[split]
+            cells.append(f"{s.rate:.2f} [{s.ci_low:.2f}, {s.ci_high:.2f}]")
+        mean = sum(by_split[s].rate for s in cc.splits) / len(cc.splits)
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    cmd = (
+        f"apt-compare --recipe {cc.recipe} --dataset {cc.dataset} --out-dir {cc.out_dir} "
+        f"--seeds {' '.join(map(str, cc.seeds))} --stage1-steps {cc.stage1_steps} "
+        f"--stage2-steps {cc.stage2_steps} --finetune-mode {cc.finetune_mode} --episodes {cc.episodes}"
+    )
+    n = cc.episodes * len(cc.seeds)
+    return (
+        "# APT vs baselines in simulation\n\n"
+        f"Generated by `{cmd}` in {seconds / 60:.1f} min. Success rate per split, pooled over "
+        f"{len(cc.seeds)} training seed(s) x {cc.episodes} episodes = {n} episodes per cell, "
+        "with 95% Wilson intervals in brackets. Same dataset and total optimisation steps for every "
+        f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
+        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _episode(r: dict) -> EpisodeResult:
+    fields = EpisodeResult.__dataclass_fields__
+    return EpisodeResult(**{k: r[k] for k in fields})
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="apt-compare", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--recipe", default="debug", choices=sorted(TRAIN_PRESETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--stage1-steps", type=int, default=300)
+    p.add_argument("--stage2-steps", type=int, default=300)
+    p.add_argument("--finetune-mode", default="full", choices=["full", "lora"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--results", default="docs/results.md")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    cc = CompareConfig(
+        dataset=a.dataset,
+        out_dir=a.out_dir,
+        recipe=a.recipe,
+        seeds=tuple(a.seeds),
+        stage1_steps=a.stage1_steps,
+        stage2_steps=a.stage2_steps,
+        finetune_mode=a.finetune_mode,
+        variants=tuple(a.variants),
+        splits=tuple(a.splits),
+        episodes=a.episodes,
+        results=a.results,
+        threads=a.threads,
+    )
+    return run(cc)
+
+
+if __name__ == "__main__":
+    main()
