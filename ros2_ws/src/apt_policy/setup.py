@@ -14,5 +14,10 @@ setup(
     zip_safe=False,
     description="rclpy nodes running the APT policy",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "apt-policy = apt_policy.policy_node:main",
+            "apt-instruct = apt_policy.instruct_cli:main",
+        ]
+    },
 )
