@@ -99,9 +99,12 @@ class BagStreams:
 def deserialize_lenient(raw: bytes | memoryview, typename: str) -> tuple[object, bool]:
     """Deserialise CDR; on rosbags' size check failure, retry without it.
 
-    rclpy's serialize_message pads a JointState with empty trailing arrays (effort=[]) with extra
-    bytes that rosbags' strict size check rejects (ENVIRONMENT.md). The fields themselves parse
-    fine, so we parse them and ignore at most 16 trailing padding bytes. Returns (msg, lenient?).
+    rclpy's serialize_message (and so `ros2 bag record`) reports a serialized size larger than the
+    content: a JointState with empty trailing arrays (effort=[]) carries a few extra bytes, and a
+    JointTrajectory about 8 bytes per point (measured: 64 B for 8 points, 256 B for 32), which
+    rosbags' strict size check rejects (ENVIRONMENT.md). The fields themselves parse fine, so we
+    parse them and ignore the padding, as long as it is smaller than the parsed content (a
+    truncated message still fails inside the parse). Returns (msg, lenient?).
     """
     try:
         return TYPESTORE.deserialize_cdr(raw, typename), False
@@ -111,7 +114,7 @@ def deserialize_lenient(raw: bytes | memoryview, typename: str) -> tuple[object,
     msgdef = TYPESTORE.get_msgdef(typename)
     func = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
     msg, pos = func(memoryview(raw)[4:], 0, msgdef.cls, TYPESTORE)
-    if len(raw) - (pos + 4) > 16:
+    if len(raw) - (pos + 4) > max(16, pos):
         raise SerdeError(f"CDR message size mismatch for {typename!r}: {len(raw) - pos - 4} trailing bytes")
     return msg, True
 
