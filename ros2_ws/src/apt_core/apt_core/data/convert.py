@@ -2,6 +2,7 @@
 
     apt-convert BAG_OR_DIR... --out DIR [--contract YAML] [--workers N] [--align asof|hold|drop]
                 [--time header|receive] [--max-age S] [--min-frames N] [--image-format png|jpeg]
+                [--threads N]
                 [--overwrite] [--strict]
 
 Bags are read and their images decoded in parallel worker processes (one bag per task); the main
@@ -95,7 +96,9 @@ def _results(bags: list[Path], contract: Contract, opts: AlignOptions, workers: 
             yield _convert_one(b, contract, opts)
         return
     # forkserver: safe even when the caller has threads (torch, DDS) running; results keep order.
+    # The fork server imports the converter once; each worker is then a cheap fork of it.
     ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["apt_core.data.convert"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(_convert_one, bags, [contract] * len(bags), [opts] * len(bags))
 
@@ -111,6 +114,7 @@ def convert(
     max_age_s: float | None = None,
     min_frames: int = 2,
     image_format: str = "png",
+    encode_threads: int = 2,
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = False,
@@ -127,6 +131,7 @@ def convert(
         max_age_s=max_age_s,
         min_frames=min_frames,
         image_format=image_format,
+        encode_threads=encode_threads,
     )
     if contract.action_source not in ("command", "next_state"):
         raise ConversionError(
@@ -218,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--min-frames", type=int, default=2, help="shorter episodes are skipped")
     ap.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="stored image encoding")
+    ap.add_argument("--threads", type=int, default=2, help="image encoder threads per worker")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     ap.add_argument("--strict", action="store_true", help="fail if any bag has to be skipped")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -241,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             max_age_s=args.max_age,
             min_frames=args.min_frames,
             image_format=args.image_format,
+            encode_threads=args.threads,
             overwrite=args.overwrite,
             strict=args.strict,
             progress=not args.no_progress,

@@ -8,6 +8,7 @@ skipped and counted.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from apt_core.data import align as al
 from apt_core.data.bag_reader import COMPRESSED_T, IMAGE_T, BagStreams, deserialize_lenient
 from apt_core.data.errors import BagError
 from apt_core.data.images import ImageDecodeError, compressed_to_rgb, encode_image, raw_to_rgb, resize_rgb
+
+ENCODE_BATCH = 64  # frames decoded before they are handed to the encoder threads
 
 
 @dataclass
@@ -39,6 +42,7 @@ class AlignOptions:
     max_age_s: float | None = None  # asof staleness limit [s]; None = 2 control periods
     min_frames: int = 2  # shorter episodes are skipped (counted)
     image_format: str = "png"  # png (lossless) | jpeg (smaller, lossy)
+    encode_threads: int = 2  # threads resizing/encoding images within one bag (OpenCV frees the GIL)
 
     def __post_init__(self) -> None:
         if self.rule not in al.ALIGN_RULES:
@@ -49,6 +53,8 @@ class AlignOptions:
             raise ValueError(f"max_age_s must be > 0, got {self.max_age_s}")
         if self.min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
+        if self.encode_threads < 1:
+            raise ValueError(f"encode_threads must be >= 1, got {self.encode_threads}")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format {self.image_format!r} not one of ('png', 'jpeg')")
 
@@ -88,24 +94,28 @@ def build_episodes(streams: BagStreams, contract: Contract, opts: AlignOptions) 
         action = streams.joint_pos[np.clip(n_idx, 0, None)]
     _count(skips, contract.command_topic or contract.joint_state_topic, ~ok & valid, opts.rule, ticks)
     valid &= ok
-    # Decode only the images the alignment selected; a corrupt one drops its tick.
+    # Decode only the images the alignment selected; a corrupt one drops its tick. Deserialising
+    # and the format checks run in time order; resize + encode (OpenCV, releases the GIL) run on a
+    # thread pool in batches, so memory stays bounded by one batch of decoded frames.
     decoded: dict[str, dict[int, bytes]] = {name: {} for name in img_t}
     fmt_seen: dict[str, tuple] = {}
-    for name, s in streams.images.items():
-        cam_topic = s.topic
-        for ti in np.flatnonzero(valid):
-            k = int(img_idx[name][ti])
-            if k in decoded[name]:
-                continue
-            try:
-                decoded[name][k] = _decode(
-                    s.raw[k], s.compressed, cam_topic, int(s.t[k]), fmt_seen, bag, contract, opts
-                )
-            except ImageDecodeError as e:
-                skips.add(cam_topic, f"undecodable image: {e}", int(s.t[k]))
-                decoded[name][k] = b""
-        bad = np.array([decoded[name].get(int(k), b"") == b"" for k in img_idx[name]]) & valid
-        valid &= ~bad
+    size = (contract.image_width, contract.image_height)
+    with ThreadPoolExecutor(max_workers=opts.encode_threads) as pool:
+        for name, s in streams.images.items():
+            wanted = sorted({int(img_idx[name][ti]) for ti in np.flatnonzero(valid)})
+            for b0 in range(0, len(wanted), ENCODE_BATCH):
+                keys, rgbs = [], []
+                for k in wanted[b0 : b0 + ENCODE_BATCH]:
+                    try:
+                        rgbs.append(_decode(s.raw[k], s.compressed, s.topic, int(s.t[k]), fmt_seen, bag))
+                        keys.append(k)
+                    except ImageDecodeError as e:
+                        skips.add(s.topic, f"undecodable image: {e}", int(s.t[k]))
+                        decoded[name][k] = b""
+                encoded = pool.map(lambda im: encode_image(resize_rgb(im, *size), opts.image_format), rgbs)
+                decoded[name].update(zip(keys, encoded))
+            bad = np.array([decoded[name].get(int(k), b"") == b"" for k in img_idx[name]]) & valid
+            valid &= ~bad
     tasks = (
         al.instruction_per_tick(ticks, streams.instructions)
         if contract.instruction_source == "topic"
@@ -152,17 +162,8 @@ def _count(skips, topic: str, mask: np.ndarray, rule: str, ticks: np.ndarray) ->
         )
 
 
-def _decode(
-    raw: bytes,
-    compressed: bool,
-    topic: str,
-    stamp: int,
-    fmt_seen: dict,
-    bag: Path,
-    contract: Contract,
-    opts: AlignOptions,
-) -> bytes:
-    """Decode one image, insisting that encoding and size stay as first seen on the topic."""
+def _decode(raw: bytes, compressed: bool, topic: str, stamp: int, fmt_seen: dict, bag: Path) -> np.ndarray:
+    """Decode one image to RGB, insisting that encoding and size stay as first seen on the topic."""
 
     def check(fmt: tuple) -> None:
         prev = fmt_seen.setdefault(topic, fmt)
@@ -175,13 +176,11 @@ def _decode(
             msg, _ = deserialize_lenient(raw, COMPRESSED_T)
             rgb = compressed_to_rgb(msg.data, msg.format)
             check((msg.format.lower(), rgb.shape))
-        else:
-            msg, _ = deserialize_lenient(raw, IMAGE_T)
-            check((msg.encoding, (int(msg.height), int(msg.width))))
-            rgb = raw_to_rgb(msg.data, msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian)
+            return rgb
+        msg, _ = deserialize_lenient(raw, IMAGE_T)
+        check((msg.encoding, (int(msg.height), int(msg.width))))
+        return raw_to_rgb(msg.data, msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian)
     except ImageDecodeError as e:
         if "unknown" in str(e):  # every image of the topic would fail the same way
             raise BagError(bag, str(e), topic, stamp / 1e9) from None
         raise
-    rgb = resize_rgb(rgb, contract.image_width, contract.image_height)
-    return encode_image(rgb, opts.image_format)

@@ -93,10 +93,16 @@ def resize_rgb(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
-    """Encode (H, W, 3) RGB for storage. PNG level 1: lossless and fast to write and to decode."""
+    """Encode (H, W, 3) RGB for storage.
+
+    PNG: zlib level 1 with the "up" filter only. Measured on 128x128 frames here, that is 3x faster
+    to encode than OpenCV's default adaptive filtering (0.16 vs 0.54 ms on rendered images) at a
+    similar size; on noisy camera frames PNG costs ~2 ms whatever the settings (use jpeg there).
+    """
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     if fmt == "png":
-        ok, out = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+        ok, out = cv2.imencode(".png", bgr, params)
     elif fmt == "jpeg":
         ok, out = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     else:

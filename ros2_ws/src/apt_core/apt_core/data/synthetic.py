@@ -41,8 +41,12 @@ class SyntheticBag:
     instructions: list[str] = field(default_factory=list)  # (N,) instruction in force at frame i
 
 
-def synthetic_image(i: int, height: int, width: int, cam: int = 0) -> np.ndarray:
-    """A smooth gradient with a moving square; row 0 encodes the frame index (exact round trips)."""
+def synthetic_image(i: int, height: int, width: int, cam: int = 0, noise: int = 0) -> np.ndarray:
+    """A smooth gradient with a moving square; row 0 encodes the frame index (exact round trips).
+
+    noise > 0 adds seeded uniform pixel noise of that amplitude, so images compress like camera
+    frames rather than like flat graphics (used by the benchmark).
+    """
     y, x = np.mgrid[0:height, 0:width]
     img = np.stack(
         [(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), np.full_like(x, (37 * cam) % 256)],
@@ -51,6 +55,11 @@ def synthetic_image(i: int, height: int, width: int, cam: int = 0) -> np.ndarray
     s = max(height // 6, 2)
     r0, c0 = (3 * i) % (height - s), (5 * i) % (width - s)
     img[r0 : r0 + s, c0 : c0 + s] = (255, 64, 0)
+    if noise > 0:
+        rng = np.random.default_rng(1000 * cam + i)
+        img = np.clip(img.astype(np.int16) + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(
+            np.uint8
+        )
     img[0, :4] = (i % 256, (i // 256) % 256, cam)
     return img
 
@@ -164,6 +173,7 @@ def write_synthetic_bag(
     nan_frames: Sequence[int] = (),
     frame_hook: Callable[[int, dict[str, object]], None] | None = None,
     stamp_offsets_s: dict[int, float] | None = None,
+    image_noise: int = 0,
 ) -> SyntheticBag:
     """Write a rosbag2 at `path` (must not exist) with `n_frames` frames at the contract rate.
 
@@ -178,6 +188,7 @@ def write_synthetic_bag(
     frame_hook: called as hook(i, overrides) before frame i is written; it may set
         overrides["image_encoding"], overrides["image_size"] or overrides["skip"] = True.
     stamp_offsets_s: frame -> seconds added to that frame's header stamps (e.g. to go backwards).
+    image_noise: amplitude of seeded pixel noise added to images (0: none).
     """
     contract = contract or load_contract()
     path = Path(path)
@@ -244,7 +255,7 @@ def write_synthetic_bag(
                 continue
             for ci, cam in enumerate(contract.cameras):
                 hgt, wid = ov.get("image_size") or image_size or (contract.image_height, contract.image_width)
-                rgb = synthetic_image(i, hgt, wid, ci)
+                rgb = synthetic_image(i, hgt, wid, ci, image_noise)
                 if cam.compressed:
                     msg, seen = compressed_message(rgb, compressed_format, hs)
                     data = TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage")
