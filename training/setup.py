@@ -11,6 +11,7 @@ setup(
             "apt-train-stage1 = apt_training.stage1:cli",
             "apt-train-stage2 = apt_training.stage2:cli",
             "apt-compare = apt_training.compare:main",
+            "apt-pipeline = apt_training.pipeline:main",
         ]
     },
 )
