@@ -78,14 +78,19 @@ def test_queue_replace_append_and_advance() -> None:
 def test_completion_heuristic_guards_premature_switch() -> None:
     det = CompletionDetector(CompletionConfig(min_subtask_s=2.0, settle_motion=0.02, settle_chunks=3))
     here = np.zeros(3)
-    det.observe_chunk(np.full((8, 3), 0.5), here)
+
+    def ramp(span: float, offset: float = 0.0) -> np.ndarray:
+        return offset + np.linspace(0, span, 8)[:, None] * np.ones((1, 3))
+
+    det.observe_chunk(ramp(0.5), here)
     assert det.progress(0.5) == 0.0
-    for _ in range(3):
-        det.observe_chunk(np.full((8, 3), 0.01), here)
+    for k in range(3):
+        # settled chunks with a per-chunk offset (as a VLA produces) still count as settled
+        det.observe_chunk(ramp(0.01, offset=0.05 * (-1) ** k), here)
     assert det.progress(1.0) > 0.9
     assert not det.complete(1.0, success_available=False)  # too early: the guard holds
     assert det.complete(2.5, success_available=False)
-    det.observe_chunk(np.full((8, 3), 0.3), here)  # moving again resets the settle count
+    det.observe_chunk(ramp(0.3), here)  # moving again resets the settle count
     assert not det.complete(3.0, success_available=False)
     # with a ground-truth signal the heuristic is ignored
     assert not det.complete(3.0, success_available=True)

@@ -17,7 +17,9 @@ is logged (throttled per kind) and dropped, never raised. Run: `apt-policy --ros
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
+import signal
 import sys
 import threading
 import time
@@ -507,6 +509,8 @@ def _last_link(urdf: str, base: str) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
+    # `kill -USR1 <pid>` dumps every thread's stack: the first thing to look at if the node stalls.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     try:
         node = PolicyNode()

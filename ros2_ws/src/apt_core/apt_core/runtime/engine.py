@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -138,7 +139,9 @@ class PolicyRuntime:
             | {f"camera {c}": cfg.image_timeout_s for c in self.camera_names}
         )
         self._lock = threading.RLock()
-        self._joints: tuple[np.ndarray, float] | None = None  # (positions, header stamp)
+        self._joints: tuple[np.ndarray, float] | None = None  # latest (positions, header stamp)
+        # recent joint states, so an image can be paired with the joint state closest to its stamp
+        self._joint_hist: deque[tuple[float, np.ndarray]] = deque(maxlen=200)
         self._images: dict[str, tuple[np.ndarray, float]] = {}
         self._success: bool | None = None  # None: no success signal wired / received
         self._holding = False
@@ -158,6 +161,7 @@ class PolicyRuntime:
         """positions: (J,) in contract order, finite (the node checks). stamp: header time [s]."""
         with self._lock:
             self._joints = (np.asarray(positions, dtype=np.float64).copy(), stamp)
+            self._joint_hist.append((stamp, self._joints[0]))
             self.watchdog.feed("joint_states", self.clock() if now is None else now)
 
     def on_image(self, camera: str, rgb: np.ndarray, stamp: float, now: float | None = None) -> None:
@@ -235,9 +239,16 @@ class PolicyRuntime:
         if reasons or self._joints is None:
             return None, reasons or ["no joint_states received"]
         q, js_stamp = self._joints
-        stamps = [js_stamp] + [self._images[c][1] for c in self.camera_names]
-        if all(s > 0 for s in stamps):  # header stamps are set: check synchronisation
-            skew = max(stamps) - min(stamps)
+        img_stamps = [self._images[c][1] for c in self.camera_names]
+        if all(s > 0 for s in img_stamps) and js_stamp > 0:  # header stamps are set: synchronise
+            cam_skew = max(img_stamps) - min(img_stamps)
+            if cam_skew > self.cfg.max_skew_s:
+                return None, [f"camera skew {cam_skew:.3f} s > max_skew_s {self.cfg.max_skew_s} s"]
+            t_img = max(img_stamps)
+            # the joint state nearest in time to the images: the observation the model sees is
+            # consistent even when the camera runs slower than the joint states
+            t_js, q = min(self._joint_hist, key=lambda e: abs(e[0] - t_img))
+            skew = abs(t_js - t_img)
             if skew > self.cfg.max_skew_s:
                 return None, [f"camera/joint-state skew {skew:.3f} s > max_skew_s {self.cfg.max_skew_s} s"]
         imgs = {c: self._images[c][0] for c in self.camera_names}

@@ -164,7 +164,9 @@ class TaskQueue:
 @dataclass(frozen=True)
 class CompletionConfig:
     min_subtask_s: float = 3.0  # never judge a subtask complete sooner [s]: guards premature switching
-    settle_motion: float = 0.02  # a chunk moving the arm less than this (max joint travel) is "settled" [rad]
+    settle_motion: float = (
+        0.02  # a chunk spanning less than this (max joint travel over the chunk) is "settled" [rad]
+    )
     settle_chunks: int = 3  # consecutive settled chunks needed to call the subtask complete
     use_success_signal: bool = True  # trust a ground-truth success topic when one is wired
 
@@ -192,7 +194,10 @@ class CompletionDetector:
 
     def observe_chunk(self, chunk: np.ndarray, measured: np.ndarray) -> None:
         """Feed a predicted chunk (H, J) and the measured position (J,)."""
-        motion = float(np.max(np.abs(np.asarray(chunk) - np.asarray(measured)[None])))
+        # Motion the chunk itself asks for (its span over time). Not the distance to the measured
+        # state: a VLA's chunks carry a per-chunk offset of a few centimetres that never goes away,
+        # and would keep a distance-based test from ever calling the subtask complete.
+        motion = float(np.max(np.ptp(np.asarray(chunk), axis=0)))
         if self._start_motion is None:
             self._start_motion = max(motion, self.cfg.settle_motion)
         self._last_motion = motion

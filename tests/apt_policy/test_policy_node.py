@@ -1,0 +1,190 @@
+"""The policy node in its own process against a robot process, over loopback DDS.
+
+Covers: instruct, execute with feedback, chaining, cancel, stop, queue, status rate, the
+trajectory stream (timing, velocity consistency, continuity at chunk boundaries, never running out),
+monitoring topics, the watchdog hold, and refusing to start with a policy for another robot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosclient import Client, GoalStatus, start_policy, start_robot
+
+from apt_msgs.msg import PolicyStatus
+
+pytestmark = pytest.mark.ros
+DT = 0.1  # sim contract: 10 Hz
+
+
+def _hermite(times: np.ndarray, pos: np.ndarray, vel: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    i = int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2))
+    h = times[i + 1] - times[i]
+    s = (t - times[i]) / h
+    p = (2 * s**3 - 3 * s**2 + 1) * pos[i] + (s**3 - 2 * s**2 + s) * h * vel[i]
+    p += (-2 * s**3 + 3 * s**2) * pos[i + 1] + (s**3 - s**2) * h * vel[i + 1]
+    v = ((6 * s**2 - 6 * s) * pos[i] + (3 * s**2 - 4 * s + 1) * h * vel[i]) / h
+    v += ((-6 * s**2 + 6 * s) * pos[i + 1] + (3 * s**2 - 2 * s) * h * vel[i + 1]) / h
+    return p, v
+
+
+def _load(record: Path) -> list[dict]:
+    out = []
+    for line in record.read_text().splitlines():
+        d = json.loads(line)
+        out.append({k: np.array(v) for k, v in d.items()})
+    return out
+
+
+def _is_hold(tr: dict) -> bool:
+    return bool(np.allclose(tr["pos"], tr["pos"][0]) and not np.any(tr["vel"]))
+
+
+def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Client, tmp_path: Path) -> None:
+    record = tmp_path / "traj.jsonl"
+    robot = start_robot(processes, record=record)
+    # a VLA-like policy: every chunk has its own random offset, and inference takes 60 ms
+    policy = start_policy(processes, policy_env=json.dumps({"offset": 0.03, "latency_s": 0.06}))
+    client.wait_ready()
+    feedback: list = []
+    handle = client.send_goal("left, then right", feedback=feedback)
+    assert handle.accepted
+    status, result = client.result(handle, timeout=40.0)
+    assert status == GoalStatus.STATUS_SUCCEEDED, result.reason
+    assert result.success and result.reason == "completed" and result.subtasks_completed == 2
+    subtasks = [f.subtask for f in feedback if f.subtask]
+    assert (
+        subtasks[0] == "left"
+        and subtasks[-1] == "right"
+        and "right" not in subtasks[: subtasks.index("left") + 1]
+    )
+    assert max(f.subtask_index for f in feedback) == 1 and all(f.subtask_count == 2 for f in feedback)
+    assert any(f.phase == 2 for f in feedback)  # PHASE_EXECUTING was reported
+
+    # --- status at >= 5 Hz (10 Hz configured), stamped
+    with client.lock:
+        st_times = [t for t, _ in client.status]
+    window = [t for t in st_times if t > st_times[-1] - 3.0]
+    assert len(window) / 3.0 >= 5.0, f"status rate {len(window) / 3.0:.1f} Hz"
+    # --- monitoring: chunks and diagnostics
+    with client.lock:
+        chunks, diags = list(client.chunks), list(client.diags)
+    assert chunks and chunks[0].horizon == 16 and len(chunks[0].positions) == 16 * 7
+    assert chunks[-1].inference_latency >= 0.05  # the test policy sleeps 60 ms
+    assert diags and diags[-1].status[0].name == "apt_policy: runtime"
+
+    # --- trajectory stream, as received by the robot
+    trajs = [t for t in _load(record) if not _is_hold(t)]
+    assert len(trajs) >= 10
+    for tr in trajs:
+        steps = np.diff(tr["times"])
+        assert np.allclose(steps, DT, atol=1e-6), "time_from_start follows the chunk timing"
+        p, v = tr["pos"], tr["vel"]
+        assert np.allclose(v[1:-1], (p[2:] - p[:-2]) / (2 * DT), atol=1e-9), (
+            "velocities consistent with positions"
+        )
+        assert np.all(np.abs(v) <= 1.5 + 1e-9) and np.all(np.abs(np.diff(p, axis=0)) / DT <= 1.5 + 1e-6)
+    dp, dv, margin = [], [], []
+    for old, new in zip(trajs[:-1], trajs[1:]):
+        t0 = new["times"][0]
+        if t0 >= old["times"][-1]:
+            continue
+        p_old, v_old = _hermite(old["times"], old["pos"], old["vel"], t0)
+        dp.append(np.abs(p_old - new["pos"][0]).max())
+        dv.append(np.abs(v_old - new["vel"][0]).max())
+        margin.append(old["times"][-1] - new["recv"])
+    assert len(dp) >= 8
+    assert max(dp) < 1e-6, f"position jump at a chunk boundary: {max(dp)}"
+    assert max(dv) < 1e-6, f"velocity jump at a chunk boundary: {max(dv)}"
+    # the controller never runs out of trajectory: each plan arrives well before the previous ends
+    assert min(margin) > 0.3, f"plan arrived {min(margin):.3f} s before the previous one ended"
+    assert robot.poll() is None and policy.poll() is None
+
+
+def test_instruct_queue_cancel_and_stop(processes, client: Client, tmp_path: Path) -> None:
+    record = tmp_path / "traj.jsonl"
+    start_robot(processes, record=record)
+    policy = start_policy(processes)
+    client.wait_ready()
+    r1 = client.instruct("left")
+    assert r1.accepted and r1.task_id and "started" in r1.message
+    r2 = client.instruct("right, then home", mode=1)
+    assert r2.accepted and "queued at position 1" in r2.message and "right | home" in r2.message
+    client.wait_for(
+        lambda: (s := client.last_status()) is not None and s.queue_length == 1, 5, "queue_length 1"
+    )
+    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_RUNNING, 10, "running")
+    assert client.last_status().active_instruction == "left"
+    resp = client.stop()
+    assert resp.success and "holding" in resp.message
+    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 5, "holding after stop")
+    st = client.last_status()
+    assert st.queue_length == 0 and st.task_id == "" and "stop" in st.fault
+    time.sleep(0.5)
+    assert _is_hold(_load(record)[-1]), "stop publishes a hold trajectory"
+
+    # execute, then cancel: the goal ends canceled and the arm holds
+    n_before = len(_load(record))
+    handle = client.send_goal("right")
+    assert handle.accepted
+    client.wait_for(lambda: len(_load(record)) > n_before + 2, 10, "trajectories for the goal")
+    handle.cancel_goal_async()
+    status, result = client.result(handle, timeout=10.0)
+    assert status == GoalStatus.STATUS_CANCELED and result.reason == "canceled"
+    time.sleep(0.3)
+    assert _is_hold(_load(record)[-1])
+    client.wait_for(
+        lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 5, "holding after cancel"
+    )
+    # a goal preempted by a new instruction is aborted with the reason
+    handle = client.send_goal("left")
+    time.sleep(0.5)
+    client.instruct("home")
+    status, result = client.result(handle, timeout=10.0)
+    assert status == GoalStatus.STATUS_ABORTED and result.reason == "preempted"
+    assert policy.poll() is None
+
+
+def test_watchdog_holds_on_stale_camera(processes, client: Client, tmp_path: Path) -> None:
+    record = tmp_path / "traj.jsonl"
+    start_robot(processes, "--camera-stop-after", "5", "--compressed", record=record)
+    contract = tmp_path / "contract.yaml"
+    from apt_core.contract import load_contract
+
+    d = load_contract().to_dict()
+    d["cameras"][0]["compressed"] = True  # CompressedImage path
+    import yaml
+
+    contract.write_text(yaml.safe_dump(d))
+    start_policy(processes, f"contract:={contract}", "min_subtask_s:=60.0")  # stays running
+    client.wait_ready()
+    assert client.instruct("left").accepted
+    client.wait_for(
+        lambda: client.last_status().state == PolicyStatus.STATE_RUNNING and len(client.chunks) > 2,
+        10,
+        "running on compressed images",
+    )
+    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 15, "watchdog hold")
+    st = client.last_status()
+    assert "camera front" in st.fault and st.image_age > 1.0
+    time.sleep(0.5)
+    trajs = _load(record)
+    assert _is_hold(trajs[-1])
+    n = len(trajs)
+    time.sleep(1.5)
+    assert len(_load(record)) == n, "no new chunks are published while the camera is stale"
+
+
+def test_refuses_policy_for_another_robot(processes, ros_env) -> None:
+    proc = start_policy(processes, "policy_factory:=policies:make_wrong_joints_policy")
+    # the later -p overrides the earlier policy_factory
+    assert proc.wait(timeout=30) == 2
+    log = processes.log_text(proc)
+    assert "refusing to start" in log and "do not match the contract joints" in log
+    proc = start_policy(processes, "contract:=/nonexistent.yaml")
+    assert proc.wait(timeout=30) == 2
+    assert "contract file not found" in processes.log_text(proc)
