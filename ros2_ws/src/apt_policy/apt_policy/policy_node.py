@@ -308,7 +308,11 @@ class PolicyNode(Node):
             ok, tid, msg = self.rt.instruct(req.instruction, append=req.mode == Instruct.Request.MODE_APPEND)
             resp.accepted, resp.task_id, resp.message = ok, tid, msg
             self._wake.set()
-            (self.get_logger().info if ok else self.get_logger().warning)(f"instruct: {msg}")
+            # (rclpy loggers forbid changing severity at one call site: two calls, not one)
+            if ok:
+                self.get_logger().info(f"instruct: {msg}")
+            else:
+                self.get_logger().warning(f"instruct: {msg}")
         except Exception as e:
             resp.accepted, resp.message = False, f"internal error: {type(e).__name__}: {e}"
         return resp
