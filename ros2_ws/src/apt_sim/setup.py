@@ -18,6 +18,7 @@ setup(
         "console_scripts": [
             "apt-sim = apt_sim.sim_node:main",
             "apt-record-demos = apt_sim.record_demos:main",
+            "apt-eval-ros = apt_sim.evaluate_ros:main",
         ]
     },
 )
