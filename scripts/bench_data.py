@@ -95,11 +95,55 @@ def loader_rate(
     return n / (time.perf_counter() - t0)
 
 
+def bench_conversion(
+    tmp: Path, contract, n_bags: int, frames: int, noise: int
+) -> tuple[list[list[str]], Path, str]:
+    """Rows of the conversion table for one kind of image; returns (rows, png dataset, description)."""
+    for i in range(n_bags):
+        write_synthetic_bag(
+            tmp / "bags" / f"bag{i:02d}",
+            contract,
+            frames,
+            f"task {i % 3}",
+            seed=i,
+            start_s=100.0 + 1000 * i,
+            image_noise=noise,
+        )
+    bags = find_bags(tmp / "bags")
+    total = n_bags * frames
+    raw_read(bags[:1], contract)  # warm the page cache and imports
+    raw_s, n_msg, nbytes = raw_read(bags, contract)
+    mb = nbytes / 1e6
+    kind = "rendered-like (noise 0)" if noise == 0 else f"camera-like (noise +-{noise})"
+    rows = [
+        [kind, "raw read + deserialise (1 process)", f"{total / raw_s:.0f}", f"{mb / raw_s:.1f}", "1.00x", ""]
+    ]
+    for workers, fmt in ((1, "png"), (2, "png"), (1, "jpeg")):
+        out = tmp / f"out-w{workers}-{fmt}"
+        t0 = time.perf_counter()
+        s = convert(bags, out, contract, workers=workers, image_format=fmt)
+        dt = time.perf_counter() - t0
+        assert s.frames == total, s.text()
+        size = sum(p.stat().st_size for p in out.rglob("*.parquet")) / 1e6
+        rows.append(
+            [
+                kind,
+                f"convert: {workers} worker(s), {fmt}",
+                f"{total / dt:.0f}",
+                f"{mb / dt:.1f}",
+                f"{raw_s / dt:.2f}x",
+                f"{size:.1f}",
+            ]
+        )
+    desc = f"{n_bags} bags x {frames} frames, {n_msg} messages, {mb:.1f} MB payload"
+    return rows, tmp / "out-w1-png", desc
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bags", type=int, default=6)
     ap.add_argument("--frames", type=int, default=150, help="frames per bag")
-    ap.add_argument("--noise", type=int, default=4, help="pixel noise amplitude (camera-like PNG size)")
+    ap.add_argument("--noise", type=int, default=4, help="pixel noise of the camera-like images")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the training step")
     ap.add_argument("--presets", default="debug,cpu-demo")
@@ -107,94 +151,65 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     contract = load_contract()
+    conv_rows: list[list[str]] = []
+    loader_rows: list[list[str]] = []
+    step_rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        for i in range(args.bags):
-            write_synthetic_bag(
-                tmp / "bags" / f"bag{i:02d}",
-                contract,
-                args.frames,
-                f"task {i % 3}",
-                seed=i,
-                start_s=100.0 + 1000 * i,
-                image_noise=args.noise,
+        datasets = {}
+        for noise in (0, args.noise):
+            rows, ds_path, desc = bench_conversion(
+                Path(tmp_s) / f"n{noise}", contract, args.bags, args.frames, noise
             )
-        bags = find_bags(tmp / "bags")
-        frames = args.bags * args.frames
-        raw_read(bags[:1], contract)  # warm the page cache and imports
-        raw_s, n_msg, nbytes = raw_read(bags, contract)
-        mb = nbytes / 1e6
-        rows = [
-            [
-                "raw read + deserialise (rosbags, 1 process)",
-                f"{frames / raw_s:.0f}",
-                f"{mb / raw_s:.1f}",
-                "1.00x",
-            ]
-        ]
-        out_png = tmp / "out-w1-png"
-        for workers, fmt in ((1, "png"), (2, "png"), (1, "jpeg")):
-            out = tmp / f"out-w{workers}-{fmt}"
-            t0 = time.perf_counter()
-            s = convert(bags, out, contract, workers=workers, image_format=fmt)
-            dt = time.perf_counter() - t0
-            assert s.frames == frames, s.text()
-            rows.append(
-                [
-                    f"convert, {workers} worker(s), {fmt}",
-                    f"{frames / dt:.0f}",
-                    f"{mb / dt:.1f}",
-                    f"{raw_s / dt:.2f}x",
-                ]
-            )
-        size_png = sum(p.stat().st_size for p in out_png.rglob("*.parquet")) / 1e6
-        conv_table = markdown_table(["pipeline", "frames/s", "bag MB/s", "vs raw"], rows)
-
-        probe_chunk, probe_hist = contract.chunk_length, 0
-        lrows = []
-        step_rows = []
+            conv_rows += rows
+            datasets[rows[0][0]] = ds_path
+        steps: dict[str, float] = {}
+        chunk, hist = contract.chunk_length, 0
         for preset in [p for p in args.presets.split(",") if p]:
             try:
                 from apt_core.model.config import get_preset
 
                 probe = get_preset(preset)
-                probe_chunk, probe_hist = probe.chunk_length, probe.n_action_history
-                step = train_step_seconds(out_png, preset, args.batch)
+                chunk, hist = probe.chunk_length, probe.n_action_history
+                steps[preset] = train_step_seconds(next(iter(datasets.values())), preset, args.batch)
             except Exception as e:  # the model package is another module; report instead of failing
-                step_rows.append([preset, f"n/a ({type(e).__name__}: {e})", "", ""])
-                continue
+                step_rows.append([preset, f"n/a ({type(e).__name__}: {e})", "", "", ""])
+        for kind, root in datasets.items():
             for augment in (False, True):
-                rate = loader_rate(out_png, args.batch, augment, probe_chunk, probe_hist)
-                load_s = args.batch / rate
-                step_rows.append(
-                    [
-                        preset,
-                        f"{step * 1e3:.0f}",
-                        f"augment={augment}: {load_s * 1e3:.1f}",
-                        f"{100 * load_s / step:.1f} %",
-                    ]
+                rate = statistics.median(
+                    loader_rate(root, args.batch, augment, chunk, hist) for _ in range(3)
                 )
-        for augment in (False, True):
-            lrows.append(
-                [
-                    f"batch {args.batch}, augment={augment}, 0 workers",
-                    f"{loader_rate(out_png, args.batch, augment, probe_chunk, probe_hist):.0f}",
-                ]
-            )
-        loader_table = markdown_table(["loader", "samples/s"], lrows)
-        step_table = markdown_table(
-            ["preset", "train step (ms)", "load one batch (ms)", "load / step"], step_rows
-        )
-
+                load_s = args.batch / rate
+                loader_rows.append([kind, f"augment={augment}", f"{rate:.0f}", f"{load_s * 1e3:.1f}"])
+                for preset, step in steps.items():
+                    step_rows.append(
+                        [
+                            preset,
+                            f"{step * 1e3:.0f}",
+                            kind,
+                            f"augment={augment}",
+                            f"{100 * load_s / step:.1f} %",
+                        ]
+                    )
+    conv_table = markdown_table(
+        ["images", "pipeline", "frames/s", "bag MB/s", "vs raw", "dataset MB"], conv_rows
+    )
+    loader_table = markdown_table(
+        ["images (png dataset)", "augment", "samples/s", f"ms per batch of {args.batch}"], loader_rows
+    )
+    step_table = markdown_table(
+        ["preset", "train step (ms)", "images", "augment", "loading / step"], step_rows
+    )
     body = (
         f"`python scripts/bench_data.py --bags {args.bags} --frames {args.frames} --noise {args.noise} "
-        f"--batch {args.batch}`: {args.bags} synthetic mcap bags x {args.frames} frames (128x128 rgb8 + "
-        f"JointState + JointTrajectory at 10 Hz; {n_msg} messages, {mb:.1f} MB of payload; "
-        f"PNG dataset {size_png:.1f} MB). Conversion includes image decode, PNG/JPEG encode, stats and "
-        "the atomic write; the raw row only reads and deserialises.\n\n"
-        f"{conv_table}\n\n{loader_table}\n\n"
-        f"Training step: APTPolicy forward + backward + AdamW at batch {args.batch}, torch threads "
-        f"{args.threads}, median of 4 steps; loading is one batch from DemoDataset (single process).\n\n"
+        f"--batch {args.batch}`. Synthetic mcap bags ({desc} per image kind): 128x128 rgb8 images, "
+        "JointState and JointTrajectory at 10 Hz. Conversion includes image decode, PNG/JPEG encode "
+        "(2 encoder threads per worker), statistics and the atomic write; the raw row only reads and "
+        "deserialises the same messages with rosbags.\n\n"
+        f"{conv_table}\n\n"
+        f"Loader: DemoDataset + make_loader, batch {args.batch}, 0 loader workers, median of 3 runs.\n\n"
+        f"{loader_table}\n\n"
+        f"Training step: APTPolicy process_batch + loss + backward + AdamW at batch {args.batch} on CPU, torch "
+        f"threads {args.threads}, median of 4 steps; loading / step = time to load one batch / step time.\n\n"
         f"{step_table}\n"
     )
     print(body)

@@ -180,7 +180,7 @@ def test_rclpy_serialised_joint_state_with_empty_trailing_arrays(tmp_path: Path,
     sb = write_synthetic_bag(tmp_path / "bags" / "rclpy", contract, 8, joint_state_serializer=rclpy_ser)
     s = _convert(tmp_path, contract)
     assert s.frames == 8 and s.lenient_decodes == 8 and s.skips.total() == 0
-    assert "8 JointState messages had rclpy trailing padding" in s.text()
+    assert "8 messages had rclpy trailing padding (decoded, kept)" in s.text()
     state = np.asarray(load_v3(tmp_path / "out").data["observation.state"].to_pylist())
     np.testing.assert_allclose(state, sb.states, atol=1e-6)
 

@@ -246,7 +246,8 @@ def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
                     jt.append(t)
                     jp.append(pos)
                 elif topic == contract.command_topic and contract.action_source == "command":
-                    msg, _ = deserialize_lenient(raw, TRAJECTORY_T)
+                    msg, len_ok = deserialize_lenient(raw, TRAJECTORY_T)
+                    lenient += len_ok
                     hs = _stamp(msg.header.stamp)
                     t = recv
                     # JTC semantics: a zero stamp means "start now" (on receipt).

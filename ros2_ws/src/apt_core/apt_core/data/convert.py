@@ -42,7 +42,7 @@ class ConversionSummary:
     tasks: int = 0
     bytes_read: int = 0  # serialised message bytes read from bags
     messages: int = 0
-    lenient_decodes: int = 0  # JointStates with rclpy trailing padding (decoded, not skipped)
+    lenient_decodes: int = 0  # JointState/JointTrajectory with rclpy trailing padding (decoded, kept)
     seconds: float = 0.0
     skipped_bags: list[str] = field(default_factory=list)  # one error message per skipped bag
     skips: SkipLog = field(default_factory=SkipLog)  # dropped messages / ticks / short episodes
@@ -56,7 +56,7 @@ class ConversionSummary:
         ]
         if self.lenient_decodes:
             lines.append(
-                f"  note: {self.lenient_decodes} JointState messages had rclpy trailing padding (decoded)"
+                f"  note: {self.lenient_decodes} messages had rclpy trailing padding (decoded, kept)"
             )
         if self.skipped_bags:
             lines.append(f"  skipped bags ({len(self.skipped_bags)}):")

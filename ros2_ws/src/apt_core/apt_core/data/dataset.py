@@ -15,8 +15,8 @@ Sample for frame t of an episode of length N (H = chunk_length, J joints):
 All numeric columns are loaded into numpy once (a few MB); images stay encoded in memory and are
 decoded per sample, which costs ~0.1 ms for 128x128 PNG, so workers are rarely needed on CPU.
 Augmentation (training only): a random shift of up to `shift` pixels (replicate padding, as in
-DrQ / diffusion_policy's crop) and brightness/contrast jitter; it draws from torch's RNG, so a
-seeded loader gives reproducible samples.
+DrQ / diffusion_policy's crop) and brightness/contrast jitter of +-`jitter`; it draws from torch's
+RNG, so a seeded loader gives reproducible samples.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -93,9 +94,10 @@ class DemoDataset(Dataset):
         pad = idx >= hi
         sample: dict[str, Any] = {}
         for k in self.camera_keys:
-            img = decode_stored(self.images[k][i].as_py())
-            t = torch.from_numpy(img).permute(2, 0, 1).contiguous()  # (3, H, W)
-            sample[k] = self._augment(t) if self.augment else t
+            img = decode_stored(self.images[k][i].as_py())  # (H, W, 3) uint8
+            if self.augment:
+                img = self._augment(img)
+            sample[k] = torch.from_numpy(img).permute(2, 0, 1).contiguous()  # (3, H, W)
         sample["observation.state"] = torch.from_numpy(self.state[i].copy())
         sample["action"] = torch.from_numpy(self.action[np.minimum(idx, hi - 1)])  # (H, J)
         sample["action_is_pad"] = torch.from_numpy(pad)
@@ -107,21 +109,25 @@ class DemoDataset(Dataset):
         sample["frame_index"] = int(self.frame_index[i])
         return sample
 
-    def _augment(self, img: torch.Tensor) -> torch.Tensor:
-        """Random shift (replicate pad + crop) and brightness/contrast jitter on a uint8 (3, H, W)."""
-        _, h, w = img.shape
-        x = img.float()
+    def _augment(self, img: np.ndarray) -> np.ndarray:
+        """Random shift (replicate pad + crop) and brightness/contrast jitter on (H, W, 3) uint8.
+
+        Done in uint8 with OpenCV (border + lookup table): ~20x cheaper than float torch ops per
+        sample, and no intra-op threads to fight the training step for cores.
+        """
+        h, w = img.shape[:2]
         if self.shift > 0:
             s = self.shift
-            padded = torch.nn.functional.pad(x[None], (s, s, s, s), mode="replicate")[0]
-            dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,)))
-            x = padded[:, dy : dy + h, dx : dx + w]
+            padded = cv2.copyMakeBorder(img, s, s, s, s, cv2.BORDER_REPLICATE)
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            img = padded[dy : dy + h, dx : dx + w]
         if self.jitter > 0:
-            b = 1.0 + (torch.rand(()) * 2 - 1) * self.jitter
-            c = 1.0 + (torch.rand(()) * 2 - 1) * self.jitter
-            mean = x.mean()
-            x = ((x - mean) * c + mean) * b
-        return x.clamp_(0, 255).round_().to(torch.uint8)
+            b, c = (1.0 + (torch.rand(2) * 2 - 1) * self.jitter).tolist()
+            mean = float(img.mean())
+            # ((x - mean) * c + mean) * b, as a table over the 256 possible pixel values
+            lut = np.clip((np.arange(256) - mean) * c * b + mean * b, 0, 255).round().astype(np.uint8)
+            img = cv2.LUT(img, lut)
+        return np.ascontiguousarray(img)
 
 
 def _matrix(table, key: str) -> np.ndarray:
