@@ -19,5 +19,5 @@ setup(
     zip_safe=False,
     description="Launch, configuration and RViz files of the APT stack",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["apt-launch = apt_bringup.graph:main"]},
 )

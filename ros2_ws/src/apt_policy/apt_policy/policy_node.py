@@ -45,7 +45,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from apt_core.contract import Contract, load_contract
-from apt_core.runtime.engine import PHASE_SUCCEEDED, PolicyRuntime, RuntimeConfig, StepResult
+from apt_core.runtime.engine import PolicyRuntime, RuntimeConfig, StepResult
 from apt_core.runtime.ik import IKAdapter, MoveItIK, NumericalIK, UrdfChain
 from apt_core.runtime.safety import SafetyFilter, SafetyLimits
 from apt_core.runtime.stitching import StitchConfig
@@ -454,8 +454,17 @@ class PolicyNode(Node):
         m.image_age, m.joint_state_age = float(st.image_age), float(st.joint_state_age)
         m.fault = st.fault
         self.status_pub.publish(m)
-        if st.phase == PHASE_SUCCEEDED:
-            self._wake.set()
+        if self._param("publish_markers"):
+            # the status as a text marker next to the predicted path (RViz has no PolicyStatus display)
+            names = ["IDLE", "RUNNING", "HOLDING", "FAULT", "STARTING"]
+            txt = Marker()
+            txt.header.frame_id, txt.header.stamp = self.contract.base_frame, m.header.stamp
+            txt.ns, txt.id, txt.type, txt.action = "apt_status", 1, Marker.TEXT_VIEW_FACING, Marker.ADD
+            txt.pose.position.z, txt.pose.orientation.w, txt.scale.z = 0.9, 1.0, 0.05
+            txt.color.r = txt.color.g = txt.color.b = txt.color.a = 1.0
+            sub = f" {st.subtask_index + 1}/{st.subtask_count}: {st.subtask}" if st.subtask else ""
+            txt.text = f"{names[st.state]}{sub}" + (f" ({st.fault})" if st.fault else "")
+            self.marker_pub.publish(MarkerArray(markers=[txt]))
 
     def _publish_diagnostics(self) -> None:
         st = self.rt.status()
