@@ -1,0 +1,184 @@
+"""Benchmark the simulated robot; writes section "sim" of docs/benchmarks.md.
+
+    source .venv/bin/activate && python scripts/bench_sim.py            # about 2-3 minutes
+    python scripts/bench_sim.py --quick                                   # smaller samples
+
+Measures: raw physics steps/s, control steps/s of TabletopEnv (50 physics steps each), rendered
+frames/s of the front camera at 128 and 224 px, the ROS sim node's real-time factor (a separate
+process at speed 0 = as fast as possible and at speed 1, measured from /joint_states stamps against
+wall time by a subscriber), demo recording throughput through ROS, and the scripted expert's
+success per split (in-process harness, 95% Wilson CIs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mujoco
+from bench_util import markdown_table, write_section
+
+from apt_core.sim.env import HOME, TabletopEnv
+
+
+def bench_physics(seconds: float) -> tuple[float, float]:
+    env = TabletopEnv(render=False)
+    env.reset(0)
+    m, d = env.model, env.data
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(500):
+            mujoco.mj_step(m, d)
+        n += 500
+    phys = n / (time.perf_counter() - t0)
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.step(HOME)
+        k += 1
+    return phys, k / (time.perf_counter() - t0)
+
+
+def bench_render(size: int, frames: int) -> float:
+    env = TabletopEnv(image_size=size)
+    env.reset(0)
+    env.render("front")  # context creation outside the timing
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(frames // 5):
+            env.render("front")
+        times.append((frames // 5) / (time.perf_counter() - t0))
+    env.close()
+    return statistics.median(times)
+
+
+def bench_ros_rtf(speed: float, seconds: float) -> tuple[float, float]:
+    """(real-time factor, frames/s received) of a sim node process, seen by a subscriber."""
+    env = dict(os.environ)
+    env.update(
+        ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
+    )
+    os.environ.update(
+        {k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apt_sim.sim_node", "--ros-args", "-p", f"speed:={speed}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    rclpy.init()
+    node = rclpy.create_node("bench_probe")
+    stamps: list[tuple[float, float]] = []
+    images = [0]
+    node.create_subscription(
+        JointState,
+        "/joint_states",
+        lambda m: stamps.append((time.perf_counter(), m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)),
+        10,
+    )
+    node.create_subscription(
+        Image,
+        "/camera/front/image_raw",
+        lambda m: images.__setitem__(0, images[0] + 1),
+        qos_profile_sensor_data,
+    )
+    try:
+        end = time.monotonic() + 30
+        while len(stamps) < 5 and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        stamps.clear()
+        images[0] = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        wall = stamps[-1][0] - stamps[0][0]
+        sim = stamps[-1][1] - stamps[0][1]
+        return sim / wall, images[0] / (time.perf_counter() - t0)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def bench_recording(episodes: int) -> tuple[float, int, float]:
+    from apt_sim.record_demos import record
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s = record(Path(tmp), episodes, seed=500, speed=0.0)
+        sim_s = sum(e["sim_seconds"] for e in s["episodes"])
+        return s["wall_s"], s["ok"], sim_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--episodes", type=int, default=20, help="expert episodes per split")
+    ap.add_argument("--record-episodes", type=int, default=20)
+    a = ap.parse_args()
+    sec = 1.0 if a.quick else 3.0
+    phys, ctrl = bench_physics(sec)
+    r128 = bench_render(128, 200 if a.quick else 1000)
+    r224 = bench_render(224, 200 if a.quick else 1000)
+    rtf_fast, fps_fast = bench_ros_rtf(0.0, sec * 2)
+    rtf_rt, fps_rt = bench_ros_rtf(1.0, sec * 2)
+    rec_wall, rec_ok, rec_sim = bench_recording(5 if a.quick else a.record_episodes)
+    n_rec = 5 if a.quick else a.record_episodes
+
+    from apt_core.sim.evaluate import evaluate, summary_markdown
+    from apt_core.sim.expert import ScriptedExpert
+
+    env = TabletopEnv()
+    res = evaluate(ScriptedExpert(env), n_episodes=5 if a.quick else a.episodes, seed=1000, env=env)
+
+    rows = [
+        ["physics steps/s (2 ms steps, full scene)", f"{phys:,.0f}", f"= {phys * 0.002:.0f}x real time"],
+        [
+            "TabletopEnv.step/s (one 0.1 s control period, no render)",
+            f"{ctrl:,.0f}",
+            f"= {ctrl / 10:.0f}x real time",
+        ],
+        ["rendered frames/s, front camera, 128x128", f"{r128:,.0f}", "goal >= 150"],
+        ["rendered frames/s, front camera, 224x224", f"{r224:,.0f}", ""],
+        [
+            "ROS sim node real-time factor, speed 0 (as fast as possible)",
+            f"{rtf_fast:.2f}",
+            f"{fps_fast:.0f} images/s received",
+        ],
+        ["ROS sim node real-time factor, speed 1", f"{rtf_rt:.3f}", f"{fps_rt:.1f} images/s received"],
+        [
+            f"demo recording through ROS ({n_rec} episodes, mcap)",
+            f"{rec_wall / n_rec:.2f} s/episode",
+            f"{rec_ok}/{n_rec} succeeded, {rec_sim / rec_wall:.1f}x real time, {60 * n_rec / rec_wall:.0f} episodes/min",
+        ],
+    ]
+    body = markdown_table(["measure", "value", "note"], rows)
+    body += (
+        f"\n\nScripted expert success, in-process harness ({res.summary[0].n} episodes per split, seeds 1000+, "
+        f"execute 8 of 16 steps per chunk; {res.seconds:.0f} s):\n\n" + summary_markdown(res.summary)
+    )
+    body += "\n\nRun: `python scripts/bench_sim.py` (numbers above from one run; the machine is shared, so rates vary by ~20%)."
+    print(body)
+    write_section("sim", "Simulated robot (scripts/bench_sim.py)", body)
+
+
+if __name__ == "__main__":
+    main()
