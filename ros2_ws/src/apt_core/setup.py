@@ -6,7 +6,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "tests"]),
-    package_data={"apt_core": ["**/*.yaml", "**/*.xml", "**/*.json"]},
+    package_data={"apt_core": ["**/*.yaml", "**/*.xml", "**/*.json", "**/*.urdf"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
