@@ -51,7 +51,9 @@ class MiniLMEffNetBackbone(Backbone):
         n_vis = self.n_cams * self.grid**2
         # trainable neck (trained in every backbone mode): stage channels -> 384, + camera/grid position
         self.neck = nn.Module()
-        self.neck.proj = nn.ModuleList(nn.Linear(STAGE_CHANNELS[l], MINILM_WIDTH) for l in self.tap_layers)
+        self.neck.proj = nn.ModuleList(
+            nn.Linear(STAGE_CHANNELS[layer], MINILM_WIDTH) for layer in self.tap_layers
+        )
         self.neck.norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in self.tap_layers)
         self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
         self.n_vis = n_vis
@@ -95,10 +97,10 @@ class MiniLMEffNetBackbone(Backbone):
             stages = self.vision.features(images.flatten(0, 1))  # 7 x (B*C, C_s, h, w)
         hs = self._text_states(lang_ids, lang_mask, txt_grad)
         feats = []
-        for j, l in enumerate(self.tap_layers):
-            v = F.adaptive_avg_pool2d(stages[l], self.grid)  # (B*C, C_s, g, g)
+        for j, layer in enumerate(self.tap_layers):
+            v = F.adaptive_avg_pool2d(stages[layer], self.grid)  # (B*C, C_s, g, g)
             v = v.flatten(2).transpose(1, 2).reshape(B, C * self.grid**2, -1)  # (B, C*g*g, C_s)
-            t = hs[l]  # (B, L, 384)
+            t = hs[layer]  # (B, L, 384)
             if insulate:
                 v, t = v.detach(), t.detach()
             v = self.neck.norm[j](self.neck.proj[j](v)) + self.neck.pos  # (B, Nv, 384)
