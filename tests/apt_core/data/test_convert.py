@@ -152,3 +152,86 @@ def test_cli_main(tmp_path: Path, contract, capsys: pytest.CaptureFixture[str]) 
     assert rc == 1 and "already holds a dataset" in capsys.readouterr().err
     rc = main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"])
     assert rc == 1 and "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("rule", "lengths", "frame_of_tick"),
+    [
+        # camera silent at frames 4-6. asof (max age 2 dt): ticks 4, 5 reuse image 3, tick 6 is too stale
+        ("asof", [6, 3], [0, 1, 2, 3, 3, 3, 7, 8, 9]),
+        ("hold", [10], [0, 1, 2, 3, 3, 3, 3, 7, 8, 9]),  # zero-order hold: nothing dropped
+        ("drop", [4, 3], [0, 1, 2, 3, 7, 8, 9]),  # no image within dt/2 of ticks 4-6
+    ],
+)
+def test_alignment_rules_end_to_end_with_a_stalled_camera(
+    tmp_path: Path, contract, rule, lengths, frame_of_tick
+) -> None:
+    def hook(i: int, ov: dict) -> None:
+        if i in (4, 5, 6):
+            ov["skip_topics"] = ["/camera/front/image_raw"]
+
+    sb = write_synthetic_bag(tmp_path / "bag", contract, 10, frame_hook=hook)
+    s = convert(tmp_path / "bag", tmp_path / "out", contract, align=rule)
+    ds, imgs, state, action = _frames(tmp_path / "out")
+    assert ds.episodes["length"].to_pylist() == lengths
+    np.testing.assert_array_equal(imgs, sb.images["front"][frame_of_tick])
+    ticks = [i for i in range(10) if rule == "hold" or i not in {"asof": (6,), "drop": (4, 5, 6)}[rule]]
+    np.testing.assert_allclose(state, sb.states[ticks], atol=1e-6)  # joint states kept flowing
+    np.testing.assert_allclose(action, sb.targets[ticks], atol=1e-6)
+    dropped = 10 - sum(lengths)
+    if dropped:
+        assert (
+            f"/camera/front/image_raw: ticks dropped by alignment rule '{rule}' (no fresh message): {dropped}"
+            in "\n".join(s.skips.lines())
+        )
+
+
+def test_bag_of_rclpy_serialised_messages(tmp_path: Path, contract) -> None:
+    """Every message serialised by real rclpy, as `ros2 bag record` stores them (not a mock)."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from apt_core.data.synthetic import TYPESTORE, synthetic_image
+
+    dt = 100_000_000
+    names = list(contract.joint_names)
+    expected_imgs, expected_state, expected_action = [], [], []
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        ci = w.add_connection("/camera/front/image_raw", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        cj = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=TYPESTORE)
+        cc = w.add_connection(
+            "/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory", typestore=TYPESTORE
+        )
+        cs = w.add_connection("/apt/instruction", "std_msgs/msg/String", typestore=TYPESTORE)
+        w.write(cs, 10**11, serialize_message(String(data="wave hello")))
+        for i in range(6):
+            t = 10**11 + i * dt
+            sec, nsec = divmod(t, 10**9)
+            img = Image(height=128, width=128, encoding="bgr8", step=128 * 3)
+            rgb = synthetic_image(i, 128, 128)
+            img.data = rgb[:, :, ::-1].tobytes()
+            img.header.stamp.sec, img.header.stamp.nanosec = sec, nsec
+            w.write(ci, t, serialize_message(img))
+            js = JointState(name=names[::-1], position=[0.1 * i + j for j in range(7)][::-1])
+            js.header.stamp.sec, js.header.stamp.nanosec = sec, nsec
+            w.write(cj, t, serialize_message(js))
+            tr = JointTrajectory(joint_names=names)
+            tr.header.stamp.sec, tr.header.stamp.nanosec = sec, nsec
+            for k in (1, 2):  # two points: t + dt and t + 2 dt
+                p = JointTrajectoryPoint(positions=[i + k + 0.5 * j for j in range(7)])
+                p.time_from_start.nanosec = k * dt
+                tr.points.append(p)
+            w.write(cc, t, serialize_message(tr))
+            expected_imgs.append(rgb)
+            expected_state.append([0.1 * i + j for j in range(7)])
+            expected_action.append([i + 1 + 0.5 * j for j in range(7)])
+    s = convert(tmp_path / "bag", tmp_path / "out", contract)
+    assert s.frames == 6 and s.skips.total() == 0, s.text()
+    ds, imgs, state, action = _frames(tmp_path / "out")
+    np.testing.assert_array_equal(imgs, np.stack(expected_imgs))
+    np.testing.assert_allclose(state, expected_state, atol=1e-6)
+    np.testing.assert_allclose(action, expected_action, atol=1e-6)
+    assert ds.tasks == ["wave hello"]

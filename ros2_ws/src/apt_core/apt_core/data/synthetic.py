@@ -186,7 +186,8 @@ def write_synthetic_bag(
     joint_state_serializer: custom serialiser for JointState (tests pass rclpy's, see module doc).
     skip_topics: topics not written at all. nan_frames: frames whose JointState holds a NaN.
     frame_hook: called as hook(i, overrides) before frame i is written; it may set
-        overrides["image_encoding"], overrides["image_size"] or overrides["skip"] = True.
+        overrides["image_encoding"], overrides["image_size"], overrides["skip"] = True (no message
+        at all this frame) or overrides["skip_topics"] = [...] (these topics publish nothing).
     stamp_offsets_s: frame -> seconds added to that frame's header stamps (e.g. to go backwards).
     image_noise: amplitude of seeded pixel noise added to images (0: none).
     """
@@ -264,16 +265,16 @@ def write_synthetic_bag(
                     msg, seen = image_message(rgb, enc, hs)
                     data = TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/Image")
                 images[cam.name].append(seen)
-                if cam.name in conns:
+                if cam.name in conns and cam.topic not in ov.get("skip_topics", ()):
                     w.write(conns[cam.name], t, bytes(data))
-            if js is not None:
+            if js is not None and contract.joint_state_topic not in ov.get("skip_topics", ()):
                 pos = np.array([states[i, p] if p >= 0 else 0.0 for p in perm])
                 if i in nan_frames:
                     pos[0] = np.nan
                 vel = np.zeros_like(pos)
                 ser = joint_state_serializer or joint_state_cdr
                 w.write(js, t, ser(order, pos, vel, hs))
-            if cmd is not None:
+            if cmd is not None and contract.command_topic not in ov.get("skip_topics", ()):
                 w.write(cmd, t, trajectory_cdr(names, [(targets[i], dt_ns)], hs))
     return SyntheticBag(
         path=path,
