@@ -11,7 +11,7 @@ from builtin_interfaces.msg import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from apt_core.contract import load_contract
@@ -40,6 +40,7 @@ class Probe(Node):
         self.create_subscription(String, C.instruction_topic, lambda m: self.instr.append(m.data), LATCHED)
         self.create_subscription(Bool, C.success_topic, lambda m: self.success.append(m.data), 10)
         self.pub = self.create_publisher(JointTrajectory, C.controller_topic, 10)
+        self.grip = self.create_publisher(Float64MultiArray, "/gripper_controller/commands", 10)
         self.reset_cli = self.create_client(ResetSim, "/apt_sim/reset")
 
     def spin_until(self, cond, timeout: float = 15.0) -> bool:
@@ -141,6 +142,13 @@ def test_follows_trajectories_and_rejects_bad_ones(probe) -> None:
     assert "non-finite position" in log
     assert "times must increase" in log
     assert "no points" in log
-    # Still alive and still obeying good commands.
+    # Still alive and still obeying good commands, including the separate gripper command.
     node.send(["shoulder_pan"], [(0.5, [q0[0]])])
     assert node.spin_until(lambda: abs(node.q()[0] - q0[0]) < 0.02, 10)
+    node.grip.publish(Float64MultiArray(data=[0.07]))
+    assert node.spin_until(lambda: abs(node.q()[6] - 0.07) < 0.004, 10)
+    node.grip.publish(Float64MultiArray(data=[0.5]))
+    node.grip.publish(Float64MultiArray(data=[float("nan")]))
+    node.spin_until(lambda: False, 1.0)
+    assert abs(node.q()[6] - 0.07) < 0.004 and sim.poll() is None
+    assert processes.log_text(sim).count("rejected gripper command") == 2

@@ -7,7 +7,8 @@ Publishes (topics from the contract): /joint_states (JointState, reliable), the 
 CameraInfo (sensor-data QoS), /apt_sim/success (Bool) at the control rate, and the task
 instruction on /apt/instruction (String, transient local). Subscribes to the contract's controller
 topic (JointTrajectory, ros2_control JTC semantics via apt_core.sim.jtc; the gripper is the joint
-"gripper" of the same trajectory, finger opening [m]). Services: /apt_sim/reset (apt_msgs/ResetSim),
+"gripper" of the same trajectory, finger opening [m]) and /gripper_controller/commands
+(Float64MultiArray [opening m], forward-command style; it replaces the gripper part of the motion). Services: /apt_sim/reset (apt_msgs/ResetSim),
 /apt_sim/pause (std_srvs/SetBool; recording uses it to start episodes cleanly).
 
 Timing: a wall-clock timer steps one control period of physics per tick, every dt / speed seconds
@@ -28,12 +29,12 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from apt_core.contract import load_contract
-from apt_core.sim.env import TabletopEnv
+from apt_core.sim.env import GRIPPER_MAX, TabletopEnv
 from apt_core.sim.jtc import TrajectoryError, TrajectoryFollower, TrajectoryPoint
 from apt_core.sim.tasks import TaskError
 from apt_msgs.srv import ResetSim
@@ -44,6 +45,9 @@ LATCHED = QoSProfile(
 # The JTC follower is sampled this many times per control period (50 physics steps at 10 Hz):
 # every 5 physics steps = 100 Hz, like a ros2_control update loop.
 PHYSICS_PER_SAMPLE = 5
+# ros2_control forward_command_controller style gripper command: data = [opening in m].
+GRIPPER_TOPIC = "/gripper_controller/commands"
+GRIPPER_MOVE_TIME = 0.3  # [s] the gripper setpoint ramps to a commanded opening over this time
 
 
 def to_time_msg(t: float) -> Time:
@@ -86,6 +90,7 @@ class SimNode(Node):
         self.pub_success = self.create_publisher(Bool, c.success_topic or "/apt_sim/success", 10)
         self.pub_instr = self.create_publisher(String, c.instruction_topic, LATCHED)
         self.create_subscription(JointTrajectory, c.controller_topic, self._on_trajectory, 10)
+        self.create_subscription(Float64MultiArray, GRIPPER_TOPIC, self._on_gripper, 10)
         self.create_service(ResetSim, "/apt_sim/reset", self._on_reset)
         self.create_service(SetBool, "/apt_sim/pause", self._on_pause)
         self._do_reset(int(gp("seed").value), str(gp("split").value), "")
@@ -124,6 +129,20 @@ class SimNode(Node):
             self.get_logger().error(f"rejected trajectory on {self.contract.controller_topic}: {e}; holding")
         except Exception as e:  # never let a malformed message kill the node
             self.get_logger().error(f"rejected trajectory ({type(e).__name__}: {e}); holding")
+
+    def _on_gripper(self, msg: Float64MultiArray) -> None:
+        try:
+            data = list(msg.data)
+            if len(data) != 1 or not math.isfinite(data[0]) or not 0.0 <= data[0] <= GRIPPER_MAX:
+                raise TrajectoryError(
+                    f"expected data=[opening] with 0 <= opening <= {GRIPPER_MAX} m, got {data}"
+                )
+            with self.lock:
+                self.follower.set_trajectory(
+                    ["gripper"], [TrajectoryPoint(GRIPPER_MOVE_TIME, (data[0],))], self.env.time
+                )
+        except Exception as e:  # never let a malformed message kill the node
+            self.get_logger().error(f"rejected gripper command on {GRIPPER_TOPIC}: {e}; holding")
 
     def _on_pause(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
         with self.lock:
