@@ -12,6 +12,7 @@ lands in the bag), resume, wait until /apt_sim/success has been true for `settle
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -73,7 +73,11 @@ class BagRecorder(Node):
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
         for topic, typ, _name, qos in recorded_topics(contract):
-            self.create_subscription(typ, topic, lambda m, t=topic: self._on_msg(t, m), qos)
+            # raw=True: the serialized CDR goes into the bag as received (no decode / re-encode).
+            stamped = hasattr(typ, "_fields_and_field_types") and "header" in typ.get_fields_and_field_types()
+            self.create_subscription(
+                typ, topic, lambda m, t=topic, h=stamped: self._on_msg(t, m, h), qos, raw=True
+            )
 
     def open(self, path: Path, custom: dict[str, str]) -> None:
         w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
@@ -96,13 +100,19 @@ class BagRecorder(Node):
                 w.set_custom_data(k, v)
             w.close()
 
-    def _on_msg(self, topic: str, msg) -> None:
-        header = getattr(msg, "header", None)
-        t = header.stamp.sec + header.stamp.nanosec * 1e-9 if header is not None else self.clock_fn()
+    def _on_msg(self, topic: str, raw: bytes, has_header: bool) -> None:
+        if has_header and len(raw) >= 12:
+            # CDR: 4-byte encapsulation header, then std_msgs/Header starts with stamp (int32 sec,
+            # uint32 nanosec); byte 1 says the byte order (1 = little endian).
+            order = "<" if raw[1] == 1 else ">"
+            sec, nsec = struct.unpack_from(order + "iI", raw, 4)
+            t_ns = sec * 1_000_000_000 + nsec
+        else:
+            t_ns = int(round(self.clock_fn() * 1e9))
         with self._lock:
             if self._writer is None:
                 return
-            self._writer.write(self._conns[topic], int(round(t * 1e9)), serialize_message(msg))
+            self._writer.write(self._conns[topic], t_ns, raw)
             self.counts[topic] += 1
 
 
