@@ -235,3 +235,27 @@ def test_bag_of_rclpy_serialised_messages(tmp_path: Path, contract) -> None:
     np.testing.assert_allclose(state, expected_state, atol=1e-6)
     np.testing.assert_allclose(action, expected_action, atol=1e-6)
     assert ds.tasks == ["wave hello"]
+
+
+def test_two_pass_image_reading_over_memory_budget_gives_the_same_dataset(tmp_path: Path, contract) -> None:
+    def hook(i: int, ov: dict) -> None:
+        if i == 5:
+            ov["skip_topics"] = ["/camera/front/image_raw"]
+
+    write_synthetic_bag(
+        tmp_path / "bag",
+        contract,
+        14,
+        "a",
+        instruction_changes=[(9, "b")],
+        frame_hook=hook,
+        stamp_offsets_s={3: -0.25},
+    )
+    from apt_core.data.bag_reader import read_bag
+
+    assert read_bag(tmp_path / "bag", contract, image_budget_mb=0.1).reread_images  # 49 KB frames
+    assert not read_bag(tmp_path / "bag", contract).reread_images
+    convert(tmp_path / "bag", tmp_path / "mem", contract)
+    convert(tmp_path / "bag", tmp_path / "two", contract, image_budget_mb=0.1)
+    rel = "data/chunk-000/file-000.parquet"
+    assert pq.read_table(tmp_path / "mem" / rel).equals(pq.read_table(tmp_path / "two" / rel))

@@ -67,8 +67,9 @@ class SkipLog:
 class ImageStream:
     topic: str
     compressed: bool
-    t: list[int] = field(default_factory=list)  # stamps [ns]
-    raw: list[bytes] = field(default_factory=list)  # CDR payloads, deserialised on demand
+    t: list[int] = field(default_factory=list)  # stamps [ns] of the kept messages
+    ordinal: list[int] = field(default_factory=list)  # position of each kept message on its topic
+    raw: list[bytes] = field(default_factory=list)  # CDR payloads (empty once over the memory budget)
 
 
 @dataclass
@@ -94,6 +95,33 @@ class BagStreams:
     n_messages: int = 0
     n_bytes: int = 0
     lenient_decodes: int = 0
+    reread_images: bool = False  # payloads exceeded the budget: episodes re-read the selected ones
+
+    def selected_images(self, name: str, wanted: list[int]):
+        """Yield (k, payload) for the kept image indices `wanted` (sorted) of camera `name`.
+
+        From memory when the payloads were kept; otherwise by a second pass over the bag that
+        matches messages by their ordinal on the topic, so memory stays bounded for long HD bags.
+        """
+        s = self.images[name]
+        if not self.reread_images:
+            for k in wanted:
+                yield k, s.raw[k]
+            return
+        by_ordinal = {s.ordinal[k]: k for k in wanted}
+        try:
+            with AnyReader([self.bag], default_typestore=TYPESTORE) as reader:
+                conns = [c for c in reader.connections if c.topic == s.topic]
+                for n, (_, _, raw) in enumerate(reader.messages(connections=conns)):
+                    k = by_ordinal.get(n)
+                    if k is not None:
+                        yield k, bytes(raw)
+        except BagError:
+            raise
+        except Exception as e:  # the bag changed or broke between the two passes
+            raise BagError(
+                self.bag, f"second pass over images failed: {type(e).__name__}: {e}", s.topic
+            ) from e
 
 
 def deserialize_lenient(raw: bytes | memoryview, typename: str) -> tuple[object, bool]:
@@ -174,19 +202,32 @@ def find_bags(inputs: list[Path] | Path) -> list[Path]:
     return [b for b in bags if not (b.resolve() in seen or seen.add(b.resolve()))]
 
 
-def read_bag(bag: Path, contract: Contract, time_source: str = "header") -> BagStreams:
-    """Read the contract's topics from one bag. Raises BagError for a bag that cannot be used."""
+DEFAULT_IMAGE_BUDGET_MB = 1024.0  # image payloads kept in memory per bag before switching to two passes
+
+
+def read_bag(
+    bag: Path,
+    contract: Contract,
+    time_source: str = "header",
+    image_budget_mb: float = DEFAULT_IMAGE_BUDGET_MB,
+) -> BagStreams:
+    """Read the contract's topics from one bag. Raises BagError for a bag that cannot be used.
+
+    Image payloads are kept in memory up to `image_budget_mb`; past it they are dropped and the
+    selected frames are re-read later (`BagStreams.selected_images`), trading a second pass over
+    the bag for bounded memory.
+    """
     if time_source not in TIME_SOURCES:
         raise ValueError(f"time source {time_source!r} not one of {TIME_SOURCES}")
     try:
-        return _read(Path(bag), contract, time_source)
+        return _read(Path(bag), contract, time_source, int(image_budget_mb * 1024 * 1024))
     except BagError:
         raise
     except Exception as e:  # rosbags raises many types for damaged files; report them uniformly
         raise BagError(bag, f"cannot read bag (truncated or corrupt?): {type(e).__name__}: {e}") from e
 
 
-def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
+def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) -> BagStreams:
     use_header = time_source == "header"
     names = contract.joint_names
     J = len(names)
@@ -215,13 +256,17 @@ def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
         trajs: list[Trajectory] = []
         instr: list[tuple[int, str]] = []
         last: dict[str, int] = {}
-        n_msg = n_bytes = lenient = 0
+        n_msg = n_bytes = lenient = kept = 0
+        reread = False
+        seen: Counter[str] = Counter()
         for conn, recv, raw in reader.messages(connections=conns):
             n_msg += 1
             n_bytes += len(raw)
             topic = conn.topic
             try:
                 if topic in cam_by_topic:
+                    ordinal = seen[topic]
+                    seen[topic] += 1
                     t = header_stamp_ns(raw) if use_header else recv
                     if use_header and t == 0:
                         skips.add(topic, "zero header stamp", recv)
@@ -230,7 +275,14 @@ def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
                         continue
                     s = images[cam_by_topic[topic].name]
                     s.t.append(t)
-                    s.raw.append(bytes(raw))
+                    s.ordinal.append(ordinal)
+                    if not reread:
+                        s.raw.append(bytes(raw))
+                        kept += len(raw)
+                        if kept > image_budget:
+                            reread = True
+                            for st in images.values():
+                                st.raw.clear()
                 elif topic == contract.joint_state_topic:
                     msg, len_ok = deserialize_lenient(raw, JOINT_STATE_T)
                     lenient += len_ok
@@ -285,6 +337,7 @@ def _read(bag: Path, contract: Contract, time_source: str) -> BagStreams:
         n_messages=n_msg,
         n_bytes=n_bytes,
         lenient_decodes=lenient,
+        reread_images=reread,
     )
 
 

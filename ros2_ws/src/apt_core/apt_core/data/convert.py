@@ -2,7 +2,7 @@
 
     apt-convert BAG_OR_DIR... --out DIR [--contract YAML] [--workers N] [--align asof|hold|drop]
                 [--time header|receive] [--max-age S] [--min-frames N] [--image-format png|jpeg]
-                [--threads N]
+                [--threads N] [--image-budget-mb MB]
                 [--overwrite] [--strict]
 
 Bags are read and their images decoded in parallel worker processes (one bag per task); the main
@@ -81,7 +81,7 @@ class _BagResult:
 def _convert_one(bag: Path, contract: Contract, opts: AlignOptions) -> _BagResult:
     """Worker: one bag -> episodes (images already encoded). Never raises for bad data."""
     try:
-        streams = read_bag(bag, contract, opts.time_source)
+        streams = read_bag(bag, contract, opts.time_source, opts.image_budget_mb)
         eps = build_episodes(streams, contract, opts)
         return _BagResult(
             str(bag), eps, streams.skips, streams.n_messages, streams.n_bytes, streams.lenient_decodes
@@ -115,6 +115,7 @@ def convert(
     min_frames: int = 2,
     image_format: str = "png",
     encode_threads: int = 2,
+    image_budget_mb: float = 1024.0,
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = False,
@@ -132,6 +133,7 @@ def convert(
         min_frames=min_frames,
         image_format=image_format,
         encode_threads=encode_threads,
+        image_budget_mb=image_budget_mb,
     )
     if contract.action_source not in ("command", "next_state"):
         raise ConversionError(
@@ -224,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-frames", type=int, default=2, help="shorter episodes are skipped")
     ap.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="stored image encoding")
     ap.add_argument("--threads", type=int, default=2, help="image encoder threads per worker")
+    ap.add_argument(
+        "--image-budget-mb",
+        type=float,
+        default=1024.0,
+        help="image payloads kept in RAM per bag; larger bags are read twice instead",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     ap.add_argument("--strict", action="store_true", help="fail if any bag has to be skipped")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -248,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             min_frames=args.min_frames,
             image_format=args.image_format,
             encode_threads=args.threads,
+            image_budget_mb=args.image_budget_mb,
             overwrite=args.overwrite,
             strict=args.strict,
             progress=not args.no_progress,

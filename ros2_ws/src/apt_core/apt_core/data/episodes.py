@@ -42,6 +42,7 @@ class AlignOptions:
     max_age_s: float | None = None  # asof staleness limit [s]; None = 2 control periods
     min_frames: int = 2  # shorter episodes are skipped (counted)
     image_format: str = "png"  # png (lossless) | jpeg (smaller, lossy)
+    image_budget_mb: float = 1024.0  # image payloads kept in RAM per bag; beyond it, a second pass
     encode_threads: int = 2  # threads resizing/encoding images within one bag (OpenCV frees the GIL)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class AlignOptions:
             raise ValueError(f"max_age_s must be > 0, got {self.max_age_s}")
         if self.min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
+        if not self.image_budget_mb > 0:
+            raise ValueError(f"image_budget_mb must be > 0, got {self.image_budget_mb}")
         if self.encode_threads < 1:
             raise ValueError(f"encode_threads must be >= 1, got {self.encode_threads}")
         if self.image_format not in ("png", "jpeg"):
@@ -103,17 +106,19 @@ def build_episodes(streams: BagStreams, contract: Contract, opts: AlignOptions) 
     with ThreadPoolExecutor(max_workers=opts.encode_threads) as pool:
         for name, s in streams.images.items():
             wanted = sorted({int(img_idx[name][ti]) for ti in np.flatnonzero(valid)})
-            for b0 in range(0, len(wanted), ENCODE_BATCH):
-                keys, rgbs = [], []
-                for k in wanted[b0 : b0 + ENCODE_BATCH]:
-                    try:
-                        rgbs.append(_decode(s.raw[k], s.compressed, s.topic, int(s.t[k]), fmt_seen, bag))
-                        keys.append(k)
-                    except ImageDecodeError as e:
-                        skips.add(s.topic, f"undecodable image: {e}", int(s.t[k]))
-                        decoded[name][k] = b""
-                encoded = pool.map(lambda im: encode_image(resize_rgb(im, *size), opts.image_format), rgbs)
-                decoded[name].update(zip(keys, encoded))
+            keys: list[int] = []
+            rgbs: list[np.ndarray] = []
+
+            for k, raw in streams.selected_images(name, wanted):
+                try:
+                    rgbs.append(_decode(raw, s.compressed, s.topic, int(s.t[k]), fmt_seen, bag))
+                    keys.append(k)
+                except ImageDecodeError as e:
+                    skips.add(s.topic, f"undecodable image: {e}", int(s.t[k]))
+                    decoded[name][k] = b""
+                if len(rgbs) >= ENCODE_BATCH:
+                    _encode_batch(pool, keys, rgbs, decoded[name], size, opts.image_format)
+            _encode_batch(pool, keys, rgbs, decoded[name], size, opts.image_format)
             bad = np.array([decoded[name].get(int(k), b"") == b"" for k in img_idx[name]]) & valid
             valid &= ~bad
     tasks = (
@@ -160,6 +165,20 @@ def _count(skips, topic: str, mask: np.ndarray, rule: str, ticks: np.ndarray) ->
             int(ticks[np.argmax(mask)]),
             n=n,
         )
+
+
+def _encode_batch(
+    pool: ThreadPoolExecutor,
+    keys: list[int],
+    rgbs: list[np.ndarray],
+    out: dict[int, bytes],
+    size: tuple[int, int],
+    fmt: str,
+) -> None:
+    """Resize and encode a batch of frames on the pool into out[key]; empties the batch lists."""
+    out.update(zip(keys, pool.map(lambda im: encode_image(resize_rgb(im, *size), fmt), rgbs)))
+    keys.clear()
+    rgbs.clear()
 
 
 def _decode(raw: bytes, compressed: bool, topic: str, stamp: int, fmt_seen: dict, bag: Path) -> np.ndarray:
