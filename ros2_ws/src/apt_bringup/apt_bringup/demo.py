@@ -1,0 +1,286 @@
+"""The main job: the simulated arm follows language instructions with the shipped default policy.
+
+    scripts/demo.sh                                    # = python -m apt_bringup.demo
+    python -m apt_bringup.demo --checkpoint runs/pipeline-cpu/stage2/final --out outputs/demo
+
+Starts the same node graph as `ros2 launch apt_bringup robot.launch.py sim:=true checkpoint:=...`
+(apt_sim + apt_policy, from apt_bringup.graph), then for each scenario: resets the simulator to a
+scene from an evaluation split (/apt_sim/reset), sends the instruction through the /apt/execute
+action (feedback printed), and reads the simulator's ground-truth success (/apt_sim/success).
+Prints a table, writes results.md and a contact sheet (contact_sheet.png: one row of camera frames
+per instruction) into --out. The scenes are seeds the policy never saw in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apt_bringup.graph import command, resolve, share_dir
+
+# (label, split, scene seed): in-distribution, a paraphrase, an unseen object-target combination and
+# a two-step chain, all on scene seeds outside the recorded training demos (0..199).
+SCENARIOS: tuple[tuple[str, str, int], ...] = (
+    ("in-distribution", "in_distribution", 5001),
+    ("paraphrase", "paraphrase", 5002),
+    ("unseen combination", "unseen_combination", 5003),
+    ("two-step chain", "chain", 5004),
+)
+
+
+def default_checkpoint() -> Path:
+    """The shipped default policy (trained by apt-pipeline, see its TRAINING_REPORT.md)."""
+    return share_dir() / "policies" / "default"
+
+
+@dataclass
+class Outcome:
+    label: str
+    instruction: str
+    accepted: bool
+    policy_success: bool
+    sim_success: bool
+    reason: str
+    seconds: float
+    frames: list[np.ndarray]
+
+
+def _image(msg) -> np.ndarray:
+    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
+    img = arr.reshape(msg.height, msg.width, 3)
+    return img[:, :, ::-1].copy() if msg.encoding == "bgr8" else img.copy()
+
+
+class DemoClient:
+    """rclpy client: reset service, execute action, camera and success subscriptions."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.action import ActionClient
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Bool
+
+        from apt_core.contract import load_contract
+        from apt_msgs.action import Execute
+        from apt_msgs.srv import ResetSim
+
+        self.rclpy = rclpy
+        self.Execute, self.ResetSim = Execute, ResetSim
+        rclpy.init()
+        self.node = rclpy.create_node("apt_demo")
+        c = load_contract()
+        self.reset_cli = self.node.create_client(ResetSim, "/apt_sim/reset")
+        self.exec_cli = ActionClient(self.node, Execute, "/apt/execute")
+        self.success = False
+        self.frame: np.ndarray | None = None
+        self.node.create_subscription(Bool, c.success_topic, self._on_success, 10)
+        self.node.create_subscription(Image, c.cameras[0].topic, self._on_image, qos_profile_sensor_data)
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_success(self, msg) -> None:
+        self.success = bool(msg.data)
+
+    def _on_image(self, msg) -> None:
+        try:
+            self.frame = _image(msg)
+        except ValueError:
+            pass  # an image of another encoding/size: the contact sheet just skips it
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                self.reset_cli.service_is_ready()
+                and self.exec_cli.server_is_ready()
+                and self.frame is not None
+            ):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(
+            "the simulator or the policy node did not come up in time "
+            f"(reset service: {self.reset_cli.service_is_ready()}, execute action: {self.exec_cli.server_is_ready()}, "
+            f"camera: {self.frame is not None}); see the node logs above"
+        )
+
+    def _wait(self, fut, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not fut.done():
+            raise TimeoutError("no answer in time")
+        return fut.result()
+
+    def run(self, label: str, split: str, seed: int, timeout: float) -> Outcome:
+        resp = self._wait(self.reset_cli.call_async(self.ResetSim.Request(seed=seed, split=split)), 20.0)
+        if not resp.success:
+            raise RuntimeError(f"/apt_sim/reset failed: {resp.message}")
+        time.sleep(0.5)  # let the policy see the new scene
+        self.success = False
+        frames: list[np.ndarray] = []
+        print(f'\n[{label}] "{resp.instruction}"', flush=True)
+        t0 = time.monotonic()
+        last_phase = [""]
+
+        def on_feedback(m) -> None:
+            fb = m.feedback
+            line = f"  subtask {fb.subtask_index + 1}/{fb.subtask_count} '{fb.subtask}' progress {fb.progress:.2f}"
+            if line != last_phase[0]:
+                last_phase[0] = line
+                print(line, flush=True)
+
+        handle = self._wait(
+            self.exec_cli.send_goal_async(
+                self.Execute.Goal(instruction=resp.instruction, timeout_s=float(timeout)),
+                feedback_callback=on_feedback,
+            ),
+            10.0,
+        )
+        if not handle.accepted:
+            return Outcome(label, resp.instruction, False, False, False, "rejected", 0.0, frames)
+        res_fut = handle.get_result_async()
+        next_frame = 0.0
+        while not res_fut.done() and time.monotonic() - t0 < timeout + 15:
+            if time.monotonic() >= next_frame and self.frame is not None:
+                frames.append(self.frame)
+                next_frame = time.monotonic() + 1.0
+            time.sleep(0.05)
+        if not res_fut.done():
+            handle.cancel_goal_async()
+            return Outcome(
+                label, resp.instruction, True, False, self.success, "no result", time.monotonic() - t0, frames
+            )
+        result = res_fut.result().result
+        time.sleep(0.3)
+        if self.frame is not None:
+            frames.append(self.frame)
+        return Outcome(
+            label,
+            resp.instruction,
+            True,
+            result.success,
+            self.success,
+            result.reason,
+            time.monotonic() - t0,
+            frames,
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
+
+
+def contact_sheet(outcomes: list[Outcome], path: Path, per_row: int = 6) -> Path:
+    """One row of `per_row` evenly spaced frames per instruction, with a caption."""
+    import cv2
+
+    rows = []
+    for o in outcomes:
+        if not o.frames:
+            continue
+        idx = np.linspace(0, len(o.frames) - 1, min(per_row, len(o.frames))).round().astype(int)
+        tiles = [o.frames[i] for i in idx] + [np.zeros_like(o.frames[0])] * (per_row - len(idx))
+        strip = np.concatenate(tiles, axis=1)
+        caption = np.full((22, strip.shape[1], 3), 255, np.uint8)
+        verdict = "SUCCESS" if o.sim_success else "FAIL"
+        cv2.putText(
+            caption,
+            f"{o.label}: {o.instruction} -> {verdict}"[:110],
+            (4, 15),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        rows.append(np.concatenate([caption, strip[:, :, ::-1]], axis=0))
+    if not rows:
+        raise RuntimeError("no camera frames were received")
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    cv2.imwrite(str(tmp), sheet)
+    os.replace(tmp, path)
+    return path
+
+
+def results_markdown(outcomes: list[Outcome], checkpoint: Path) -> str:
+    lines = [
+        f"# Demo run with `{checkpoint}`\n",
+        "| scenario | instruction | policy says | simulator success | reason | time [s] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in outcomes:
+        lines.append(
+            f"| {o.label} | {o.instruction} | {'done' if o.policy_success else 'not done'} | "
+            f"{'yes' if o.sim_success else 'no'} | {o.reason} | {o.seconds:.1f} |"
+        )
+    k = sum(o.sim_success for o in outcomes)
+    lines.append(f"\n{k}/{len(outcomes)} instructions completed (ground truth from the simulator).\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="apt-demo", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--checkpoint", type=Path, default=None, help="policy checkpoint (default: the shipped one)"
+    )
+    ap.add_argument("--out", type=Path, default=Path("outputs/demo"), help="results.md and contact_sheet.png")
+    ap.add_argument("--timeout", type=float, default=40.0, help="seconds per instruction")
+    ap.add_argument("--only", nargs="*", default=None, help="scenario labels to run (default: all)")
+    a = ap.parse_args(argv)
+    ckpt = a.checkpoint or default_checkpoint()
+    if not (ckpt / "meta.json").is_file():
+        print(
+            f"apt-demo: error: no policy checkpoint at {ckpt}. Train one with "
+            "`apt-pipeline --recipe cpu-demo --export <dir>` and pass --checkpoint <dir>.",
+            file=sys.stderr,
+        )
+        return 2
+    scenarios = [s for s in SCENARIOS if a.only is None or s[0] in a.only]
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    procs = []
+    for spec in resolve({"sim": "true", "checkpoint": str(ckpt)}):
+        if spec.module:
+            print(f"apt-demo: starting {spec.name}", flush=True)
+            procs.append(subprocess.Popen(command(spec), start_new_session=True))
+    client = None
+    try:
+        client = DemoClient()
+        client.wait_ready(timeout=120.0)
+        outcomes = [client.run(label, split, seed, a.timeout) for label, split, seed in scenarios]
+    finally:
+        if client is not None:
+            client.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(2)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    a.out.mkdir(parents=True, exist_ok=True)
+    md = results_markdown(outcomes, ckpt)
+    (a.out / "results.md").write_text(md)
+    sheet = contact_sheet(outcomes, a.out / "contact_sheet.png")
+    print("\n" + md)
+    print(f"apt-demo: wrote {a.out / 'results.md'} and {sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
