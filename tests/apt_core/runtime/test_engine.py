@@ -143,6 +143,9 @@ def test_nan_chunk_and_model_error_hold_not_crash() -> None:
         _, results = _simulate(rt, clock, 0.5, np.zeros(3))
         assert results[0].kind == "hold" and reason in results[0].reason
         assert rt.status().state == HOLDING
+        # retried every step, but the hold is published once and never reported as resumed
+        assert [r.kind for r in results].count("hold") == 1 and len(results) > 3
+        assert not any("resumed" in e for r in results for e in r.events)
 
 
 def test_stop_cancel_fault_and_bad_instruction() -> None:

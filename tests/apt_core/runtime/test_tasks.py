@@ -49,7 +49,8 @@ def test_good_instruction_normalised() -> None:
         ),
         ("push the cube and then stack it; lift it", ["push the cube", "stack it", "lift it"]),
         ("Stack A on B. Then push C", ["Stack A on B", "push C"]),
-        ("strengthen the tower", ["strengthen the tower"]),  # "then" inside a word is not a separator
+        ("strengthen the tower", ["strengthen the tower"]),
+        ("first, then second", ["first", "second"]),  # "then" inside a word is not a separator
     ],
 )
 def test_split_chain(text: str, parts: list[str]) -> None:

@@ -146,6 +146,7 @@ class PolicyRuntime:
         self._success: bool | None = None  # None: no success signal wired / received
         self._holding = False
         self._hold_reason = ""
+        self._hold_stale = False
         self._fault = ""
         self._stopped_reason = ""
         self._last_latency = 0.0
@@ -254,8 +255,12 @@ class PolicyRuntime:
         imgs = {c: self._images[c][0] for c in self.camera_names}
         return Observation(images=imgs, joint_positions=q.copy(), stamp=now), []
 
-    def _hold(self, now: float, reason: str) -> StepResult:
-        """Enter HOLDING (publish one hold at the measured position); later calls just wait."""
+    def _hold(self, now: float, reason: str, stale: bool = False) -> StepResult:
+        """Enter HOLDING (publish one hold at the measured position); later calls just wait.
+
+        stale: the inputs are missing/old (resume as soon as they are fresh). Otherwise the model or
+        the safety filter refused a chunk: keep holding, and retry each step until a plan passes."""
+        self._hold_stale = stale
         if self._holding and reason == self._hold_reason:
             return StepResult("wait", reason=reason)
         first = not self._holding
@@ -304,10 +309,12 @@ class PolicyRuntime:
             obs, reasons = self._snapshot(now)
             if obs is None:
                 self._next_step = now + self.cfg.dt / 2
-                res = self._hold(now, "; ".join(reasons))
+                res = self._hold(now, "; ".join(reasons), stale=True)
                 res.events, res.task_id = events, task.task_id
                 return res
-            if self._holding:
+            if self._holding and self._hold_stale:
+                # inputs are fresh again: restart from the measured state (what was planned before
+                # the gap no longer describes the arm)
                 events.append(f"resumed after: {self._hold_reason}")
                 self._holding, self._hold_reason = False, ""
                 self.stitcher.reset()
@@ -341,6 +348,9 @@ class PolicyRuntime:
                 res.task_id, res.events = task_id, events
                 return res
             self.stitcher.set_plan(safe)
+            if self._holding:  # a retry after a refused chunk succeeded
+                events.append(f"resumed after: {self._hold_reason}")
+                self._holding, self._hold_reason = False, ""
             self.chunks += 1
             self._next_step = t_obs + self.cfg.replan_steps * self.cfg.dt
             if report.clamped:
@@ -377,7 +387,7 @@ class PolicyRuntime:
         if task is None:
             return []
         self.completion.observe_chunk(chunk, q)
-        elapsed = now - (task.subtask_started_at or now)
+        elapsed = 0.0 if task.subtask_started_at is None else now - task.subtask_started_at
         if not self.completion.complete(elapsed, success_available=self._success is not None):
             return []
         self.switch_log.append((task.task_id, task.index, now, self._success))

@@ -85,33 +85,23 @@ class Trajectory:
         with position+velocity points); held at the ends (before start: first point; after end: last
         point with zero velocity)."""
         ts = np.atleast_1d(np.asarray(t, dtype=np.float64))
-        pos = np.empty((ts.shape[0], self.positions.shape[1]))
-        vel = np.empty_like(pos)
-        for n, tt in enumerate(ts):
-            if tt <= self.times[0]:
-                pos[n], vel[n] = self.positions[0], self.velocities[0] if tt == self.times[0] else 0.0
-                if tt < self.times[0]:
-                    vel[n] = 0.0
-                continue
-            if tt >= self.times[-1]:
-                pos[n], vel[n] = self.positions[-1], 0.0
-                if tt == self.times[-1]:
-                    vel[n] = self.velocities[-1]
-                continue
-            i = int(np.searchsorted(self.times, tt, side="right")) - 1
-            h = self.times[i + 1] - self.times[i]
-            s = (tt - self.times[i]) / h
-            p0, p1 = self.positions[i], self.positions[i + 1]
-            m0, m1 = self.velocities[i] * h, self.velocities[i + 1] * h
-            h00, h10, h01, h11 = (
-                2 * s**3 - 3 * s**2 + 1,
-                s**3 - 2 * s**2 + s,
-                -2 * s**3 + 3 * s**2,
-                s**3 - s**2,
-            )
-            pos[n] = h00 * p0 + h10 * m0 + h01 * p1 + h11 * m1
-            d00, d10, d01, d11 = 6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s
-            vel[n] = (d00 * p0 + d10 * m0 + d01 * p1 + d11 * m1) / h
+        tm, p, v = self.times, self.positions, self.velocities
+        if tm.shape[0] == 1:
+            pos = np.repeat(p, ts.shape[0], axis=0)
+            vel = np.where((ts == tm[0])[:, None], v, 0.0)
+        else:
+            i = np.clip(np.searchsorted(tm, ts, side="right") - 1, 0, tm.shape[0] - 2)  # (N,) segment
+            h = (tm[i + 1] - tm[i])[:, None]
+            s = np.clip((ts[:, None] - tm[i][:, None]) / h, 0.0, 1.0)
+            p0, p1, m0, m1 = p[i], p[i + 1], v[i] * h, v[i + 1] * h
+            pos = (2 * s**3 - 3 * s**2 + 1) * p0 + (s**3 - 2 * s**2 + s) * m0
+            pos += (-2 * s**3 + 3 * s**2) * p1 + (s**3 - s**2) * m1
+            vel = ((6 * s**2 - 6 * s) * p0 + (3 * s**2 - 4 * s + 1) * m0) / h
+            vel += ((-6 * s**2 + 6 * s) * p1 + (3 * s**2 - 2 * s) * m1) / h
+            # held at the ends: before the start at the first point at rest, after the end at the last
+            before, after = ts < tm[0], ts > tm[-1]
+            pos[before], vel[before] = p[0], 0.0
+            pos[after], vel[after] = p[-1], 0.0
         if np.ndim(t) == 0:
             return pos[0], vel[0]
         return pos, vel

@@ -31,7 +31,8 @@ _CHAIN_SPLIT = re.compile(
     r"\bafter\s+that\b|,\s*finally\b|\bfinally\b|\s+then\b)\s*,?\s*",
     re.IGNORECASE,
 )
-_LEADING_FIRST = re.compile(r"^\s*first(?:ly)?\s*,?\s+", re.IGNORECASE)
+# "first, A, then B" drops "first"; but in "first, then second" the word is a subtask of its own
+_LEADING_FIRST = re.compile(r"^\s*first(?:ly)?\s*,?\s+(?!then\b)(?=\S)", re.IGNORECASE)
 
 
 class InstructionError(ValueError):
