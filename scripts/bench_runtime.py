@@ -82,12 +82,11 @@ def bench_ros(label: str, node_args: list[str], env: dict[str, str], seconds: fl
         assert client.instruct("left arm please").accepted
         client.wait_for(lambda: len(client.chunks) >= 2, 120, "first chunks")
         c0, t0 = cpu_seconds(node.pid), time.monotonic()
-        n0_chunks, n0_traj = len(client.chunks), len(client.trajs)
+        n0_chunks = len(client.chunks)
         time.sleep(seconds)
         cpu = (cpu_seconds(node.pid) - c0) / (time.monotonic() - t0) * 100
         with client.lock:
             chunks = client.chunks[n0_chunks:]
-            trajs = client.trajs[n0_traj:]
     finally:
         client.close()
         for p in (node, robot):
@@ -146,6 +145,34 @@ def bench_overhead(n: int = 300) -> tuple[float, float]:
     return pct(ts, 50) * 1e6, pct(ts, 99) * 1e6
 
 
+class Hesitant:
+    """A reaching policy that stands still for 0.3-1.5 s mid-task in half of the subtasks."""
+
+    chunk_length, rate_hz = 16, 10.0
+
+    def __init__(
+        self, names: tuple[str, ...], goals: dict, rng: np.random.Generator, clock: list[float]
+    ) -> None:
+        self.joint_names, self.goals, self.rng, self.clock = names, goals, rng, clock
+        self.pause: dict[str, tuple[float, float]] = {}
+
+    def reset(self) -> None:
+        pass
+
+    def predict(self, obs, instruction: str) -> np.ndarray:
+        if instruction not in self.pause:
+            start = self.clock[0] + self.rng.uniform(0.3, 1.0)
+            dur = self.rng.uniform(0.3, 1.5) if self.rng.random() < 0.5 else 0.0
+            self.pause[instruction] = (start, start + dur)
+        s, e = self.pause[instruction]
+        q = obs.joint_positions
+        if s <= self.clock[0] < e:
+            return np.tile(q, (16, 1))
+        d = self.goals[instruction] - q
+        k = np.arange(1, 17)[:, None] * 0.04
+        return q + np.sign(d) * np.minimum(np.abs(d), k)
+
+
 def bench_premature(episodes: int = 60) -> list[list[object]]:
     """Chains of two reaches by a policy that hesitates (stands still for 0.3-1.5 s, like a VLA
     unsure of the next step) with probability 0.5 per subtask. Ground truth: the arm within 0.02 rad
@@ -153,7 +180,6 @@ def bench_premature(episodes: int = 60) -> list[list[object]]:
     from apt_core.runtime.engine import PolicyRuntime, RuntimeConfig
     from apt_core.runtime.safety import SafetyFilter, SafetyLimits
     from apt_core.runtime.tasks import CompletionConfig, premature_switches
-    from apt_core.types import Observation
 
     names = ("a", "b", "c")
     goals = {"first": np.array([0.6, -0.3, 0.4]), "second": np.array([-0.4, 0.3, 0.0])}
@@ -164,28 +190,6 @@ def bench_premature(episodes: int = 60) -> list[list[object]]:
             rng = np.random.default_rng(ep)
             clock = [0.0]
 
-            class Hesitant:
-                joint_names, chunk_length, rate_hz = names, 16, 10.0
-
-                def __init__(self) -> None:
-                    self.pause: dict[str, tuple[float, float]] = {}
-
-                def reset(self) -> None:
-                    pass
-
-                def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-                    if instruction not in self.pause:
-                        start = clock[0] + rng.uniform(0.3, 1.0)
-                        dur = rng.uniform(0.3, 1.5) if rng.random() < 0.5 else 0.0
-                        self.pause[instruction] = (start, start + dur)
-                    s, e = self.pause[instruction]
-                    q = obs.joint_positions
-                    if s <= clock[0] < e:
-                        return np.tile(q, (16, 1))
-                    d = goals[instruction] - q
-                    k = np.arange(1, 17)[:, None] * 0.04
-                    return q + np.sign(d) * np.minimum(np.abs(d), k)
-
             cfg = RuntimeConfig(
                 dt=0.1,
                 chunk_length=16,
@@ -194,12 +198,12 @@ def bench_premature(episodes: int = 60) -> list[list[object]]:
                 ),
             )
             rt = PolicyRuntime(
-                Hesitant(),
+                Hesitant(names, goals, rng, clock),
                 names,
                 ("front",),
                 cfg,
                 SafetyFilter(SafetyLimits.uniform(names)),
-                clock=lambda: clock[0],
+                clock=lambda c=clock: c[0],
             )
             rt.instruct("first, then second", append=False)
             q, plan, done_t, sw = np.zeros(3), None, {}, []
