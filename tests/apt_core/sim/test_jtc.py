@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apt_core.sim.jtc import TrajectoryError, TrajectoryFollower, TrajectoryPoint
 
@@ -75,3 +77,20 @@ def test_bad_trajectories_rejected_and_state_kept(names, points, match) -> None:
         f.set_trajectory(names, points, start_time=0.2)
     np.testing.assert_allclose(f.sample(0.5), before)
     np.testing.assert_allclose(f.sample(5.0), 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-3, 3), min_size=1, max_size=6),
+    st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6),
+    st.floats(0.0, 8.0),
+)
+def test_linear_setpoints_never_leave_the_commanded_range(values, gaps, t) -> None:
+    # Property: without velocities, every sampled setpoint lies between the smallest and largest
+    # of the start state and the commanded points, so commands inside joint limits stay inside.
+    f = TrajectoryFollower(("a",), np.array([0.5]))
+    times = np.cumsum(gaps[: len(values)])
+    f.set_trajectory(("a",), [P(float(tt), [v]) for tt, v in zip(times, values, strict=True)], start_time=1.0)
+    lo, hi = min([0.5, *values]), max([0.5, *values])
+    x = f.sample(t)[0]
+    assert lo - 1e-9 <= x <= hi + 1e-9
