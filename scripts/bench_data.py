@@ -10,18 +10,20 @@
    (APTPolicy, `debug` and `cpu-demo` presets, forward + backward + AdamW, same batch size);
    the goal is loading < 10 % of a step.
 Bags are synthetic (gradient + moving square + pixel noise, 128x128 rgb8, 10 Hz): see synthetic.py.
+
+torch and the loader are imported inside functions: conversion workers start from a fork server
+that re-imports this script, and they should not pay for importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_util import markdown_table, write_section
@@ -52,6 +54,9 @@ def raw_read(bags: list[Path], contract) -> tuple[float, int, int]:
 
 def train_step_seconds(root: Path, preset: str, batch_size: int, steps: int = 4) -> float:
     """Median seconds of one training step (process_batch + loss + backward + AdamW) on CPU."""
+    import torch
+
+    from apt_core.data.dataset import DemoDataset, make_loader
     from apt_core.model.config import get_preset
     from apt_core.model.policy import APTPolicy
     from apt_core.model.processor import Processor
@@ -149,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presets", default="debug,cpu-demo")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     contract = load_contract()
     conv_rows: list[list[str]] = []
     loader_rows: list[list[str]] = []
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
             )
             conv_rows += rows
             datasets[rows[0][0]] = ds_path
+        import torch
+
+        torch.set_num_threads(args.threads)
         steps: dict[str, float] = {}
         chunk, hist = contract.chunk_length, 0
         for preset in [p for p in args.presets.split(",") if p]:
@@ -199,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     step_table = markdown_table(
         ["preset", "train step (ms)", "images", "augment", "loading / step"], step_rows
     )
+    load = os.getloadavg()
     body = (
+        f"Load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on this shared "
+        "machine; with other jobs competing for the cores, absolute rates vary run to run by 2-5x.\n\n"
         f"`python scripts/bench_data.py --bags {args.bags} --frames {args.frames} --noise {args.noise} "
         f"--batch {args.batch}`. Synthetic mcap bags ({desc} per image kind): 128x128 rgb8 images, "
         "JointState and JointTrajectory at 10 Hz. Conversion includes image decode, PNG/JPEG encode "
