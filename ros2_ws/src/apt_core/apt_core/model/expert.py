@@ -118,29 +118,24 @@ class ExpertLayer(nn.Module):
         x: torch.Tensor,  # (B, T, W) expert tokens
         mods: list[torch.Tensor],  # per AdaRMSNorm of this layer: (B, 1, 2W) from the time embedding
         ctx: tuple[torch.Tensor, torch.Tensor],  # keys/values of the backbone tokens (B, h, N, d)
-        ctx_allowed: torch.Tensor,  # (B, 1, 1, N) bool: backbone tokens this sample may attend to
-        self_allowed: torch.Tensor,  # (B, 1, T, T) bool: block-causal mask among expert tokens
+        masks: dict[str, torch.Tensor],  # additive float masks from ActionExpert.build_masks
     ) -> torch.Tensor:
-        T = x.shape[1]
         m1, *mx, m2 = mods
         q, k, v = (self._heads(t) for t in self.qkv(self.norm1(x, m1)).chunk(3, -1))
         kc, vc = ctx
         g = self.gate()  # (W,) or (1,)
-        highway = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=self_allowed))
+        highway = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=masks["self"]))
         if self.style == "pi":
-            allowed = torch.cat(
-                [ctx_allowed.expand(-1, -1, T, -1), self_allowed.expand(ctx_allowed.shape[0], -1, -1, -1)], -1
-            )
             fused = self._merge(
                 F.scaled_dot_product_attention(
-                    q, torch.cat([kc, k], 2), torch.cat([vc, v], 2), attn_mask=allowed
+                    q, torch.cat([kc, k], 2), torch.cat([vc, v], 2), attn_mask=masks["joint"]
                 )
             )
             x = x + self.out(g * fused + (1 - g) * highway)
         else:
             x = x + self.out(highway)
             qx = self._heads(self.q_x(self.norm_x(x, mx[0])))
-            cross = self._merge(F.scaled_dot_product_attention(qx, kc, vc, attn_mask=ctx_allowed))
+            cross = self._merge(F.scaled_dot_product_attention(qx, kc, vc, attn_mask=masks["ctx"]))
             x = x + g * self.out_x(cross)  # = g * (x + cross) + (1 - g) * x
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x, m2))))
 
@@ -193,6 +188,26 @@ class ActionExpert(nn.Module):
         allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=state.device)
         return pre, allowed.unsqueeze(1)
 
+    @staticmethod
+    def build_masks(
+        ctx_allowed: torch.Tensor, self_allowed: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """Additive attention masks (0 / -inf), built once per chunk instead of per layer and step.
+
+        ctx_allowed (B, 1, 1, N): backbone tokens each sample may attend to.
+        self_allowed (B, 1, T, T): block-causal mask among expert tokens.
+        joint (B, 1, T, N + T): pi-style attention over [backbone tokens; expert tokens].
+        """
+        T = self_allowed.shape[-1]
+        joint = torch.cat(
+            [ctx_allowed.expand(-1, -1, T, -1), self_allowed.expand(ctx_allowed.shape[0], -1, -1, -1)], -1
+        )
+
+        def additive(m: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
+
+        return {"ctx": additive(ctx_allowed), "self": additive(self_allowed), "joint": additive(joint)}
+
     def time_conditioning(self, t: torch.Tensor) -> list[list[torch.Tensor]]:
         """Modulations of every AdaRMSNorm for times t (S,): [layer][norm] (S, 1, 2W), last = final norm.
 
@@ -207,13 +222,12 @@ class ActionExpert(nn.Module):
         noisy: torch.Tensor,  # (B, H, A)
         t: torch.Tensor | list[list[torch.Tensor]],  # (B,) times in [0, 1], or their time_conditioning
         prefix: torch.Tensor,  # (B, T - H, W)
-        self_allowed: torch.Tensor,  # (B, 1, T, T)
+        masks: dict[str, torch.Tensor],  # from build_masks (once per chunk)
         ctx: list[tuple[torch.Tensor, torch.Tensor]],  # per layer keys/values
-        ctx_allowed: torch.Tensor,  # (B, 1, 1, N)
     ) -> torch.Tensor:
         mods = self.time_conditioning(t) if isinstance(t, torch.Tensor) else t
         a = self.action_in(noisy) + self.pos[self.n_hist + 1 :]  # (B, H, W)
         x = torch.cat([prefix, a], 1)  # (B, T, W)
         for layer, c, m in zip(self.layers, ctx, mods, strict=False):
-            x = layer(x, m, c, ctx_allowed, self_allowed)
+            x = layer(x, m, c, masks)
         return self.head(self.final_norm(x[:, -self.H :], mods[-1][0]))  # (B, H, A)

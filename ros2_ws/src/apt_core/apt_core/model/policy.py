@@ -79,10 +79,11 @@ class APTPolicy(nn.Module):
         if self.cfg.n_action_history and hist is None:
             raise KeyError("processed batch is missing 'action_history'")
         prefix, self_allowed = self.expert.prefix(batch["state"], hist, lang_tokens)
-        return {"ctx": ctx, "ctx_allowed": ctx_allowed, "prefix": prefix, "self_allowed": self_allowed}
+        masks = self.expert.build_masks(ctx_allowed, self_allowed, prefix.dtype)
+        return {"ctx": ctx, "masks": masks, "prefix": prefix}
 
     def _denoise(self, enc: dict[str, object], x_t: torch.Tensor, t: torch.Tensor | list) -> torch.Tensor:
-        return self.expert(x_t, t, enc["prefix"], enc["self_allowed"], enc["ctx"], enc["ctx_allowed"])
+        return self.expert(x_t, t, enc["prefix"], enc["masks"], enc["ctx"])
 
     # ---- training ------------------------------------------------------------------------------
     def compute_loss(

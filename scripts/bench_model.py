@@ -1,0 +1,151 @@
+"""Benchmark the APT policy on CPU: parameters and per-chunk inference latency (p50 / p99).
+
+Measures the serving path end to end (Observation -> processor -> backbone once -> N denoising
+steps of the expert -> unnormalise -> absolute joint targets) through `PolicyRunner.predict`, for
+the CPU default preset per objective and step count, and writes the table to section "model" of
+docs/benchmarks.md. Weights are random (latency does not depend on their values).
+
+    python scripts/bench_model.py                  # cpu-demo, 1 and 2 threads, 30 chunks per row
+    python scripts/bench_model.py --threads 2 --repeats 50 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_util import markdown_table, write_section
+
+from apt_core.model.checkpoint import save_checkpoint
+from apt_core.model.config import get_preset
+from apt_core.model.policy import APTPolicy
+from apt_core.model.processor import Processor
+from apt_core.model.runner import load_runner
+from apt_core.types import Observation
+
+
+def _stats(j: int) -> dict:
+    e = {
+        "mean": [0.0] * j,
+        "std": [1.0] * j,
+        "min": [-3.0] * j,
+        "max": [3.0] * j,
+        "q01": [-2.0] * j,
+        "q99": [2.0] * j,
+    }
+    return {"observation.state": e, "action": dict(e)}
+
+
+def _obs(cfg, rng: np.random.Generator) -> Observation:
+    return Observation(
+        images={c: rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for c in cfg.camera_names},
+        joint_positions=rng.normal(0, 0.3, cfg.state_dim),
+        stamp=0.0,
+    )
+
+
+def bench_rows(
+    preset: str, stage: int, repeats: int, rows: list[tuple[str, int]], tmp: Path
+) -> list[list[object]]:
+    out = []
+    rng = np.random.default_rng(0)
+    for objective, steps in rows:
+        cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps})
+        torch.manual_seed(0)
+        policy = APTPolicy(cfg)
+        ck = save_checkpoint(
+            tmp / f"{preset}-{objective}-{steps}",
+            policy,
+            Processor.from_stats(cfg, _stats(cfg.state_dim)),
+            {},
+        )
+        runner = load_runner(ck, num_steps=steps)
+        instruction = "pick up the red cube and put it in the bowl"
+        for _ in range(3):  # warm-up: lazy tokenizer, allocator, text-feature cache
+            runner.predict(_obs(cfg, rng), instruction)
+        lat = []
+        for _ in range(repeats):
+            runner.predict(_obs(cfg, rng), instruction)
+            lat.append(runner.last_latency_s * 1000)
+        # the backbone alone (vision each chunk; instruction features cached across chunks)
+        batch = runner.processor.process_observation(_obs(cfg, rng), instruction)
+        enc = []
+        with torch.inference_mode():
+            for _ in range(max(5, repeats // 3)):
+                t0 = time.perf_counter()
+                runner.policy.encode(batch)
+                enc.append((time.perf_counter() - t0) * 1000)
+        p = runner.policy
+        out.append(
+            [
+                preset,
+                stage,
+                objective,
+                steps,
+                f"{p.num_parameters() / 1e6:.2f}",
+                f"{sum(x.numel() for x in p.expert.parameters()) / 1e6:.2f}",
+                f"{np.median(enc):.1f}",
+                f"{np.percentile(lat, 50):.1f}",
+                f"{np.percentile(lat, 99):.1f}",
+                "yes" if np.percentile(lat, 50) <= 30 else "no",
+            ]
+        )
+        print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-demo")
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    threads = [int(t) for t in str(args.threads).split(",")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load0 = os.getloadavg()[0]
+    rows_spec = [("ddim", 20), ("ddim", 10), ("ddim", 5), ("flow", 10), ("flow", 5)]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in threads:
+            torch.set_num_threads(n)
+            rows += [[n, *r] for r in bench_rows(args.preset, 2, args.repeats, rows_spec, Path(d))]
+            rows += [[n, *r] for r in bench_rows(args.preset, 1, args.repeats, [("ddim", 10)], Path(d))]
+            rows += [[n, *r] for r in bench_rows("debug", 2, args.repeats, [("ddim", 10)], Path(d))]
+    load1 = os.getloadavg()[0]
+    headers = [
+        "preset",
+        "stage",
+        "objective",
+        "steps",
+        "params [M]",
+        "expert [M]",
+        "backbone [ms]",
+        "p50 [ms]",
+        "p99 [ms]",
+        "p50 <= 30 ms",
+    ]
+    table = markdown_table(headers, rows)
+    body = (
+        f"`python scripts/bench_model.py --threads {args.threads} --repeats {args.repeats}`: per-chunk latency of "
+        "`PolicyRunner.predict` (processor + backbone once + denoising steps + unnormalise), batch 1, one 128x128 "
+        f"camera, random weights. 'backbone' is one `encode` (EfficientNet-Lite0 each "
+        "chunk; MiniLM instruction features cached per instruction). "
+        f"Load average (1 min) while measuring: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores shared with "
+        "other jobs, so these numbers are pessimistic and noisy.\n\n" + table
+    )
+    print(table)
+    if not args.no_write:
+        write_section("model", "APT policy: parameters and per-chunk CPU latency", body)
+
+
+if __name__ == "__main__":
+    main()
