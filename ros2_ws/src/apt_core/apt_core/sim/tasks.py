@@ -19,7 +19,7 @@ Splits (modelled on the APT paper and LIBERO-PRO), all drawn deterministically f
 | in_distribution | random layout | a training combination | training |
 | paraphrase | as in_distribution | as in_distribution | held-out templates and synonyms |
 | unseen_combination | random layout | a held-out combination | training |
-| position_perturbation | in_distribution layout with object and target positions swapped | same task | training |
+| position_perturbation | in_distribution layout, task object swapped with another (and bowls/zones) | same task | training |
 | task_perturbation | the in_distribution layout of the seed | another training task | training |
 | chain | random layout | two training tasks, "A, then B" | training |
 
@@ -330,18 +330,21 @@ def make_task(seed: int, split: str = "in_distribution") -> tuple[Task, Layout]:
         sub = _draw_subtask(phr_rng, layout, heldout_combination=True)
         return Task(phrase_subtask(sub, phr_rng), sub.family, (sub,), split), layout
     if split == "position_perturbation":
-        # Swap the task's object with another object, and the target with its sibling target.
+        # Swap the task's object with another object (pick_place: the bowls too; push: the zones too
+        # unless that blocks the straight push path; the first clear candidate wins).
         others = [o for o in (CUBES if sub.family != "pick_place" else OBJECTS) if o not in _involved(sub)]
         phr_rng.shuffle(others)
-        for other in others:  # prefer a swap that leaves a push path clear
+        cands = []
+        for other in others:
             cand = layout.swapped(sub.obj, other)
             if sub.family == "pick_place":
-                cand = cand.swapped(*BOWLS)
-            elif sub.family == "push":
-                cand = cand.swapped(*ZONES)
-                if not push_path_clear(cand, sub.obj, sub.target):
-                    continue
-            break
+                cands.append(cand.swapped(*BOWLS))
+            elif sub.family == "push":  # zones swapped too where that keeps the push path clear
+                cands += [cand.swapped(*ZONES), cand]
+            else:
+                cands.append(cand)
+        clear = [c for c in cands if sub.family != "push" or push_path_clear(c, sub.obj, sub.target)]
+        cand = (clear or cands)[0]
         layout = cand
         return Task(phrase_subtask(sub, phr_rng), sub.family, (sub,), split), layout
     if split == "task_perturbation":
