@@ -157,3 +157,34 @@ def test_tiny_qwen3vl_stage1_ignores_the_instruction():
         num_steps=2,
     )
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_qwen3vl_from_pretrained_loading_code(tmp_path):
+    """The real loading path (kind 'qwen3vl', from_pretrained on a local folder) on a tiny saved model."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from apt_core.model.backbone_qwen3vl import tiny_qwen3vl_config
+
+    torch.set_num_threads(2)
+    tiny = get_preset("tiny-qwen3vl")
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tiny.backbone, 32)).save_pretrained(tmp_path / "vlm")
+    cfg = get_preset(
+        "qwen3vl-2b",
+        stage=2,
+        image_size=32,
+        chunk_length=16,
+        backbone={"model_path": str(tmp_path / "vlm"), "dtype": "float32", "tap_every": 2},
+        expert={"width": 64, "n_heads": 4},
+    )
+    p = APTPolicy(cfg).eval()
+    assert p.backbone.pretrained and p.backbone.tap_layers == [2, 4] and len(p.expert.layers) == 2
+    proc = Processor.from_stats(cfg, make_stats())
+    raw = make_raw_batch(1, img=32)
+    noise = torch.randn(1, 16, 7, generator=torch.Generator().manual_seed(0))
+    a = p.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
+    # frozen hub weights stay out of the checkpoint and come back from model_path
+    ck = save_checkpoint(tmp_path / "ck", p, proc, {})
+    p2, proc2, meta = load_checkpoint(ck)
+    assert meta["backbone_weights_in_checkpoint"] is False
+    assert torch.equal(a, p2.sample_actions(proc2.process_batch(raw), noise=noise, num_steps=2))
