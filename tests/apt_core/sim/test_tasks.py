@@ -141,3 +141,14 @@ def test_success_detectors() -> None:
     st = T.Subtask("stack", "red_cube", "green_cube")
     assert T.subtask_success(st, _state(red_cube=(0.3, 0.1, 0.06), green_cube=(0.305, 0.1, 0.02)))
     assert not T.subtask_success(st, _state(red_cube=(0.3, 0.1, 0.02), green_cube=(0.35, 0.1, 0.02)))
+
+
+def test_task_validates_its_fields() -> None:
+    sub = T.Subtask("push", "red_cube", "orange_zone")
+    with pytest.raises(T.TaskError, match="no subtasks"):
+        T.Task("x", "push", ())
+    with pytest.raises(T.TaskError, match="does not match"):
+        T.Task("x", "stack", (sub,))
+    with pytest.raises(T.TaskError, match="unknown split"):
+        T.Task("x", "push", (sub,), "weird")
+    assert T.task_from_instruction("push the red cube to the orange zone").subtasks == (sub,)

@@ -164,6 +164,17 @@ class Task:
     subtasks: tuple[Subtask, ...]  # what must be done, in order
     split: str = "in_distribution"  # the split it was drawn from ("custom" for parsed instructions)
 
+    def __post_init__(self) -> None:
+        if not self.subtasks:
+            raise TaskError(f"task {self.instruction!r} has no subtasks")
+        expected = self.subtasks[0].family if len(self.subtasks) == 1 else "chain"
+        if self.family != expected:
+            raise TaskError(
+                f"task family {self.family!r} does not match its subtasks (expected {expected!r})"
+            )
+        if self.split not in (*SPLITS, "custom"):
+            raise TaskError(f"unknown split {self.split!r}; expected one of {SPLITS} or 'custom'")
+
 
 @dataclass
 class Layout:
