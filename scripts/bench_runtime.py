@@ -301,8 +301,13 @@ def main() -> None:
                 ],
                 prem,
             ),
-            "Goal: obs->cmd p99 <= 50 ms and min margin > 0 (the controller never runs out of trajectory). The "
-            "machine is a shared 2-core VM; obs->cmd includes the model, so it tracks inference time.",
+            "Goal: obs->cmd p99 <= 50 ms and min margin > 0 (the controller never runs out of trajectory). "
+            "obs->cmd runs from the worker's observation snapshot to the plan's arrival at the robot process and "
+            "includes the model, so it tracks inference time; the camera frame is up to one camera period older. "
+            "A negative min margin means a plan ended before the next one arrived: inference took longer than "
+            "(H - replan_steps) * dt = 1.2 s. The machine is a 2-core VM shared with other engineers' jobs, so "
+            "the p99 columns mostly measure CPU contention; a hold is the watchdog firing when the node was "
+            "starved past joint_state_timeout_s (0.25 s).",
         ]
     )
     print(body)
