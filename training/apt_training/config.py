@@ -40,7 +40,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     seed: int = 0  # seeds data order, initialisation and diffusion noise
     num_workers: int = 0  # DataLoader worker processes (0: in the training process; exact resume)
-    augment: bool = False  # random image crops/colour jitter in the loader
+    augment: bool = False  # random image shifts/colour jitter in the loader (defeats cache_features)
+    cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 2  # step checkpoints kept besides `final`

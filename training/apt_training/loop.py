@@ -219,6 +219,9 @@ def train(cfg: TrainConfig) -> Path:
     if resume is not None:
         policy, processor, _ = load_checkpoint(resume)
     policy.to(cfg.device).train()
+    if cfg.cache_features and hasattr(policy.backbone, "enable_feature_cache"):
+        # Frozen encoders see each frame every epoch: compute them once (exact; see the backbone).
+        policy.backbone.enable_feature_cache(max_images=len(dataset) * len(policy.cfg.camera_names))
     optimizer = torch.optim.AdamW(_param_groups(policy, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     if resume is not None:
         progress = load_train_state(resume, optimizer)

@@ -1,0 +1,61 @@
+"""The frozen-encoder memo of the cpu-demo backbone: same features, gradients still reach the neck,
+and it steps aside whenever an encoder trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apt_core.model.config import get_preset
+from apt_core.model.policy import APTPolicy
+
+
+@pytest.fixture(scope="module")
+def cpu_policy():
+    torch.manual_seed(0)
+    return APTPolicy(get_preset("cpu-demo", stage=2))
+
+
+def _inputs(n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 3, 64, 64, generator=g)
+    ids = torch.randint(1000, 5000, (n, 16), generator=g)
+    ids[1] = ids[0]  # two rows share an instruction
+    return images, ids, torch.ones(n, 16, dtype=torch.bool)
+
+
+def test_memo_returns_the_same_features_and_trains_the_neck(cpu_policy):
+    bb = cpu_policy.backbone
+    images, ids, mask = _inputs()
+    with torch.no_grad():
+        ref = bb(images, ids, mask)
+    bb.enable_feature_cache()
+    try:
+        first = bb(images[:2], ids[:2], mask[:2])  # fills the memo for two images / one instruction
+        mixed = bb(images, ids, mask)  # half hits, half misses
+        assert len(bb._vision_memo) == 4 and len(bb._text_memo) == 3
+        for a, b, c in zip(ref.features, mixed.features, first.features, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(c, a[:2], rtol=1e-5, atol=1e-5)
+        bb.neck.proj[0].weight.grad = None
+        sum(f.sum() for f in mixed.features).backward()
+        assert bb.neck.proj[0].weight.grad is not None and bb.neck.proj[0].weight.grad.abs().sum() > 0
+    finally:
+        bb._vision_memo = bb._text_memo = None
+
+
+def test_memo_is_bypassed_while_an_encoder_trains(cpu_policy):
+    bb = cpu_policy.backbone
+    images, ids, mask = _inputs(seed=1)
+    bb.enable_feature_cache()
+    p = next(bb.vision.parameters())
+    try:
+        p.requires_grad_(True)
+        bb(images, ids, mask)
+        assert len(bb._vision_memo) == 0, "a trainable vision encoder must not be memoised"
+        p.requires_grad_(False)
+        bb(images, ids, mask)
+        assert len(bb._vision_memo) == 4
+    finally:
+        p.requires_grad_(False)
+        bb._vision_memo = bb._text_memo = None
