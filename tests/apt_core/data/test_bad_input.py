@@ -224,7 +224,7 @@ def test_input_path_that_is_not_a_bag(tmp_path: Path, contract) -> None:
         convert(tmp_path / "empty_dir", tmp_path / "out", contract)
 
 
-def test_unsupported_action_source(tmp_path: Path, contract) -> None:
+def test_ee_pose_source_without_topic(tmp_path: Path, contract) -> None:
     write_synthetic_bag(tmp_path / "bags" / "a", contract, 5)
-    with pytest.raises(ConversionError, match="action.source 'ee_pose' is not supported"):
-        _convert(tmp_path, dataclasses.replace(contract, action_source="ee_pose"))
+    with pytest.raises(ConversionError, match="action.source is 'ee_pose' but action.ee_pose_topic is empty"):
+        _convert(tmp_path, dataclasses.replace(contract, action_source="ee_pose", ee_pose_topic=""))

@@ -259,3 +259,42 @@ def test_two_pass_image_reading_over_memory_budget_gives_the_same_dataset(tmp_pa
     convert(tmp_path / "bag", tmp_path / "two", contract, image_budget_mb=0.1)
     rel = "data/chunk-000/file-000.parquet"
     assert pq.read_table(tmp_path / "mem" / rel).equals(pq.read_table(tmp_path / "two" / rel))
+
+
+def test_ee_pose_action_source(tmp_path: Path, contract) -> None:
+    """Action = the measured end-effector pose one period later as 10-D (xyz, 6-D rotation, gripper)."""
+    from apt_core.data.dataset import DemoDataset
+    from apt_core.data.synthetic import EE_AXIS
+    from apt_core.runtime.ik import axis_angle_matrix, rot6d_to_matrix
+
+    c = dataclasses.replace(contract, action_source="ee_pose", gripper_joint="gripper")
+    sb = write_synthetic_bag(tmp_path / "bag", c, 8)
+    s = convert(tmp_path / "bag", tmp_path / "out", c)
+    assert s.frames == 7 and s.skips.total() == 0  # the last frame has no pose one period later
+    ds, _, state, action = _frames(tmp_path / "out")
+    assert ds.info["features"]["action"]["shape"] == [10]
+    assert ds.info["features"]["action"]["names"][-1] == "gripper"
+    np.testing.assert_allclose(state, sb.states[:7], atol=1e-6)
+    for i in range(7):
+        nxt = sb.states[i + 1]
+        np.testing.assert_allclose(action[i, :3], 0.3 + 0.1 * nxt[:3], atol=1e-6)
+        # rotation checked against Rodrigues' formula (independent of the quaternion code)
+        np.testing.assert_allclose(
+            rot6d_to_matrix(action[i, 3:9]), axis_angle_matrix(EE_AXIS, nxt[3]), atol=1e-5
+        )
+        assert action[i, 9] == pytest.approx(nxt[6], abs=1e-6)  # gripper joint at t + dt
+    sample = DemoDataset(tmp_path / "out", chunk_length=4)[5]
+    assert sample["action"].shape == (4, 10) and sample["action_is_pad"].tolist() == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_ee_pose_missing_topic(tmp_path: Path, contract) -> None:
+    c = dataclasses.replace(contract, action_source="ee_pose", gripper_joint="gripper")
+    write_synthetic_bag(tmp_path / "bags" / "nopose", c, 5, skip_topics=["/ee_pose"])
+    write_synthetic_bag(tmp_path / "bags" / "ok", c, 5)
+    s = convert(tmp_path / "bags", tmp_path / "out", c)
+    assert s.bags_converted == 1 and "nopose, topic /ee_pose: required topic missing" in s.skipped_bags[0]

@@ -58,6 +58,7 @@ class Contract:
     action_source: str = "command"
     command_topic: str = ""
     ee_pose_topic: str = ""
+    gripper_joint: str = ""  # ee_pose actions: joint whose position is the 10th (gripper) value
     instruction_source: str = "topic"
     instruction_topic: str = "/apt/instruction"
     image_width: int = 128
@@ -87,6 +88,8 @@ class Contract:
             raise ContractError(
                 f"instruction.source {self.instruction_source!r} not one of {INSTRUCTION_SOURCES}"
             )
+        if self.gripper_joint and self.gripper_joint not in self.joint_names:
+            raise ContractError(f"action.gripper_joint {self.gripper_joint!r} is not in robot.joint_names")
         if self.image_width < 8 or self.image_height < 8:
             raise ContractError(f"image size {self.image_width}x{self.image_height} is too small")
 
@@ -118,6 +121,7 @@ class Contract:
                 "source": self.action_source,
                 "command_topic": self.command_topic,
                 "ee_pose_topic": self.ee_pose_topic,
+                "gripper_joint": self.gripper_joint,
             },
             "instruction": {"source": self.instruction_source, "topic": self.instruction_topic},
             "image": {"width": self.image_width, "height": self.image_height},
@@ -168,6 +172,7 @@ def contract_from_dict(d: dict[str, Any], where: str = "<dict>") -> Contract:
             action_source=str(_get(d, "action.source", "command")),
             command_topic=str(_get(d, "action.command_topic", controller)),
             ee_pose_topic=str(_get(d, "action.ee_pose_topic", "")),
+            gripper_joint=str(_get(d, "action.gripper_joint", "")),
             instruction_source=str(_get(d, "instruction.source", "topic")),
             instruction_topic=str(_get(d, "instruction.topic", "/apt/instruction")),
             image_width=int(_get(d, "image.width", 128)),

@@ -14,6 +14,9 @@ Commanded action at tick t (action source "command"): the latest JointTrajectory
 stays in force until the next one replaces it, as in JointTrajectoryController), evaluated at t + dt
 by linear interpolation between its points (absolute time = start + time_from_start), clamped to
 its first / last point outside their span. "next_state": the joint state aligned (same rule) at t + dt.
+"ee_pose": the PoseStamped aligned (same rule) at t + dt as a 10-D vector (xyz, the first two
+columns of the rotation matrix, the contract's gripper joint at t + dt or 0), the layout of
+`apt_core.runtime.ik.pose10_to_matrix`.
 """
 
 from __future__ import annotations
@@ -103,3 +106,25 @@ def instruction_per_tick(ticks: np.ndarray, instr: list[tuple[int, str]]) -> lis
     times = np.asarray([t for t, _ in items], np.int64)
     idx = np.clip(np.searchsorted(times, ticks, side="right") - 1, 0, None)
     return [items[int(i)][1] for i in idx]
+
+
+EE_ACTION_NAMES = ("x", "y", "z", "r00", "r10", "r20", "r01", "r11", "r21", "gripper")
+
+
+def quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(N, 4) unit quaternions (x, y, z, w) -> (N, 3, 3) rotation matrices."""
+    x, y, z, w = (q[:, i] for i in range(4))
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=1,
+    )
+
+
+def pose_to_action10(pose: np.ndarray, gripper: np.ndarray) -> np.ndarray:
+    """(N, 7) poses (xyz + quaternion xyzw) and (N,) gripper -> (N, 10) (xyz, R[:, 0], R[:, 1], gripper)."""
+    r = quat_to_matrix(pose[:, 3:7])  # (N, 3, 3)
+    return np.concatenate([pose[:, :3], r[:, :, 0], r[:, :, 1], np.asarray(gripper)[:, None]], axis=1)

@@ -31,6 +31,7 @@ COMPRESSED_T = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE_T = "sensor_msgs/msg/JointState"
 TRAJECTORY_T = "trajectory_msgs/msg/JointTrajectory"
 STRING_T = "std_msgs/msg/String"
+POSE_T = "geometry_msgs/msg/PoseStamped"
 
 
 class SkipLog:
@@ -90,6 +91,8 @@ class BagStreams:
     joint_pos: np.ndarray  # (N, J) float64
     trajectories: list[Trajectory]
     instructions: list[tuple[int, str]]  # (receive time [ns], text)
+    pose_t: np.ndarray  # (P,) int64 [ns] end-effector pose stamps (action source ee_pose)
+    pose: np.ndarray  # (P, 7) x, y, z, qx, qy, qz, qw (unit quaternion)
     metadata_instruction: str | None
     skips: SkipLog
     n_messages: int = 0
@@ -177,6 +180,8 @@ def required_topics(contract: Contract) -> dict[str, tuple[str, ...]]:
     req[contract.joint_state_topic] = (JOINT_STATE_T,)
     if contract.action_source == "command":
         req[contract.command_topic] = (TRAJECTORY_T,)
+    if contract.action_source == "ee_pose":
+        req[contract.ee_pose_topic] = (POSE_T,)
     if contract.instruction_source == "topic":
         req[contract.instruction_topic] = (STRING_T,)
     return req
@@ -254,6 +259,8 @@ def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) ->
         jt: list[int] = []
         jp: list[np.ndarray] = []
         trajs: list[Trajectory] = []
+        pt: list[int] = []
+        pp: list[np.ndarray] = []
         instr: list[tuple[int, str]] = []
         last: dict[str, int] = {}
         n_msg = n_bytes = lenient = kept = 0
@@ -310,6 +317,20 @@ def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) ->
                     if tr is None or not _monotonic(last, topic, t, skips):
                         continue
                     trajs.append(tr)
+                elif topic == contract.ee_pose_topic and contract.action_source == "ee_pose":
+                    msg, _ = deserialize_lenient(raw, POSE_T)
+                    t = _stamp(msg.header.stamp) if use_header else recv
+                    p, q = msg.pose.position, msg.pose.orientation
+                    v = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], np.float64)
+                    qn = float(np.linalg.norm(v[3:]))
+                    if use_header and t == 0:
+                        skips.add(topic, "zero header stamp", recv)
+                    elif not np.all(np.isfinite(v)) or abs(qn - 1.0) > 0.01:
+                        skips.add(topic, "non-finite pose or non-unit quaternion", t)
+                    elif _monotonic(last, topic, t, skips):
+                        v[3:] /= qn
+                        pt.append(t)
+                        pp.append(v)
                 elif topic == contract.instruction_topic:
                     msg, _ = deserialize_lenient(raw, STRING_T)
                     instr.append((recv, str(msg.data).strip()))
@@ -323,6 +344,8 @@ def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) ->
             raise BagError(bag, "no usable images", cam.topic)
     if contract.action_source == "command" and not trajs:
         raise BagError(bag, "no usable JointTrajectory commands", contract.command_topic)
+    if contract.action_source == "ee_pose" and not pt:
+        raise BagError(bag, "no usable end-effector poses", contract.ee_pose_topic)
     if contract.instruction_source == "topic" and not [s for _, s in instr if s]:
         raise BagError(bag, "no non-empty instruction", contract.instruction_topic)
     return BagStreams(
@@ -332,6 +355,8 @@ def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) ->
         joint_pos=np.stack(jp).reshape(-1, J),
         trajectories=trajs,
         instructions=instr,
+        pose_t=np.asarray(pt, np.int64),
+        pose=np.stack(pp) if pp else np.zeros((0, 7)),
         metadata_instruction=meta_instr,
         skips=skips,
         n_messages=n_msg,

@@ -135,10 +135,8 @@ def convert(
         encode_threads=encode_threads,
         image_budget_mb=image_budget_mb,
     )
-    if contract.action_source not in ("command", "next_state"):
-        raise ConversionError(
-            f"action.source {contract.action_source!r} is not supported by the converter yet"
-        )
+    if contract.action_source == "ee_pose" and not contract.ee_pose_topic:
+        raise ConversionError("action.source is 'ee_pose' but action.ee_pose_topic is empty")
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     bag_list = find_bags(bags)

@@ -75,6 +75,11 @@ def build_episodes(streams: BagStreams, contract: Contract, opts: AlignOptions) 
         starts.append(int(traj_t[0]))
     elif contract.action_source == "next_state":
         ends[-1] -= dt  # the action of the last tick is the state one period later
+    elif contract.action_source == "ee_pose":
+        starts.append(int(streams.pose_t[0]))
+        ends.append(int(streams.pose_t[-1]) - dt)  # the action is the pose one period later
+        if contract.gripper_joint:
+            ends[-2] -= dt  # ... with the gripper joint one period later
     else:
         raise BagError(bag, f"action source {contract.action_source!r} is not supported by the converter")
     ticks = al.make_ticks(max(starts), min(ends), dt)
@@ -91,11 +96,25 @@ def build_episodes(streams: BagStreams, contract: Contract, opts: AlignOptions) 
     valid &= j_idx >= 0
     if contract.action_source == "command":
         action, ok = al.command_targets(ticks, dt, traj_t, streams.trajectories)
-    else:
+        action_topic = contract.command_topic
+    elif contract.action_source == "next_state":
         n_idx = al.align(ticks + dt, streams.joint_t, opts.rule, dt, max_age)
         ok = n_idx >= 0
         action = streams.joint_pos[np.clip(n_idx, 0, None)]
-    _count(skips, contract.command_topic or contract.joint_state_topic, ~ok & valid, opts.rule, ticks)
+        action_topic = contract.joint_state_topic
+    else:  # ee_pose: the measured pose at t + dt, and the gripper joint at t + dt
+        p_idx = al.align(ticks + dt, streams.pose_t, opts.rule, dt, max_age)
+        ok = p_idx >= 0
+        gripper = np.zeros(ticks.size)
+        if contract.gripper_joint:
+            g_idx = al.align(ticks + dt, streams.joint_t, opts.rule, dt, max_age)
+            ok &= g_idx >= 0
+            gripper = streams.joint_pos[
+                np.clip(g_idx, 0, None), contract.joint_names.index(contract.gripper_joint)
+            ]
+        action = al.pose_to_action10(streams.pose[np.clip(p_idx, 0, None)], gripper)
+        action_topic = contract.ee_pose_topic
+    _count(skips, action_topic, ~ok & valid, opts.rule, ticks)
     valid &= ok
     # Decode only the images the alignment selected; a corrupt one drops its tick. Deserialising
     # and the format checks run in time order; resize + encode (OpenCV, releases the GIL) run on a

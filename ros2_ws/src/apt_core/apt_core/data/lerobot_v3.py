@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apt_core.contract import Contract
+from apt_core.data.align import EE_ACTION_NAMES
 from apt_core.data.episodes import Episode
 from apt_core.data.errors import ConversionError, DatasetFormatError
 from apt_core.data.images import decode_stored
@@ -111,10 +112,15 @@ class DatasetWriter:
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
         J = len(contract.joint_names)
+        # ee_pose datasets store 10-D end-effector actions; the others joint targets.
+        self.action_names = (
+            list(EE_ACTION_NAMES) if contract.action_source == "ee_pose" else list(contract.joint_names)
+        )
+        A = len(self.action_names)
         fields = [(image_key(c), IMAGE_STRUCT) for c in contract.camera_names]
         fields += [
             ("observation.state", pa.list_(pa.float32(), J)),
-            ("action", pa.list_(pa.float32(), J)),
+            ("action", pa.list_(pa.float32(), A)),
             ("timestamp", pa.float32()),
             ("frame_index", pa.int64()),
             ("episode_index", pa.int64()),
@@ -169,7 +175,10 @@ class DatasetWriter:
         cols["observation.state"] = pa.FixedSizeListArray.from_arrays(
             pa.array(ep.state.reshape(-1), pa.float32()), J
         )
-        cols["action"] = pa.FixedSizeListArray.from_arrays(pa.array(ep.action.reshape(-1), pa.float32()), J)
+        A = len(self.action_names)
+        if ep.action.shape != (n, A):
+            raise ValueError(f"episode from {ep.source}: action shape {ep.action.shape}, expected ({n}, {A})")
+        cols["action"] = pa.FixedSizeListArray.from_arrays(pa.array(ep.action.reshape(-1), pa.float32()), A)
         frame = np.arange(n, dtype=np.int64)
         cols["timestamp"] = pa.array((frame / fps).astype(np.float32))
         cols["frame_index"] = pa.array(frame)
@@ -231,7 +240,11 @@ class DatasetWriter:
             for cam in c.camera_names
         }
         features["observation.state"] = {"dtype": "float32", "shape": [J], "names": list(c.joint_names)}
-        features["action"] = {"dtype": "float32", "shape": [J], "names": list(c.joint_names)}
+        features["action"] = {
+            "dtype": "float32",
+            "shape": [len(self.action_names)],
+            "names": self.action_names,
+        }
         features.update(DEFAULT_FEATURES)
         return {
             "codebase_version": CODEBASE_VERSION,

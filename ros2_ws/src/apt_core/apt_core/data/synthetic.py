@@ -39,6 +39,7 @@ class SyntheticBag:
     targets: np.ndarray  # (N, J) commanded position for t_i + dt
     images: dict[str, np.ndarray]  # camera -> (N, H, W, 3) uint8 RGB as the converter should see it
     instructions: list[str] = field(default_factory=list)  # (N,) instruction in force at frame i
+    poses: np.ndarray | None = None  # (N, 7) xyz + quaternion xyzw on the ee_pose topic (ee_pose source)
 
 
 def synthetic_image(i: int, height: int, width: int, cam: int = 0, noise: int = 0) -> np.ndarray:
@@ -148,6 +149,27 @@ def trajectory_cdr(names: Sequence[str], points: Sequence[tuple[np.ndarray, int]
     return bytes(TYPESTORE.serialize_cdr(msg, "trajectory_msgs/msg/JointTrajectory"))
 
 
+EE_AXIS = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0)  # rotation axis of the synthetic end effector
+
+
+def synthetic_pose(state: np.ndarray) -> np.ndarray:
+    """(7,) xyz + unit quaternion (x, y, z, w): a rotation by state[3] rad about EE_AXIS."""
+    half = 0.5 * float(state[3])
+    return np.concatenate([0.3 + 0.1 * state[:3], EE_AXIS * np.sin(half), [np.cos(half)]])
+
+
+def pose_cdr(pose: np.ndarray, stamp_ns: int) -> bytes:
+    p = pose
+    msg = T["geometry_msgs/msg/PoseStamped"](
+        header=_header(stamp_ns, "base_link"),
+        pose=T["geometry_msgs/msg/Pose"](
+            position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+            orientation=T["geometry_msgs/msg/Quaternion"](x=p[3], y=p[4], z=p[5], w=p[6]),
+        ),
+    )
+    return bytes(TYPESTORE.serialize_cdr(msg, "geometry_msgs/msg/PoseStamped"))
+
+
 def string_cdr(text: str) -> bytes:
     return bytes(TYPESTORE.serialize_cdr(T["std_msgs/msg/String"](data=text), "std_msgs/msg/String"))
 
@@ -235,6 +257,11 @@ def write_synthetic_bag(
             if contract.command_topic not in skip_topics
             else None
         )
+        ee = None
+        if contract.action_source == "ee_pose" and contract.ee_pose_topic not in skip_topics:
+            ee = w.add_connection(
+                contract.ee_pose_topic, "geometry_msgs/msg/PoseStamped", typestore=TYPESTORE
+            )
         instr = None
         if not meta and contract.instruction_topic not in skip_topics:
             instr = w.add_connection(contract.instruction_topic, "std_msgs/msg/String", typestore=TYPESTORE)
@@ -274,6 +301,8 @@ def write_synthetic_bag(
                 vel = np.zeros_like(pos)
                 ser = joint_state_serializer or joint_state_cdr
                 w.write(js, t, ser(order, pos, vel, hs))
+            if ee is not None and contract.ee_pose_topic not in ov.get("skip_topics", ()):
+                w.write(ee, t, pose_cdr(synthetic_pose(states[i]), hs))
             if cmd is not None and contract.command_topic not in ov.get("skip_topics", ()):
                 w.write(cmd, t, trajectory_cdr(names, [(targets[i], dt_ns)], hs))
     return SyntheticBag(
@@ -283,4 +312,5 @@ def write_synthetic_bag(
         targets=targets,
         images={k2: np.stack(v) if len({a.shape for a in v}) == 1 else v for k2, v in images.items()},  # type: ignore[misc]
         instructions=instr_per_frame,
+        poses=np.stack([synthetic_pose(x) for x in states]) if n_frames else None,
     )
