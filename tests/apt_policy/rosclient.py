@@ -23,6 +23,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import MarkerArray
 
 from apt_msgs.action import Execute
 from apt_msgs.msg import ActionChunk, PolicyStatus
@@ -59,6 +60,7 @@ class Client:
         self.trajs: list[tuple[float, JointTrajectory]] = []
         self.chunks: list[ActionChunk] = []
         self.diags: list[DiagnosticArray] = []
+        self.markers: list[MarkerArray] = []
         n = self.node
         n.create_subscription(
             PolicyStatus, "/apt/status", lambda m: self._add(self.status, (time.monotonic(), m)), 50
@@ -71,6 +73,7 @@ class Client:
         )
         n.create_subscription(ActionChunk, "/apt/action_chunk", lambda m: self._add(self.chunks, m), 50)
         n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diags, m), 10)
+        n.create_subscription(MarkerArray, "/apt/predicted_path", lambda m: self._add(self.markers, m), 10)
         self.instruct_cli = n.create_client(Instruct, "/apt/instruct")
         self.stop_cli = n.create_client(Trigger, "/apt/stop")
         self.execute_cli = ActionClient(n, Execute, "/apt/execute")

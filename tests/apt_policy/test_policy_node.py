@@ -76,6 +76,15 @@ def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Clien
     assert chunks and chunks[0].horizon == 16 and len(chunks[0].positions) == 16 * 7
     assert chunks[-1].inference_latency >= 0.05  # the test policy sleeps 60 ms
     assert diags and diags[-1].status[0].name == "apt_policy: runtime"
+    # RViz: predicted end-effector path (FK on the sim URDF) and the status text
+    with client.lock:
+        markers = [mk for arr in client.markers for mk in arr.markers]
+    paths = [mk for mk in markers if mk.ns == "apt_predicted_ee_path"]
+    texts = [mk.text for mk in markers if mk.ns == "apt_status"]
+    assert paths and len(paths[-1].points) >= 10 and paths[-1].header.frame_id == "base_link"
+    reach = [np.hypot(p.x, p.y) for p in paths[-1].points]
+    assert 0.05 < max(reach) < 1.2  # a real arm's workspace, not zeros
+    assert any(t.startswith("RUNNING 1/2: left") for t in texts) and any("2/2: right" in t for t in texts)
 
     # --- trajectory stream, as received by the robot
     trajs = [t for t in _load(record) if not _is_hold(t)]

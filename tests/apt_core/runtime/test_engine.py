@@ -3,6 +3,8 @@ clock we advance by hand. Covers chaining, holds, faults and asynchronous replan
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,49 @@ def test_config_and_joint_checks() -> None:
             cfg,
             SafetyFilter(SafetyLimits.uniform(("a", "b", "c"))),
         )
+
+
+def test_ee_pose_actions_through_numerical_ik_on_the_sim_urdf() -> None:
+    """The paper's action space: (H, 10) end-effector poses -> joint plans via the built-in IK."""
+    from apt_core.runtime.ik import NumericalIK, UrdfChain, matrix_to_rot6d
+    from apt_core.sim import __file__ as sim_init
+
+    urdf = Path(sim_init).parent / "assets" / "tabletop_arm.urdf"
+    chain = UrdfChain.from_urdf(urdf, "base_link", "tcp")
+    names = (*chain.joint_names, "gripper")
+    goal_q = np.array([0.4, 0.3, 0.8, 0.5, 0.1, -0.2])
+    goal_pose, _ = chain.forward(goal_q)
+
+    class EEPolicy:
+        joint_names, chunk_length, rate_hz = ("ee",) * 10, 12, 10.0
+
+        def reset(self) -> None:
+            pass
+
+        def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+            q = obs.joint_positions[:6]
+            out = []
+            for k in range(1, 13):  # a joint-space reach expressed as poses (what an EE policy outputs)
+                qk = q + np.clip(goal_q - q, -0.05 * k, 0.05 * k)
+                pose, _ = chain.forward(qk)
+                out.append(np.concatenate([pose[:3, 3], matrix_to_rot6d(pose[:3, :3]), [0.02]]))
+            return np.array(out)
+
+    clock = Clock()
+    cfg = RuntimeConfig(
+        dt=DT,
+        chunk_length=12,
+        action_space="ee_pose",
+        gripper_joint="gripper",
+        completion=CompletionConfig(min_subtask_s=100.0),
+    )
+    lim = SafetyLimits.uniform(names).intersect_urdf(urdf)
+    rt = PolicyRuntime(EEPolicy(), names, ("front",), cfg, SafetyFilter(lim), NumericalIK(chain), clock=clock)
+    rt.instruct("reach", append=False)
+    q, results = _simulate(rt, clock, 5.0, np.array([0.0, 0.2, 0.5, 0.3, 0.0, 0.0, 0.0]))
+    assert sum(r.kind == "plan" for r in results) > 5 and not any(r.kind == "hold" for r in results)
+    pose, _ = chain.forward(q[:6])
+    assert np.linalg.norm(pose[:3, 3] - goal_pose[:3, 3]) < 5e-3
+    assert np.isclose(q[6], 0.02, atol=1e-3)  # the gripper value goes straight to the gripper joint
+    with pytest.raises(ValueError, match="needs an IK adapter"):
+        PolicyRuntime(EEPolicy(), names, ("front",), cfg, SafetyFilter(lim))
