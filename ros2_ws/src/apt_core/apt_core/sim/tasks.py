@@ -343,7 +343,7 @@ def make_task(seed: int, split: str = "in_distribution") -> tuple[Task, Layout]:
     if split == "position_perturbation":
         # Swap the task's object with another object (pick_place: the bowls too; push: the zones too
         # unless that blocks the straight push path; the first clear candidate wins).
-        others = [o for o in (CUBES if sub.family != "pick_place" else OBJECTS) if o not in _involved(sub)]
+        others = [o for o in OBJECTS if o not in _involved(sub)]
         phr_rng.shuffle(others)
         cands = []
         for other in others:
