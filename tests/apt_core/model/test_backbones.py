@@ -188,3 +188,23 @@ def test_qwen3vl_from_pretrained_loading_code(tmp_path):
     p2, proc2, meta = load_checkpoint(ck)
     assert meta["backbone_weights_in_checkpoint"] is False
     assert torch.equal(a, p2.sample_actions(proc2.process_batch(raw), noise=noise, num_steps=2))
+
+
+def test_folded_efficientnet_is_the_same_function_and_follows_weight_changes(cpu_demo_stage1):
+    from apt_core.model.efficientnet import fold_batchnorm, load_efficientnet_lite0
+
+    net = load_efficientnet_lite0()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(net.features(x), fold_batchnorm(net).features(x), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    bb = cpu_demo_stage1[0].backbone
+    folded = bb._folded_vision()
+    assert bb._folded_vision() is folded  # cached while the weights stay
+    with torch.no_grad():
+        bb.vision._bn0.running_mean.add_(0.5)
+    try:
+        assert bb._folded_vision() is not folded  # a weight changed: rebuilt
+    finally:
+        with torch.no_grad():
+            bb.vision._bn0.running_mean.sub_(0.5)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .backbone import Backbone, BackboneOutput, select_taps
 from .config import BackboneConfig, PolicyConfig
-from .efficientnet import STAGE_CHANNELS, load_efficientnet_lite0
+from .efficientnet import STAGE_CHANNELS, fold_batchnorm, load_efficientnet_lite0
 
 MINILM_LAYERS = 6
 MINILM_WIDTH = 384
@@ -58,6 +58,7 @@ class MiniLMEffNetBackbone(Backbone):
         self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
         self.n_vis = n_vis
         self._text_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self._folded: list = []  # [key, BatchNorm-folded EfficientNet] for gradient-free forwards
         # Training-time memo of the frozen encoders (enable_feature_cache); off for serving.
         self._vision_memo: dict[bytes, list[torch.Tensor]] | None = None
         self._text_memo: dict[bytes, tuple[torch.Tensor, ...]] | None = None
@@ -83,6 +84,19 @@ class MiniLMEffNetBackbone(Backbone):
         self.vision.eval()
         return self
 
+    def _folded_vision(self) -> nn.Module:
+        """BatchNorm-folded channels-last copy of the EfficientNet (~40% faster on CPU, measured).
+
+        Rebuilt whenever a vision weight changes (tensor versions bump on load_state_dict and
+        optimiser steps) or the module moves device. Kept in a plain list so it is not a registered
+        submodule and never enters the state dict.
+        """
+        params = list(self.vision.parameters()) + list(self.vision.buffers())
+        key = (str(params[0].device), tuple(p._version for p in params))
+        if not self._folded or self._folded[0] != key:
+            self._folded[:] = [key, fold_batchnorm(self.vision)]
+        return self._folded[1]
+
     def _text_states(self, ids: torch.Tensor, mask: torch.Tensor, grad: bool) -> tuple[torch.Tensor, ...]:
         """MiniLM hidden states. Without gradient they are cached per instruction: a robot keeps one
         instruction for many chunks, and the text encoder is over half of the backbone's cost."""
@@ -92,7 +106,7 @@ class MiniLMEffNetBackbone(Backbone):
             ).hidden_states
         if self._text_memo is not None and not any(p.requires_grad for p in self.text.parameters()):
             return self._text_rows(ids, mask)
-        key = (tuple(ids.shape), ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
+        key = (str(ids.device), tuple(ids.shape), ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
         hit = self._text_cache.get(key)
         if hit is None:
             with torch.no_grad():
@@ -123,7 +137,10 @@ class MiniLMEffNetBackbone(Backbone):
 
     def _pool(self, x: torch.Tensor) -> list[torch.Tensor]:
         """EfficientNet stage maps of the tapped layers, average-pooled: per tap (n, g*g, C_s)."""
-        stages = self.vision.features(x)  # 7 x (n, C_s, h, w)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters()):
+            stages = self.vision.features(x)  # 7 x (n, C_s, h, w)
+        else:  # no gradient needed: the BatchNorm-folded channels-last copy, same function, faster
+            stages = self._folded_vision().features(x.contiguous(memory_format=torch.channels_last))
         return [
             F.adaptive_avg_pool2d(stages[layer], self.grid).flatten(2).transpose(1, 2)
             for layer in self.tap_layers
