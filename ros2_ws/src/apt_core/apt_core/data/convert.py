@@ -90,16 +90,23 @@ def _convert_one(bag: Path, contract: Contract, opts: AlignOptions) -> _BagResul
         return _BagResult(str(bag), [], SkipLog(), 0, 0, 0, error=str(e))
 
 
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from our processes and encoder threads
+
+
 def _results(bags: list[Path], contract: Contract, opts: AlignOptions, workers: int) -> Iterator[_BagResult]:
     if workers <= 1 or len(bags) <= 1:
         for b in bags:
             yield _convert_one(b, contract, opts)
         return
-    # forkserver: safe even when the caller has threads (torch, DDS) running; results keep order.
-    # The fork server imports the converter once; each worker is then a cheap fork of it.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["apt_core.data.convert"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # fork on Linux: a worker starts in milliseconds with everything imported, where spawn and
+    # forkserver re-import the caller's __main__ (seconds when it imports torch; measured 3-4 s
+    # per pool here). Workers only run numpy / rosbags / OpenCV, and `_worker_init` pins OpenCV to
+    # one thread, so no lock held by a parent's thread pool is needed in the child.
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         yield from pool.map(_convert_one, bags, [contract] * len(bags), [opts] * len(bags))
 
 
