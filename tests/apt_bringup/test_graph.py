@@ -138,3 +138,10 @@ def test_setup_installs_launch_config_rviz() -> None:
         d.get("Topic", {}).get("Value") for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d
     }
     assert {"/camera/front/image_raw", "/apt/predicted_path"} <= topics
+
+
+def test_docs_list_every_parameter_and_argument() -> None:
+    doc = (REPO / "docs" / "runtime.md").read_text()
+    missing = [p.name for p in POLICY_PARAMS if f"| `{p.name}` |" not in doc]
+    assert not missing, f"docs/runtime.md lacks parameters {missing}"
+    assert all(f"`{a}`" in doc for a in ARG_NAMES)

@@ -197,3 +197,20 @@ def test_refuses_policy_for_another_robot(processes, ros_env) -> None:
     proc = start_policy(processes, "contract:=/nonexistent.yaml")
     assert proc.wait(timeout=30) == 2
     assert "contract file not found" in processes.log_text(proc)
+
+
+def test_blocked_arm_trips_the_start_jump_check(processes, client: Client, tmp_path: Path) -> None:
+    """The arm does not follow (blocked, or the controller is off): the plan drifts away from the
+    measured state, the start-jump check refuses the next chunk and the node holds where the arm is."""
+    record = tmp_path / "traj.jsonl"
+    start_robot(processes, "--stuck", record=record)
+    start_policy(processes, "max_start_jump:=0.1", "min_subtask_s:=60.0")
+    client.wait_ready()
+    assert client.instruct("left").accepted
+    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 15, "start-jump hold")
+    assert "start jump" in client.last_status().fault
+    time.sleep(0.5)
+    last = _load(record)[-1]
+    assert _is_hold(last) and np.allclose(last["pos"][0], 0.0, atol=1e-9)  # held at the measured state
+    for tr in _load(record):  # and nothing published ever left the first point's neighbourhood by a jump
+        assert np.abs(tr["pos"][0] - tr["q"]).max() <= 0.1 + 1e-9

@@ -71,7 +71,11 @@ POLICY_PARAMS: tuple[Param, ...] = (
     Param(
         "ik_backend", "numerical", "IK for ee_pose actions: numerical (built in) | moveit (needs moveit_py)"
     ),
-    Param("gripper_joint", "gripper", "Joint that takes the gripper value of ee_pose actions"),
+    Param(
+        "gripper_joint",
+        "",
+        "Joint that takes the gripper value of ee_pose actions; empty = the contract's action.gripper_joint",
+    ),
     Param(
         "min_subtask_s",
         3.0,

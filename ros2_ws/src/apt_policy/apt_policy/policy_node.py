@@ -132,7 +132,7 @@ class PolicyNode(Node):
             image_timeout_s=g("image_timeout_s"),
             task_timeout_s=g("task_timeout_s"),
             action_space=c.action_space,
-            gripper_joint=g("gripper_joint") if g("gripper_joint") in c.joint_names else "",
+            gripper_joint=self._gripper_joint(c),
             stitch=StitchConfig(
                 dt=c.dt,
                 method=g("stitch_method"),
@@ -210,6 +210,14 @@ class PolicyNode(Node):
         )
 
     # ------------------------------------------------------------------ setup helpers
+    def _gripper_joint(self, c: Contract) -> str:
+        name = self._param("gripper_joint") or getattr(c, "gripper_joint", "")
+        if name and name not in c.joint_names:
+            raise StartupError(
+                f"gripper_joint {name!r} is not one of the contract joints {list(c.joint_names)}"
+            )
+        return name
+
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
