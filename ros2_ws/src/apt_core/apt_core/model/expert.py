@@ -31,7 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused op
 
 
 class AdaRMSNorm(nn.Module):
@@ -44,13 +44,15 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
-        """(B, W) time embedding -> (B, 1, 2W) scale/shift; precomputed for all steps at inference."""
-        return self.mod(cond).unsqueeze(1)
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, W) time embedding -> (1 + scale, shift), each (B, 1, W); precomputed for all steps
+        at inference."""
+        scale, shift = self.mod(cond).unsqueeze(1).chunk(2, -1)
+        return 1 + scale, shift
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        scale, shift = mod.chunk(2, -1)  # (B, 1, W) each
-        return self.norm(x) * (1 + scale) + shift
+    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        gain, shift = mod
+        return torch.addcmul(shift, self.norm(x), gain)  # norm(x) * (1 + scale) + shift
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -110,13 +112,13 @@ class ExpertLayer(nn.Module):
     def norms(self) -> list[AdaRMSNorm]:
         return [self.norm1, self.norm_x, self.norm2] if self.style == "gr00t" else [self.norm1, self.norm2]
 
-    def modulations(self, cond: torch.Tensor) -> list[torch.Tensor]:
+    def modulations(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [n.modulation(cond) for n in self.norms()]
 
     def forward(
         self,
         x: torch.Tensor,  # (B, T, W) expert tokens
-        mods: list[torch.Tensor],  # per AdaRMSNorm of this layer: (B, 1, 2W) from the time embedding
+        mods: list[tuple[torch.Tensor, torch.Tensor]],  # per AdaRMSNorm: (1 + scale, shift), (B, 1, W) each
         ctx: tuple[torch.Tensor, torch.Tensor],  # keys/values of the backbone tokens (B, h, N, d)
         masks: dict[str, torch.Tensor],  # additive float masks from ActionExpert.build_masks
     ) -> torch.Tensor:
@@ -208,8 +210,9 @@ class ActionExpert(nn.Module):
 
         return {"ctx": additive(ctx_allowed), "self": additive(self_allowed), "joint": additive(joint)}
 
-    def time_conditioning(self, t: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Modulations of every AdaRMSNorm for times t (S,): [layer][norm] (S, 1, 2W), last = final norm.
+    def time_conditioning(self, t: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Modulations of every AdaRMSNorm for times t (S,): [layer][norm] -> (1 + scale, shift),
+        each (S, 1, W); the last entry is the final norm.
 
         At inference the S denoising times are known up front, so this runs once per chunk as
         batched matmuls instead of once per step and layer.
@@ -220,7 +223,7 @@ class ActionExpert(nn.Module):
     def forward(
         self,
         noisy: torch.Tensor,  # (B, H, A)
-        t: torch.Tensor | list[list[torch.Tensor]],  # (B,) times in [0, 1], or their time_conditioning
+        t: torch.Tensor | list,  # (B,) times in [0, 1], or their precomputed time_conditioning
         prefix: torch.Tensor,  # (B, T - H, W)
         masks: dict[str, torch.Tensor],  # from build_masks (once per chunk)
         ctx: list[tuple[torch.Tensor, torch.Tensor]],  # per layer keys/values

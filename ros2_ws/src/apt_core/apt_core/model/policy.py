@@ -129,7 +129,8 @@ class APTPolicy(nn.Module):
         allm = self.expert.time_conditioning(torch.tensor(times, dtype=noise.dtype, device=noise.device))
 
         def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            mods = [[m[i : i + 1] for m in layer] for layer in allm]  # (1, 1, 2W) broadcast over B
+            # (1, 1, W) gain/shift of step i, broadcast over the batch
+            mods = [[(g[i : i + 1], b[i : i + 1]) for g, b in layer] for layer in allm]
             return self._denoise(enc, x, mods)
 
         return self.objective.sample(denoise, noise, steps)
