@@ -169,7 +169,9 @@ class DatasetWriter:
         cols: dict[str, Any] = {}
         for cam in self.contract.camera_names:
             imgs = ep.images[cam]
-            cols[image_key(cam)] = pa.array([{"bytes": b, "path": None} for b in imgs], type=IMAGE_STRUCT)
+            cols[image_key(cam)] = pa.StructArray.from_arrays(
+                [pa.array(imgs, pa.binary()), pa.nulls(n, pa.string())], fields=list(IMAGE_STRUCT)
+            )
             self._file_bytes += sum(len(b) for b in imgs)
         J = len(self.contract.joint_names)
         cols["observation.state"] = pa.FixedSizeListArray.from_arrays(
