@@ -155,6 +155,10 @@ def test_instruct_queue_cancel_and_stop(processes, client: Client, tmp_path: Pat
     client.instruct("home")
     status, result = client.result(handle, timeout=10.0)
     assert status == GoalStatus.STATUS_ABORTED and result.reason == "preempted"
+    # a goal's own timeout ends it (and holds)
+    handle = client.send_goal("right", timeout_s=1.0)
+    status, result = client.result(handle, timeout=10.0)
+    assert status == GoalStatus.STATUS_ABORTED and result.reason == "timeout" and 0.9 < result.duration_s < 5
     assert policy.poll() is None
 
 
