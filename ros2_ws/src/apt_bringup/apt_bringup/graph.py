@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     runnable = []
     for spec in specs:
         if not spec.module:
-            print(f"[apt-launch] skipping {spec.name}: needs a system ROS 2 install (not in the PyPI wheels)")
+            exe = shutil.which(spec.executable)  # e.g. rviz2 from a system ROS 2 install
+            if exe is None:
+                print(
+                    f"[apt-launch] skipping {spec.name}: needs a system ROS 2 install (not in the PyPI wheels)"
+                )
+                continue
+            runnable.append((spec, [exe, *spec.ros_args]))
             continue
         runnable.append((spec, command(spec)))
     if ns.print:
