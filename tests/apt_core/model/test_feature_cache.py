@@ -16,6 +16,16 @@ def cpu_policy():
     return APTPolicy(get_preset("cpu-demo", stage=2))
 
 
+@pytest.fixture(autouse=True)
+def fresh_memos():
+    """Each test starts without memos shared from another test."""
+    from apt_core.model.backbone_minilm_effnet import _SHARED_MEMOS
+
+    _SHARED_MEMOS.clear()
+    yield
+    _SHARED_MEMOS.clear()
+
+
 def _inputs(n: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 1, 3, 64, 64, generator=g)
@@ -42,6 +52,27 @@ def test_memo_returns_the_same_features_and_trains_the_neck(cpu_policy):
         assert bb.neck.proj[0].weight.grad is not None and bb.neck.proj[0].weight.grad.abs().sum() > 0
     finally:
         bb._vision_memo = bb._text_memo = None
+
+
+def test_memo_is_shared_only_between_equal_encoders(cpu_policy):
+    """Stage 1 and stage 2 of one run share the memo; a backbone with other weights does not."""
+    from apt_core.model.backbone_minilm_effnet import _SHARED_MEMOS
+
+    _SHARED_MEMOS.clear()
+    other = APTPolicy(get_preset("cpu-demo", stage=1)).backbone
+    cpu_policy.backbone.enable_feature_cache()
+    other.enable_feature_cache()
+    assert other._vision_memo is cpu_policy.backbone._vision_memo
+    with torch.no_grad():
+        next(other.vision.parameters()).add_(1.0)
+    try:
+        other.enable_feature_cache()
+        assert other._vision_memo is not cpu_policy.backbone._vision_memo
+    finally:
+        with torch.no_grad():
+            next(other.vision.parameters()).sub_(1.0)
+        _SHARED_MEMOS.clear()
+        cpu_policy.backbone._vision_memo = cpu_policy.backbone._text_memo = None
 
 
 def test_memo_is_bypassed_while_an_encoder_trains(cpu_policy):

@@ -190,3 +190,19 @@ def test_runner_rejects_bad_observations_and_ee_pose(stats, tmp_path):
     re = load_runner(save_checkpoint(tmp_path / "ee", pe, proce, {}))
     with pytest.raises(NotImplementedError, match="IK"):
         re.predict(_obs(np.zeros(7)), "x")
+
+
+def test_stage2_from_a_stage1_checkpoint(stats, tmp_path):
+    from apt_core.model.stages import stage2_from_checkpoint
+
+    p1, proc = _policy(stats)
+    _perturb(p1)
+    ck = save_checkpoint(tmp_path / "s1", p1, proc, {"step": 10})
+    p2, proc2, meta = stage2_from_checkpoint(ck, backbone={"mode": "lora", "lora_rank": 2})
+    assert meta["stage"] == 1 and p2.cfg.stage == 2 and p2.cfg.backbone_mode == "lora"
+    assert torch.equal(p2.expert.layers[3].qkv.weight, p1.expert.layers[1].qkv.weight)
+    raw = make_raw_batch(2)
+    assert torch.equal(proc2.process_batch(raw)["actions"], proc.process_batch(raw)["actions"])
+    p2b, *_ = load_checkpoint(save_checkpoint(tmp_path / "s2", p2, proc2, {}), expect={"stage": 2})
+    with pytest.raises(CheckpointMismatchError, match="stage"):
+        stage2_from_checkpoint(tmp_path / "s2")

@@ -23,6 +23,9 @@ from .config import BackboneConfig, PolicyConfig
 from .efficientnet import STAGE_CHANNELS, fold_batchnorm, load_efficientnet_lite0
 
 MINILM_LAYERS = 6
+# Memos shared by every backbone in this process whose frozen encoders hold identical weights
+# (stage 1 and stage 2 of one pipeline run): key = (taps, grid, weight fingerprint).
+_SHARED_MEMOS: dict[tuple, tuple[dict, dict]] = {}
 MINILM_WIDTH = 384
 
 
@@ -75,7 +78,22 @@ class MiniLMEffNetBackbone(Backbone):
         convolutions); ~48 KB per image at 6 taps, grid 4.
         Not for serving: live camera images never repeat.
         """
-        self._vision_memo, self._text_memo, self._memo_limit = {}, {}, int(max_images)
+        key = (tuple(self.tap_layers), self.grid, self._encoder_fingerprint())
+        self._vision_memo, self._text_memo = _SHARED_MEMOS.setdefault(key, ({}, {}))
+        self._memo_limit = int(max_images)
+
+    @torch.no_grad()
+    def _encoder_fingerprint(self) -> tuple[float, ...]:
+        """Cheap identity of the encoder weights: memos are only shared between equal encoders."""
+        sums = []
+        for module in (self.vision, self.text):
+            ps = list(module.parameters())
+            sums += [
+                float(ps[0].double().sum()),
+                float(ps[len(ps) // 2].double().sum()),
+                float(ps[-1].double().sum()),
+            ]
+        return tuple(sums)
 
     def train(self, mode: bool = True) -> MiniLMEffNetBackbone:
         super().train(mode)

@@ -123,19 +123,26 @@ class ExpertLayer(nn.Module):
         masks: dict[str, torch.Tensor],  # additive float masks from ActionExpert.build_masks
     ) -> torch.Tensor:
         m1, *mx, m2 = mods
-        q, k, v = (self._heads(t) for t in self.qkv(self.norm1(x, m1)).chunk(3, -1))
+        B, T, W = x.shape
+        # (B, T, 3W) -> 3 x (B, h, T, d) in one view + permute (fewer ops per denoising step)
+        q, k, v = (
+            self.qkv(self.norm1(x, m1))
+            .view(B, T, 3, self.heads, W // self.heads)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         kc, vc = ctx
         g = self.gate()  # (W,) or (1,)
-        highway = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=masks["self"]))
+        highway = F.scaled_dot_product_attention(q, k, v, attn_mask=masks["self"])  # (B, h, T, d)
         if self.style == "pi":
-            fused = self._merge(
-                F.scaled_dot_product_attention(
-                    q, torch.cat([kc, k], 2), torch.cat([vc, v], 2), attn_mask=masks["joint"]
-                )
-            )
-            x = x + self.out(g * fused + (1 - g) * highway)
+            fused = F.scaled_dot_product_attention(
+                q, torch.cat([kc, k], 2), torch.cat([vc, v], 2), attn_mask=masks["joint"]
+            )  # (B, h, T, d)
+            # g * fused + (1 - g) * highway, with the per-channel gate laid out as (h, 1, d)
+            gh = g.view(self.heads, 1, W // self.heads) if g.numel() > 1 else g
+            x = x + self.out(self._merge(torch.lerp(highway, fused, gh)))
         else:
-            x = x + self.out(highway)
+            x = x + self.out(self._merge(highway))
             qx = self._heads(self.q_x(self.norm_x(x, mx[0])))
             cross = self._merge(F.scaled_dot_product_attention(qx, kc, vc, attn_mask=masks["ctx"]))
             x = x + g * self.out_x(cross)  # = g * (x + cross) + (1 - g) * x

@@ -7,11 +7,15 @@ Token embeddings, time MLP, output head and the backbone are copied unchanged.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
 from .config import PolicyConfig
 from .policy import APTPolicy, apply_backbone_mode
+from .processor import Processor
 
 
 class ExpansionError(ValueError):
@@ -90,3 +94,20 @@ def freeze_backbone(policy: APTPolicy) -> None:
 def trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
     """Parameters the optimiser should see (requires_grad)."""
     return [p for p in policy.parameters() if p.requires_grad]
+
+
+def stage2_from_checkpoint(
+    stage1_dir: str | Path, stage2_cfg: PolicyConfig | None = None, **overrides: Any
+) -> tuple[APTPolicy, Processor, dict[str, Any]]:
+    """Load a stage-1 checkpoint and expand it: (stage-2 policy, the same processor, stage-1 meta).
+
+    `stage2_cfg` defaults to the stage-1 config with stage=2 and `overrides` applied (nested
+    configs as dicts, e.g. backbone={"mode": "lora"}). The processor (normalisation statistics)
+    carries over unchanged, so stage 2 sees data exactly as stage 1 did.
+    """
+    from .checkpoint import load_checkpoint
+
+    p1, processor, meta = load_checkpoint(stage1_dir, expect={"stage": 1})
+    cfg2 = stage2_cfg or p1.cfg.replace(stage=2, **overrides)
+    p2 = expand_to_stage2(p1, cfg2)
+    return p2, Processor(cfg2, processor.stats), meta
