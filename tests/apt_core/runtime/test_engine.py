@@ -224,3 +224,41 @@ def test_ee_pose_actions_through_numerical_ik_on_the_sim_urdf() -> None:
     assert np.isclose(q[6], 0.02, atol=1e-3)  # the gripper value goes straight to the gripper joint
     with pytest.raises(ValueError, match="needs an IK adapter"):
         PolicyRuntime(EEPolicy(), names, ("front",), cfg, SafetyFilter(lim))
+
+
+def test_action_history_is_the_commanded_plan() -> None:
+    """Policies with n_action_history get the commanded positions at past control steps (what the
+    dataset's observation.action_history holds), not the measured state."""
+
+    class HistPolicy(GoalPolicy):
+        n_action_history = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.hist: list[tuple[float, np.ndarray]] = []
+
+        def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+            self.hist.append((obs.stamp, obs.extras["action_history"].copy()))
+            return super().predict(obs, instruction)
+
+    clock = Clock()
+    pol = HistPolicy()
+    cfg = RuntimeConfig(dt=DT, chunk_length=12, completion=CompletionConfig(min_subtask_s=100.0))
+    rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock)
+    assert rt.n_history == 2
+    rt.instruct("left", append=False)
+    _, results = _simulate(rt, clock, 2.0, np.zeros(3))
+    plans = [r.plan for r in results if r.kind == "plan"]
+    t0, h0 = pol.hist[0]
+    assert h0.shape == (2, 3) and np.allclose(h0, 0.0)  # before any plan: the current position
+    moving = 0
+    for t, h in pol.hist[1:]:
+        for i, k in enumerate((2, 1)):
+            tk = t - k * DT
+            earlier = [p for p in plans if p.start <= tk]
+            want = earlier[-1].sample(tk)[0] if earlier else np.zeros(3)
+            assert np.allclose(h[i], want)
+        moving += not np.allclose(h[0], h[1])
+    assert moving >= 2  # while the arm moves, the two commanded steps differ (not the state repeated)
+    rt2 = PolicyRuntime(GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)))
+    assert rt2.n_history == 0

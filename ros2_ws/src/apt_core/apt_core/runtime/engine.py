@@ -142,6 +142,10 @@ class PolicyRuntime:
         self._joints: tuple[np.ndarray, float] | None = None  # latest (positions, header stamp)
         # recent joint states, so an image can be paired with the joint state closest to its stamp
         self._joint_hist: deque[tuple[float, np.ndarray]] = deque(maxlen=200)
+        # recently published plans: the commanded positions at past control steps are the model's
+        # action history (the dataset's `observation.action_history` is the commanded targets too)
+        self._plans: deque[Trajectory] = deque(maxlen=4)
+        self.n_history = _history_len(policy) if cfg.action_space != "ee_pose" else 0
         self._images: dict[str, tuple[np.ndarray, float]] = {}
         self._success: bool | None = None  # None: no success signal wired / received
         self._holding = False
@@ -200,12 +204,14 @@ class PolicyRuntime:
             self.queue.cancel_all(outcome)
             self._stopped_reason = reason
             self.stitcher.reset()
+            self._plans.clear()
             self.completion.reset()
             self._active_id = ""
             if self._joints is None:
                 return None
             hold = hold_trajectory(self.clock() + self.cfg.lead_time_s, self._joints[0])
             self.stitcher.set_plan(hold)
+            self._plans.append(hold)
             self.holds += 1
             return hold
 
@@ -269,6 +275,7 @@ class PolicyRuntime:
         if first and self._joints is not None:
             hold = hold_trajectory(now + self.cfg.lead_time_s, self._joints[0])
             self.stitcher.set_plan(hold)
+            self._plans.append(hold)
             self.holds += 1
             return StepResult("hold", plan=hold, reason=reason)
         return StepResult("wait", reason=reason)
@@ -319,6 +326,8 @@ class PolicyRuntime:
                 self._holding, self._hold_reason = False, ""
                 self.stitcher.reset()
             instruction, task_id = task.subtask, task.task_id
+            if self.n_history:
+                obs.extras["action_history"] = self._action_history(obs.stamp, obs.joint_positions)
         # ---- inference outside the lock: inputs keep flowing while the model runs
         t_obs = obs.stamp
         t_start = time.perf_counter()
@@ -348,6 +357,7 @@ class PolicyRuntime:
                 res.task_id, res.events = task_id, events
                 return res
             self.stitcher.set_plan(safe)
+            self._plans.append(safe)
             if self._holding:  # a retry after a refused chunk succeeded
                 events.append(f"resumed after: {self._hold_reason}")
                 self._holding, self._hold_reason = False, ""
@@ -365,6 +375,19 @@ class PolicyRuntime:
                 task_id=task_id,
                 events=events,
             )
+
+    def _action_history(self, t_obs: float, q: np.ndarray) -> np.ndarray:
+        """(n, J) commanded positions at t_obs - n*dt .. t_obs - dt, from the plans that were
+        executing then; before the first plan, the current position (as the dataset clamps the
+        history to the first action)."""
+        out = np.tile(np.asarray(q, dtype=np.float64), (self.n_history, 1))
+        for i, k in enumerate(range(self.n_history, 0, -1)):
+            t = t_obs - k * self.cfg.dt
+            for plan in reversed(self._plans):
+                if plan.start <= t:
+                    out[i] = plan.sample(t)[0]
+                    break
+        return out
 
     def _to_joint_chunk(self, raw: np.ndarray, q: np.ndarray) -> np.ndarray:
         nj = len(self.joint_names)
@@ -438,3 +461,16 @@ class PolicyRuntime:
             else:
                 snap.state, snap.phase = RUNNING, PHASE_EXECUTING
             return snap
+
+
+def _history_len(policy: object) -> int:
+    """How many past actions the policy consumes: `n_action_history` on the policy, or on the
+    config of a PolicyRunner's model (`policy.policy.cfg`); 0 when it takes none."""
+    n = getattr(policy, "n_action_history", None)
+    if n is None:
+        cfg = getattr(getattr(policy, "policy", None), "cfg", None)
+        n = getattr(cfg, "n_action_history", 0)
+    try:
+        return max(0, int(n))
+    except (TypeError, ValueError):
+        return 0
