@@ -5,8 +5,8 @@ steps of the expert -> unnormalise -> absolute joint targets) through `PolicyRun
 the CPU default preset per objective and step count, and writes the table to section "model" of
 docs/benchmarks.md. Weights are random (latency does not depend on their values).
 
-    python scripts/bench_model.py                  # cpu-demo, 1 and 2 threads, 30 chunks per row
-    python scripts/bench_model.py --threads 2 --repeats 50 --no-write
+    python scripts/bench_model.py                  # cpu-demo, 1 torch thread, 30 chunks per row
+    python scripts/bench_model.py --threads 1,2 --repeats 50 --no-write
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def bench_rows(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu-demo")
-    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
+    ap.add_argument("--threads", default="1", help="comma-separated torch thread counts to measure, e.g. 1,2")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
