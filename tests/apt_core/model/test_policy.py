@@ -157,6 +157,12 @@ def test_tiny_model_overfits_a_small_batch(stats):
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first / 10, f"loss fell only from {first:.3f} to {last:.3f}"
+    # the sampler turns the fitted model back into the training chunks (not just a low loss)
+    p.eval()
+    a = p.sample_actions(b, generator=torch.Generator().manual_seed(1))
+    err = (a - b["actions"]).abs().mean()
+    spread = (b["actions"] - b["actions"].mean(0)).abs().mean()
+    assert err < 0.4 * spread, f"sampled chunks miss the targets: error {err:.3f} vs spread {spread:.3f}"
 
 
 def test_bad_batches_name_the_problem(stats):
