@@ -59,9 +59,8 @@ class APTPolicy(nn.Module):
             out = self.backbone(batch["images"], batch["lang_ids"], batch["lang_mask"], insulate=insulate)
         lang, valid = out.lang_mask, out.valid_mask  # (B, N)
         see_lang = self.cfg.language_visible and self.cfg.variant != "token_insertion"
-        ctx_allowed = (valid & (~lang if not see_lang else torch.ones_like(lang)))[
-            :, None, None, :
-        ]  # (B,1,1,N)
+        # stage 1 (and token insertion) hide every language key from the gated fusion
+        ctx_allowed = (valid if see_lang else valid & ~lang)[:, None, None, :]  # (B, 1, 1, N)
         ctx = [
             layer.context(out.features[tap])
             for layer, tap in zip(self.expert.layers, self.layer_taps, strict=True)
