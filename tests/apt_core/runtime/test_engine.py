@@ -262,3 +262,29 @@ def test_action_history_is_the_commanded_plan() -> None:
     assert moving >= 2  # while the arm moves, the two commanded steps differ (not the state repeated)
     rt2 = PolicyRuntime(GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)))
     assert rt2.n_history == 0
+
+
+def test_start_jump_ends_the_task_instead_of_retrying() -> None:
+    """A blocked arm (measured state never moves): the plan drifts, the start-jump check fires once,
+    the task ends with a fault reason and one hold is published; nothing is retried."""
+    clock = Clock()
+    pol = GoalPolicy()
+    lim = SafetyLimits.uniform(JOINTS, max_start_jump=0.1)
+    rt = PolicyRuntime(
+        pol, JOINTS, ("front",), RuntimeConfig(dt=DT, chunk_length=12), SafetyFilter(lim), clock=clock
+    )
+    _, tid, _ = rt.instruct("left", append=False)
+    img = np.zeros((8, 8, 3), np.uint8)
+    results = []
+    for _ in range(150):
+        rt.on_joint_state(np.zeros(3), clock.t)
+        rt.on_image("front", img, clock.t)
+        if clock.t >= rt.next_step_time():
+            results.append(rt.step())
+        clock.t += 0.02
+    kinds = [r.kind for r in results]
+    assert kinds.count("hold") == 1 and "start jump" in results[kinds.index("hold")].reason
+    assert kinds[kinds.index("hold") + 1 :] and set(kinds[kinds.index("hold") + 1 :]) == {"idle"}
+    assert rt.find_task(tid).outcome.startswith("fault: start jump")
+    st = rt.status()
+    assert st.state == HOLDING and "start jump" in st.fault

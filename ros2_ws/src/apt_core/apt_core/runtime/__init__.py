@@ -13,7 +13,7 @@ from apt_core.runtime.ik import (
     UrdfChain,
     ee_chunk_to_joints,
 )
-from apt_core.runtime.safety import SafetyFilter, SafetyLimits, SafetyViolation, Watchdog
+from apt_core.runtime.safety import SafetyFilter, SafetyLimits, SafetyViolation, StartJumpViolation, Watchdog
 from apt_core.runtime.stitching import ChunkStitcher, StitchConfig, Trajectory, hold_trajectory
 from apt_core.runtime.tasks import (
     CompletionConfig,
@@ -39,6 +39,7 @@ __all__ = [
     "SafetyFilter",
     "SafetyLimits",
     "SafetyViolation",
+    "StartJumpViolation",
     "StitchConfig",
     "Task",
     "TaskQueue",

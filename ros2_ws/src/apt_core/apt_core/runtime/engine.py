@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from apt_core.runtime.ik import IKAdapter, IKError, ee_chunk_to_joints
-from apt_core.runtime.safety import SafetyFilter, SafetyViolation, Watchdog
+from apt_core.runtime.safety import SafetyFilter, SafetyViolation, StartJumpViolation, Watchdog
 from apt_core.runtime.stitching import ChunkStitcher, StitchConfig, Trajectory, hold_trajectory
 from apt_core.runtime.tasks import CompletionConfig, CompletionDetector, InstructionError, Task, TaskQueue
 from apt_core.types import ChunkPolicy, Observation
@@ -351,6 +351,12 @@ class PolicyRuntime:
                 plan = self.stitcher.stitch(t0, measured=obs.joint_positions)
                 measured_now = self._joints[0] if self._joints is not None else obs.joint_positions
                 safe, report = self.safety.apply(plan, measured_now, v_start=plan.velocities[0])
+            except StartJumpViolation as e:
+                # Retrying would start the next plan at the hold, i.e. at the measured state, and
+                # command the blocked arm again and again: end the task, hold, let the user decide.
+                hold = self.stop(f"task {task_id} ended: {e}", outcome=f"fault: {e}")
+                self._next_step = self.clock() + self.cfg.dt
+                return StepResult("hold", plan=hold, reason=str(e), task_id=task_id, events=events)
             except (SafetyViolation, IKError, ValueError) as e:
                 self._next_step = self.clock() + self.cfg.dt
                 res = self._hold(self.clock(), f"rejected chunk: {e}")

@@ -34,6 +34,11 @@ class SafetyViolation(RuntimeError):
     """A trajectory or state was refused; the message names the check, joint and point."""
 
 
+class StartJumpViolation(SafetyViolation):
+    """The arm is not where the plan starts (blocked, pushed, or another controller moved it).
+    Unlike other refusals this is not retried: the runtime ends the task and holds."""
+
+
 @dataclass(frozen=True)
 class SafetyLimits:
     joint_names: tuple[str, ...]  # order of the columns of every array below
@@ -182,7 +187,7 @@ class SafetyFilter:
         jump = np.abs(traj.positions[0] - measured)
         if (jump > lim.max_start_jump).any():
             j = int(np.argmax(jump))
-            raise SafetyViolation(
+            raise StartJumpViolation(
                 f"start jump {jump[j]:.3f} > max_start_jump {lim.max_start_jump} on joint "
                 f"{self._names(j)!r} (measured {measured[j]:.3f}, first point {traj.positions[0, j]:.3f})"
             )
