@@ -72,6 +72,7 @@ class BagRecorder(Node):
         self._conns: dict = {}
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        self.instructions_seen = 0  # latched instructions received, recording or not
         for topic, typ, _name, qos in recorded_topics(contract):
             # raw=True: the serialized CDR goes into the bag as received (no decode / re-encode).
             stamped = hasattr(typ, "_fields_and_field_types") and "header" in typ.get_fields_and_field_types()
@@ -101,6 +102,8 @@ class BagRecorder(Node):
             w.close()
 
     def _on_msg(self, topic: str, raw: bytes, has_header: bool) -> None:
+        if topic == self.contract.instruction_topic:
+            self.instructions_seen += 1
         if has_header and len(raw) >= 12:
             # CDR: 4-byte encapsulation header, then std_msgs/Header starts with stamp (int32 sec,
             # uint32 nanosec); byte 1 says the byte order (1 = little endian).
@@ -210,6 +213,19 @@ class SimHarness:
         if error:
             self.__exit__(None, None, None)
             raise RuntimeError(f"could not start the sim harness: {error[0]}") from error[0]
+        # Wait for discovery: the start-up instruction (latched) must reach the recorder and the
+        # client now, or it would arrive late and land in the first episode's bag.
+        rec, client = self.nodes.get("rec"), self.nodes.get("client")
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            rec_ok = not isinstance(rec, BagRecorder) or rec.instructions_seen > 0
+            client_ok = not isinstance(client, PolicyClient) or bool(client.instruction)
+            if rec_ok and client_ok:
+                break
+            time.sleep(0.01)
+        else:
+            self.__exit__(None, None, None)
+            raise RuntimeError("sim harness: the nodes did not discover each other within 15 s")
         return self
 
     def __exit__(self, *exc) -> None:
