@@ -288,3 +288,27 @@ def test_start_jump_ends_the_task_instead_of_retrying() -> None:
     assert rt.find_task(tid).outcome.startswith("fault: start jump")
     st = rt.status()
     assert st.state == HOLDING and "start jump" in st.fault
+
+
+def test_next_task_starts_from_the_measured_state_after_the_arm_was_moved() -> None:
+    """A finished task's plan must not anchor the next task: after the arm is moved externally (a
+    simulator reset, a person), the next task starts where the arm is, with no start-jump fault."""
+    clock = Clock()
+    pol = GoalPolicy()
+    lim = SafetyLimits.uniform(JOINTS, max_start_jump=0.1)
+    cfg = RuntimeConfig(
+        dt=DT, chunk_length=12, completion=CompletionConfig(min_subtask_s=1.0, settle_chunks=2)
+    )
+    rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(lim), clock=clock)
+    _, tid1, _ = rt.instruct("left", append=False)
+    q, _ = _simulate(rt, clock, 6.0, np.zeros(3))
+    assert rt.find_task(tid1).outcome == "completed" and np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
+    clock.t += 2.0  # the last plan has ended; now the arm is moved back to zero
+    _, tid2, _ = rt.instruct("right", append=False)
+    q, results = _simulate(rt, clock, 6.0, np.zeros(3))
+    assert not [r for r in results if "start jump" in (r.reason or "")]
+    first = next(r for r in results if r.kind == "plan")
+    assert np.allclose(first.plan.positions[0], 0.0, atol=1e-6), (
+        "the first plan must start at the measured state"
+    )
+    assert rt.find_task(tid2).outcome == "completed" and np.allclose(q, GoalPolicy.goals["right"], atol=0.02)

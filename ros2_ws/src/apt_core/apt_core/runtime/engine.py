@@ -302,10 +302,13 @@ class PolicyRuntime:
                 return StepResult("hold", plan=hold, reason="timeout", task_id=task.task_id, events=events)
             if (task.task_id, task.index) != self._subtask_key:
                 # new subtask: forget chunks of the previous instruction (ensembling across different
-                # instructions would average two intents), keep the executing plan for continuity.
+                # instructions would average two intents). Keep a plan that is still executing for
+                # continuity; one that has ended no longer describes the arm (it may have been moved,
+                # e.g. a simulator reset or a person), so the next plan starts from the measured state.
                 plan = self.stitcher.plan
                 self.stitcher.reset()
-                self.stitcher.set_plan(plan)
+                if plan is not None and plan.times[-1] > now:
+                    self.stitcher.set_plan(plan)
                 self.completion.reset()
                 if self._success is not None:
                     self.completion.success = False
