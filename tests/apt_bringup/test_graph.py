@@ -42,6 +42,23 @@ def test_resolve_defaults_and_switches(tmp_path: Path) -> None:
         command(resolve({"rviz": "true", "sim": "false"})[1])
 
 
+def test_empty_checkpoint_means_the_shipped_default_policy(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    (share / "config").mkdir(parents=True)
+    for f in ("policy.yaml", "sim.yaml"):
+        (share / "config" / f).write_text((SHARE / "config" / f).read_text())
+    assert "checkpoint" not in resolve({}, share=share)[1].overrides, (
+        "no shipped policy: nothing to default to"
+    )
+    (share / "policies" / "default").mkdir(parents=True)
+    (share / "policies" / "default" / "meta.json").write_text("{}")
+    assert resolve({}, share=share)[1].overrides["checkpoint"] == str(share / "policies" / "default")
+    assert resolve({"checkpoint": "/mine"}, share=share)[1].overrides["checkpoint"] == "/mine"
+    assert "checkpoint" not in resolve({"policy_factory": "m:f"}, share=share)[1].overrides
+    setup = (REPO / "ros2_ws/src/apt_bringup/setup.py").read_text()
+    assert 'share/{package_name}/policies/default"' in setup
+
+
 def test_config_files_match_declared_parameters() -> None:
     params = check_params_file(SHARE / "config" / "policy.yaml", "apt_policy")
     check_param_file(params, "config/policy.yaml")  # names and types match the node's table

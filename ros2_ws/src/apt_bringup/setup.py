@@ -14,10 +14,17 @@ setup(
         (f"share/{package_name}/launch", glob("launch/*.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
         (f"share/{package_name}/rviz", glob("rviz/*.rviz")),
+        # the shipped default policy (trained by apt-pipeline; see its TRAINING_REPORT.md)
+        (f"share/{package_name}/policies/default", glob("policies/default/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,
     description="Launch, configuration and RViz files of the APT stack",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["apt-launch = apt_bringup.graph:main"]},
+    entry_points={
+        "console_scripts": [
+            "apt-launch = apt_bringup.graph:main",
+            "apt-demo = apt_bringup.demo:main",
+        ]
+    },
 )

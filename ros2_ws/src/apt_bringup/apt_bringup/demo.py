@@ -38,7 +38,7 @@ SCENARIOS: tuple[tuple[str, str, int], ...] = (
 
 def default_checkpoint() -> Path:
     """The shipped default policy (trained by apt-pipeline, see its TRAINING_REPORT.md)."""
-    return share_dir() / "policies" / "default"
+    return share_dir() / "policies" / "default"  # also what the graph uses when checkpoint:= is empty
 
 
 @dataclass

@@ -41,7 +41,12 @@ ARGS: tuple[LaunchArg, ...] = (
         "true",
         "true: start the MuJoCo simulated arm (apt_sim); false: a real robot provides the topics",
     ),
-    LaunchArg("checkpoint", "", "Policy checkpoint directory (required unless policy_factory is set)"),
+    LaunchArg(
+        "checkpoint",
+        "",
+        "Policy checkpoint directory; empty = the shipped default policy (policies/default), "
+        "unless policy_factory is set",
+    ),
     LaunchArg("policy_factory", "", "Instead of a checkpoint: 'module:callable' returning a ChunkPolicy"),
     LaunchArg("contract", "", "Topic contract YAML; empty = the simulated arm's contract"),
     LaunchArg("controller_topic", "", "JointTrajectoryController command topic; empty = the contract's"),
@@ -113,6 +118,8 @@ def resolve(args: dict[str, str], share: Path | None = None) -> list[NodeSpec]:
     over: dict[str, Any] = {"contract": a["contract"], "device": a["device"]}
     if a["checkpoint"]:
         over["checkpoint"] = a["checkpoint"]
+    elif not a["policy_factory"] and (share / "policies" / "default" / "meta.json").is_file():
+        over["checkpoint"] = str(share / "policies" / "default")
     if a["policy_factory"]:
         over["policy_factory"] = a["policy_factory"]
     if a["controller_topic"]:
