@@ -5,7 +5,9 @@
 instruction's first word at a bounded speed, optionally adding a per-chunk offset (to mimic a VLA's
 chunk-to-chunk inconsistency, which stitching must smooth) and an inference delay. Options come from
 the environment variable APT_TEST_POLICY (JSON): {"latency_s": 0.05, "offset": 0.03, "speed": 0.4}.
-Instruction words: a goal name ("left", "right", "home"); "nan" returns NaN; "crash" raises;
+Instruction words: a goal name ("left", "right", "home"); "wander" always heads for whichever of
+"left" and "right" is farther away, so it never settles (a task that stays active until stopped,
+for queueing tests without timing races); "nan" returns NaN; "crash" raises;
 "checkimage" asserts the camera image is the robot's 128x128 test pattern.
 """
 
@@ -49,6 +51,10 @@ class GoalPolicy:
         img = next(iter(obs.images.values()))
         if img.shape != (128, 128, 3) or img.dtype != np.uint8:
             raise ValueError(f"unexpected image {img.shape} {img.dtype}")
+        if word == "wander":
+            q = obs.joint_positions
+            dist = {w: np.abs(np.array(GOALS[w])[: len(q)] - q).max() for w in ("left", "right")}
+            word = max(dist, key=dist.get)
         goal = np.array(GOALS.get(word, GOALS["home"]))[: len(self.joint_names)]
         q = obs.joint_positions
         steps = np.arange(1, self.chunk_length + 1)[:, None] / self.rate_hz

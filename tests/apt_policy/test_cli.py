@@ -30,7 +30,7 @@ def test_apt_instruct_wait_append_stop(processes, client: Client) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].startswith("accepted task-1: started: 2 subtask(s): left | right")
     assert "  subtask 1/2: left" in lines and "  subtask 2/2: right" in lines and lines[-1] == "done: task-1"
-    r = _cli("home")
+    r = _cli("wander")  # never settles: the next instruction must queue behind it, whatever the timing
     assert r.returncode == 0
     r = _cli("--append", "left")
     assert r.returncode == 0 and "queued at position 1" in r.stdout
