@@ -280,6 +280,10 @@ class PolicyRuntime:
             return StepResult("hold", plan=hold, reason=reason)
         return StepResult("wait", reason=reason)
 
+    def _rests_at(self, q: np.ndarray, tol: float = 0.05) -> bool:
+        """Whether the measured joints are within `tol` [rad|m] of q (the arm was not moved away)."""
+        return self._joints is not None and bool(np.abs(self._joints[0] - q).max() <= tol)
+
     def step(self, now: float | None = None) -> StepResult:
         """One iteration of the worker: maybe compute, stitch, check and return a plan."""
         now = self.clock() if now is None else now
@@ -303,11 +307,12 @@ class PolicyRuntime:
             if (task.task_id, task.index) != self._subtask_key:
                 # new subtask: forget chunks of the previous instruction (ensembling across different
                 # instructions would average two intents). Keep a plan that is still executing for
-                # continuity; one that has ended no longer describes the arm (it may have been moved,
-                # e.g. a simulator reset or a person), so the next plan starts from the measured state.
+                # continuity, and an ended one while the arm rests at its end. An ended plan whose end
+                # is not where the arm is no longer describes it (the arm was moved: a simulator
+                # reset, a person), so the next plan starts from the measured state.
                 plan = self.stitcher.plan
                 self.stitcher.reset()
-                if plan is not None and plan.times[-1] > now:
+                if plan is not None and (plan.times[-1] > now or self._rests_at(plan.positions[-1])):
                     self.stitcher.set_plan(plan)
                 self.completion.reset()
                 if self._success is not None:
