@@ -30,7 +30,7 @@ from apt_core.sim.evaluate import EpisodeResult, evaluate, summarize
 from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
-from .loop import train
+from .loop import train_or_reuse
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
 
@@ -62,19 +62,11 @@ class CompareConfig:
 
 
 def _train(cc: CompareConfig, out: Path, seed: int, **kw) -> Path:
-    final = out / "final"
-    if (final / "meta.json").exists():
-        return final  # already trained (the command is resumable as a whole)
+    threads = cc.threads or TRAIN_PRESETS[cc.recipe].get("threads", 0)
     cfg = train_preset(
-        cc.recipe,
-        dataset=cc.dataset,
-        out_dir=str(out),
-        seed=seed,
-        progress=False,
-        threads=cc.threads or TRAIN_PRESETS[cc.recipe].get("threads", 0),
-        **kw,
+        cc.recipe, dataset=cc.dataset, out_dir=str(out), seed=seed, progress=False, threads=threads, **kw
     )
-    return train(cfg)
+    return train_or_reuse(cfg)  # the command is resumable as a whole
 
 
 def train_variant(cc: CompareConfig, variant: str, seed: int) -> Path:

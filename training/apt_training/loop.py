@@ -328,6 +328,12 @@ def _check_replicas_in_sync(policy: APTPolicy, d: Dist) -> None:
         print(f"ddp: parameters identical across {d.world} processes")
 
 
+def train_or_reuse(cfg: TrainConfig) -> Path:
+    """The run's final checkpoint: reused when `out_dir/final` is complete, else trained (and resumed)."""
+    final = cfg.out_path / "final"
+    return final if (final / "meta.json").exists() else train(cfg)
+
+
 def checkpoint_metadata(
     cfg: TrainConfig, policy: APTPolicy, dataset: DemoDataset, step: int
 ) -> dict[str, Any]:

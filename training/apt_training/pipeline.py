@@ -32,7 +32,7 @@ from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
-from .loop import train
+from .loop import train_or_reuse
 from .plots import read_metrics
 
 
@@ -117,32 +117,28 @@ def run(pc: PipelineConfig) -> Path:
     recipe = TRAIN_PRESETS[pc.recipe]
     common = dict(dataset=str(out / "dataset"), seed=pc.seed, threads=pc.threads or recipe.get("threads", 0))
     t = time.monotonic()
-    s1 = out / "stage1" / "final"
-    if not (s1 / "meta.json").exists():
-        s1 = train(
-            train_preset(
-                pc.recipe,
-                out_dir=str(out / "stage1"),
-                stage=1,
-                steps=pc.stage1_steps or recipe["steps"],
-                **common,
-            )
+    s1 = train_or_reuse(
+        train_preset(
+            pc.recipe,
+            out_dir=str(out / "stage1"),
+            stage=1,
+            steps=pc.stage1_steps or recipe["steps"],
+            **common,
         )
+    )
     timings["stage1"] = time.monotonic() - t
 
     t = time.monotonic()
-    s2 = out / "stage2" / "final"
-    if not (s2 / "meta.json").exists():
-        s2 = train(
-            train_preset(
-                pc.recipe,
-                out_dir=str(out / "stage2"),
-                stage=2,
-                init_from=str(s1),
-                steps=pc.stage2_steps or recipe["steps"],
-                **common,
-            )
+    s2 = train_or_reuse(
+        train_preset(
+            pc.recipe,
+            out_dir=str(out / "stage2"),
+            stage=2,
+            init_from=str(s1),
+            steps=pc.stage2_steps or recipe["steps"],
+            **common,
         )
+    )
     timings["stage2"] = time.monotonic() - t
 
     t = time.monotonic()
