@@ -59,7 +59,7 @@ POLICY_PARAMS: tuple[Param, ...] = (
     Param(
         "max_start_jump",
         0.3,
-        "Reject a trajectory whose first point is farther than this from the measured state [rad|m]",
+        "Reject a trajectory whose first point is farther than this from where the arm should be (newest joint state + the commanded motion since) [rad|m]",
     ),
     Param(
         "urdf",

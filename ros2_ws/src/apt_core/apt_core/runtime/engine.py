@@ -357,8 +357,8 @@ class PolicyRuntime:
                 self.stitcher.add_chunk(t_obs, chunk)
                 t0 = self.clock() + self.cfg.lead_time_s
                 plan = self.stitcher.stitch(t0, measured=obs.joint_positions)
-                measured_now = self._joints[0] if self._joints is not None else obs.joint_positions
-                safe, report = self.safety.apply(plan, measured_now, v_start=plan.velocities[0])
+                expected, ref = self._expected_position(t0, obs.joint_positions)
+                safe, report = self.safety.apply(plan, expected, v_start=plan.velocities[0], reference=ref)
             except StartJumpViolation as e:
                 # Retrying would start the next plan at the hold, i.e. at the measured state, and
                 # command the blocked arm again and again: end the task, hold, let the user decide.
@@ -389,6 +389,34 @@ class PolicyRuntime:
                 task_id=task_id,
                 events=events,
             )
+
+    def _commanded(self, t: float) -> np.ndarray | None:
+        """The commanded position at absolute time t: the newest published plan that had started
+        by t (a plan replaces its predecessor from its start on). Before the oldest kept plan, its
+        first point (a first plan starts where the arm rests); None when nothing was published."""
+        for plan in reversed(self._plans):
+            if plan.start <= t:
+                return plan.sample(t)[0]
+        return self._plans[0].positions[0].copy() if self._plans else None
+
+    def _expected_position(self, t0: float, fallback: np.ndarray) -> tuple[np.ndarray, str]:
+        """Where the arm should be at t0, for the start-jump check, and how that was obtained.
+
+        The newest joint state (q at its stamp t_js) plus what the executing plan commanded
+        between t_js and t0. The check then measures the follow error at t_js, which is what it is
+        for: an arm that does not follow its commands (blocked, pushed, controller off). Comparing
+        the plan's first point with q itself instead would also count the plan's own motion since
+        t_js, and that grows with the joint state's age: on a loaded machine a joint state 0.2 s
+        old at 1.5 rad/s looked like a 0.3 rad jump, and a following arm was faulted. The
+        watchdog (joint_state_timeout_s) bounds that age, so the prediction spans at most it.
+        """
+        if self._joints is None:
+            return np.asarray(fallback, dtype=np.float64), "measured"
+        q, t_js = self._joints
+        c_js, c_t0 = self._commanded(t_js), self._commanded(t0)
+        if c_js is None or c_t0 is None:
+            return q.copy(), "measured"
+        return q + (c_t0 - c_js), f"expected from a joint state {t0 - t_js:.3f} s old"
 
     def _action_history(self, t_obs: float, q: np.ndarray) -> np.ndarray:
         """(n, J) commanded positions at t_obs - n*dt .. t_obs - dt, from the plans that were

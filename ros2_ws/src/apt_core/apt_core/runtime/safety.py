@@ -2,7 +2,8 @@
 
 Order of checks in `SafetyFilter.apply` (each names the joint and point it failed at):
 1. NaN/Inf guard on the measured state and the trajectory: always reject.
-2. Start-jump check: the first point must be within `max_start_jump` of the measured position;
+2. Start-jump check: the first point must be within `max_start_jump` of where the arm is at the
+   switch time (the runtime estimates that from the newest joint state and the executing plan);
    otherwise the controller would snap the arm there. Always reject.
 3. Position, velocity and acceleration limits: `mode="clamp"` rewrites the trajectory step by step
    so that it respects them (velocity and acceleration limited per step, braking before position
@@ -167,11 +168,14 @@ class SafetyFilter:
         traj: Trajectory,
         measured: np.ndarray,
         v_start: np.ndarray | None = None,
+        reference: str = "measured",
     ) -> tuple[Trajectory, SafetyReport]:
         """Return a trajectory that respects every limit, or raise SafetyViolation.
 
-        traj: the stitched plan; its point 0 is the switch time. measured: (J,) current joint
-        positions. v_start: velocity at point 0 (what is executing); zero when None.
+        traj: the stitched plan; its point 0 is the switch time. measured: (J,) the joint positions
+        at the switch time (the runtime passes the measured state advanced along the executing
+        plan to that time). v_start: velocity at point 0 (what is executing); zero when None.
+        reference: how `measured` was obtained, for the error message.
         """
         lim = self.limits
         nj = len(lim.joint_names)
@@ -189,7 +193,7 @@ class SafetyFilter:
             j = int(np.argmax(jump))
             raise StartJumpViolation(
                 f"start jump {jump[j]:.3f} > max_start_jump {lim.max_start_jump} on joint "
-                f"{self._names(j)!r} (measured {measured[j]:.3f}, first point {traj.positions[0, j]:.3f})"
+                f"{self._names(j)!r} ({reference}: {measured[j]:.3f}, first point {traj.positions[0, j]:.3f})"
             )
         report = SafetyReport()
         v0 = np.zeros(nj) if v_start is None else np.asarray(v_start, dtype=np.float64)
