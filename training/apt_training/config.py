@@ -113,7 +113,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         warmup_steps=100,
         save_every=250,
         num_workers=1,
-        augment=True,
+        # no image augmentation: the frozen-encoder memo keys on exact image bytes, and a randomly
+        # shifted/jittered image never repeats, so augmentation would recompute EfficientNet on
+        # every sample (the sim camera is fixed; the CPU budget is better spent on epochs)
+        augment=False,
         threads=2,
     ),
     "qwen3vl-2b": dict(
