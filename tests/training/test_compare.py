@@ -10,7 +10,7 @@ import pytest
 from apt_training.compare import VARIANTS, CompareConfig, run
 
 
-def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_path):
+def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_path, monkeypatch):
     cc = CompareConfig(
         dataset=str(tiny_dataset),
         out_dir=str(tmp_path / "cmp"),
@@ -41,7 +41,25 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     assert meta("apt_frozen")["backbone_mode"] == "frozen" and meta("apt_finetune")["backbone_mode"] == "full"
     assert meta("token_insertion")["variant"] == "token_insertion"
 
+    # resumable: a second run trains nothing and re-evaluates nothing (each cell's episodes are
+    # stored beside its checkpoint), and gives the same table
+    import apt_training.compare as compare
+
+    def no_eval(*a, **k):
+        raise AssertionError("a finished cell was evaluated again")
+
+    monkeypatch.setattr(compare, "evaluate", no_eval)
+    assert run(cc).read_text().split("\n\n", 2)[2] == report.split("\n\n", 2)[2]
+    # a report written before the last cell says it is partial
+    partial = compare.render_report(cc, compare._eval_cell(cc, "single_stage", 0), 1.0, done=(1, 5))
+    assert "Partial: 1 of 5" in partial and "| single_stage |" in partial and "| apt_frozen |" not in partial
+
 
 def test_compare_rejects_unknown_variants():
     with pytest.raises(ValueError, match="unknown variants"):
         CompareConfig(dataset="x", variants=("apt_magic",))
+    with pytest.raises(ValueError, match=r"apt_finetune \(= apt_frozen\)"):
+        CompareConfig(dataset="x", finetune_mode="frozen")
+    CompareConfig(
+        dataset="x", finetune_mode="frozen", variants=("single_stage", "apt_frozen", "token_insertion")
+    )

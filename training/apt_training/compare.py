@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -43,7 +45,10 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds
     stage1_steps: int = 300  # steps of the APT stage 1
     stage2_steps: int = 300  # steps of the APT stage 2; baselines train stage1 + stage2 steps
-    finetune_mode: str = "full"  # backbone mode of apt_finetune and the end-to-end baselines (full | lora)
+    # backbone mode of apt_finetune and the end-to-end baselines: full | lora | frozen (a CPU budget:
+    # cpu-demo's encoders cannot be trained on a CPU in useful time; then only the three variants
+    # that differ without backbone training are run)
+    finetune_mode: str = "full"
     variants: tuple[str, ...] = VARIANTS  # which variants to run
     splits: tuple[str, ...] = SPLITS  # evaluation splits
     episodes: int = 10  # evaluation episodes per split and seed
@@ -55,8 +60,15 @@ class CompareConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
-        if self.finetune_mode not in ("full", "lora"):
-            raise ValueError(f"finetune_mode must be full or lora, got {self.finetune_mode!r}")
+        if self.finetune_mode not in ("full", "lora", "frozen"):
+            raise ValueError(f"finetune_mode must be full, lora or frozen, got {self.finetune_mode!r}")
+        same = {"apt_finetune": "apt_frozen", "knowledge_insulation": "single_stage"}
+        if self.finetune_mode == "frozen" and any(v in same for v in self.variants):
+            dup = [f"{v} (= {same[v]})" for v in self.variants if v in same]
+            raise ValueError(
+                f"with finetune_mode 'frozen' no backbone is trained, so {', '.join(dup)} would repeat "
+                "another variant; leave them out (--variants single_stage apt_frozen token_insertion)"
+            )
         if self.recipe not in TRAIN_PRESETS:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
 
@@ -85,31 +97,49 @@ def train_variant(cc: CompareConfig, variant: str, seed: int) -> Path:
     return _train(cc, root / variant, seed, variant="token_insertion", backbone_mode="frozen", **kw)
 
 
+def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
+    """Train (or reuse) one variant x seed and evaluate it; the episodes are stored next to the
+    checkpoint, so a killed comparison resumes without re-evaluating finished cells."""
+    ckpt = train_variant(cc, variant, seed)
+    key = f"{'-'.join(cc.splits)}_n{cc.episodes}_s{cc.eval_seed}"
+    cache = ckpt.parent / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["episodes"]
+    policy, processor, meta = load_checkpoint(ckpt)
+    runner = PolicyRunner(policy, processor, meta, seed=seed)
+    res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
+    eps = [{"variant": variant, "train_seed": seed, **ep.__dict__} for ep in res.episodes]
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "checkpoint": str(ckpt), "episodes": eps}))
+    os.replace(tmp, cache)
+    return eps
+
+
 def run(cc: CompareConfig) -> Path:
-    """Train and evaluate every variant x seed; write per-episode CSV and the markdown report."""
+    """Train and evaluate every variant x seed; write per-episode CSV and the markdown report.
+
+    The report is rewritten after every cell (marked partial until all are done), so a long
+    comparison shows what it has so far; re-running the same command continues it."""
     out = Path(cc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     t0 = time.monotonic()
-    for seed in cc.seeds:
-        for variant in cc.variants:
-            t = time.monotonic()
-            ckpt = train_variant(cc, variant, seed)
-            policy, processor, meta = load_checkpoint(ckpt)
-            runner = PolicyRunner(policy, processor, meta, seed=seed)
-            res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
-            for ep in res.episodes:
-                rows.append({"variant": variant, "train_seed": seed, **ep.__dict__})
-            rates = ", ".join(f"{s.split}={s.rate:.2f}" for s in res.summary)
-            print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
-    _write_csv(out / "episodes.csv", rows)
-    report = render_report(cc, rows, time.monotonic() - t0)
+    cells = [(seed, variant) for seed in cc.seeds for variant in cc.variants]
     path = Path(cc.results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(report)
-    os.replace(tmp, path)
-    print(report)
+    for i, (seed, variant) in enumerate(cells):
+        t = time.monotonic()
+        eps = _eval_cell(cc, variant, seed)
+        rows += eps
+        by_split = {s.split: s for s in summarize([_episode(r) for r in eps])}
+        rates = ", ".join(f"{sp}={by_split[sp].rate:.2f}" for sp in cc.splits)
+        print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
+        _write_csv(out / "episodes.csv", rows)
+        report = render_report(cc, rows, time.monotonic() - t0, done=(i + 1, len(cells)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(report)
+        os.replace(tmp, path)
+    print(path.read_text())
     return path
 
 
@@ -122,7 +152,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def render_report(cc: CompareConfig, rows: list[dict], seconds: float) -> str:
+def render_report(
+    cc: CompareConfig, rows: list[dict], seconds: float, done: tuple[int, int] | None = None
+) -> str:
     """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals."""
     head = "| variant | " + " | ".join(cc.splits) + " | mean |"
     lines = [head, "|" + " --- |" * (len(cc.splits) + 2)]
@@ -143,9 +175,16 @@ def render_report(cc: CompareConfig, rows: list[dict], seconds: float) -> str:
         f"--stage2-steps {cc.stage2_steps} --finetune-mode {cc.finetune_mode} --episodes {cc.episodes}"
     )
     n = cc.episodes * len(cc.seeds)
+    partial = ""
+    if done is not None and done[0] < done[1]:
+        partial = (
+            f"**Partial: {done[0]} of {done[1]} variant x seed cells done** (the table pools the "
+            "seeds finished so far; re-run the command to continue).\n\n"
+        )
     return (
         "# APT vs baselines in simulation\n\n"
-        f"Generated by `{cmd}` in {seconds / 60:.1f} min. Success rate per split, pooled over "
+        + partial
+        + f"Generated by `{cmd}` in {seconds / 60:.1f} min. Success rate per split, pooled over "
         f"{len(cc.seeds)} training seed(s) x {cc.episodes} episodes = {n} episodes per cell, "
         "with 95% Wilson intervals in brackets. Same dataset and total optimisation steps for every "
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
@@ -166,7 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--stage1-steps", type=int, default=300)
     p.add_argument("--stage2-steps", type=int, default=300)
-    p.add_argument("--finetune-mode", default="full", choices=["full", "lora"])
+    p.add_argument("--finetune-mode", default="full", choices=["full", "lora", "frozen"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--episodes", type=int, default=10)
