@@ -143,10 +143,29 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
     _, _, meta = load_checkpoint(base, expect={"stage": 2})
     assert meta["variant"] == "single_stage"
 
+    # --n-action-history: stage 1 without history tokens; stage 2 keeps its stage-1 architecture
+    s1h = stage1.main(
+        train_preset(
+            "debug",
+            dataset=str(tiny_dataset),
+            out_dir=str(tmp_path / "s1h"),
+            steps=2,
+            n_action_history=0,
+            **FAST,
+        )
+    )
+    s2h = stage2.main(cfg2.replace(init_from=str(s1h), out_dir=str(tmp_path / "s2h"), steps=2))
+    for ck in (s1h, s2h):
+        policy, _, _ = load_checkpoint(ck)
+        assert policy.cfg.n_action_history == 0 and policy.expert.n_hist == 0
+    assert load_checkpoint(final)[0].cfg.n_action_history == 2  # the preset's default
+
 
 def test_bad_training_configs_name_the_field(tiny_dataset):
     with pytest.raises(TrainConfigError, match="steps must be >= 1"):
         train_preset("debug", dataset=str(tiny_dataset), steps=0)
+    with pytest.raises(TrainConfigError, match="n_action_history must be >= -1"):
+        train_preset("debug", dataset=str(tiny_dataset), n_action_history=-2)
     with pytest.raises(TrainConfigError, match="unknown training preset 'nope'"):
         train_preset("nope")
     with pytest.raises(TrainConfigError, match="init_from is only used by stage 2"):

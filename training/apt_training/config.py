@@ -41,6 +41,10 @@ class TrainConfig:
     seed: int = 0  # seeds data order, initialisation and diffusion noise
     num_workers: int = 0  # DataLoader worker processes (0: in the training process; exact resume)
     augment: bool = False  # random image shifts/colour jitter in the loader (defeats cache_features)
+    # past commanded actions fed to the expert as tokens; -1 keeps the preset's. With history the
+    # expert can extrapolate the ongoing motion and learn to ignore the camera and the instruction
+    # (the "copycat" shortcut of behaviour cloning); measured on our sim data: see docs/results.md
+    n_action_history: int = -1
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -59,6 +63,7 @@ class TrainConfig:
 
         check(self.stage in (1, 2), f"stage must be 1 or 2, got {self.stage}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.n_action_history >= -1, f"n_action_history must be >= -1, got {self.n_action_history}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")

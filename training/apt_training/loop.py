@@ -90,6 +90,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         overrides["backbone"] = backbone
     if cfg.objective:
         overrides["objective"] = {"kind": cfg.objective, "inference_steps": 10}
+    if cfg.n_action_history >= 0:
+        overrides["n_action_history"] = cfg.n_action_history
     return get_preset(cfg.preset, **overrides)
 
 
@@ -207,10 +209,13 @@ def train(cfg: TrainConfig) -> Path:
         _atomic_json(out / "train_config.json", cfg.to_dict())
 
     policy_cfg_probe = get_preset(cfg.preset)
+    n_hist = policy_cfg_probe.n_action_history if cfg.n_action_history < 0 else cfg.n_action_history
+    if cfg.stage == 2 and cfg.init_from:  # stage 2 keeps the architecture of its stage-1 checkpoint
+        n_hist = json.loads((Path(cfg.init_from) / "config.json").read_text()).get("n_action_history", n_hist)
     dataset = DemoDataset(
         cfg.dataset,
         chunk_length=policy_cfg_probe.chunk_length,
-        n_action_history=policy_cfg_probe.n_action_history,
+        n_action_history=n_hist,
         augment=cfg.augment,
     )
     policy, processor = build_models(cfg, dataset)
