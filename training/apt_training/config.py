@@ -122,6 +122,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         # shifted/jittered image never repeats, so augmentation would recompute EfficientNet on
         # every sample (the sim camera is fixed; the CPU budget is better spent on epochs)
         augment=False,
+        # flow matching, not the preset's DDIM: on our sim data DDIM (epsilon prediction, 10 steps)
+        # sampled chunks barely better than predicting zeros, flow fitted them (docs/results.md)
+        objective="flow",
+        # no action-history tokens: with them the expert copied the ongoing motion ("copycat") and,
+        # served from rest, predicted holding still (docs/results.md, session 2)
+        n_action_history=0,
         threads=2,
     ),
     "qwen3vl-2b": dict(
