@@ -99,10 +99,14 @@ def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Clien
             "velocities consistent with positions"
         )
         assert np.all(np.abs(v) <= 1.5 + 1e-9) and np.all(np.abs(np.diff(p, axis=0)) / DT <= 1.5 + 1e-6)
-    dp, dv, margin = [], [], []
-    for old, new in zip(trajs[:-1], trajs[1:]):
+    dp, dv, margin, after_hold = [], [], [], []
+    every = _load(record)  # holds included: a watchdog hold under load stops the arm mid-plan
+    for old, new in zip(every[:-1], every[1:]):
         t0 = new["times"][0]
-        if t0 >= old["times"][-1]:
+        if _is_hold(new) or t0 >= old["times"][-1]:
+            continue  # a hold stops at the measured state by design
+        if _is_hold(old):  # resuming: the plan starts where the arm was held
+            after_hold.append(np.abs(new["pos"][0] - old["pos"][0]).max())
             continue
         p_old, v_old = _hermite(old["times"], old["pos"], old["vel"], t0)
         dp.append(np.abs(p_old - new["pos"][0]).max())
@@ -110,6 +114,7 @@ def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Clien
         margin.append(old["times"][-1] - new["recv"])
     assert len(dp) >= 8
     assert max(dp) < 1e-6, f"position jump at a chunk boundary: {max(dp)}"
+    assert max(after_hold, default=0.0) < 0.05, f"jump when resuming after a hold: {max(after_hold)}"
     assert max(dv) < 1e-6, f"velocity jump at a chunk boundary: {max(dv)}"
     # the controller never runs out of trajectory: each plan arrives well before the previous ends
     # (nominally ~1.1 s of margin; > 0 is the requirement, so CPU contention on a shared machine cannot fail it)
@@ -184,7 +189,15 @@ def test_watchdog_holds_on_stale_camera(processes, client: Client, tmp_path: Pat
         10,
         "running on compressed images",
     )
-    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 15, "watchdog hold")
+    # (a camera/joint-state skew hold may come first while the last image ages; wait for the stale one)
+    client.wait_for(
+        lambda: (
+            client.last_status().state == PolicyStatus.STATE_HOLDING
+            and "camera front" in client.last_status().fault
+        ),
+        15,
+        "watchdog hold",
+    )
     st = client.last_status()
     assert "camera front" in st.fault and st.image_age > 1.0
     time.sleep(0.5)
@@ -211,10 +224,18 @@ def test_blocked_arm_trips_the_start_jump_check(processes, client: Client, tmp_p
     measured state, the start-jump check refuses the next chunk and the node holds where the arm is."""
     record = tmp_path / "traj.jsonl"
     start_robot(processes, "--stuck", record=record)
-    start_policy(processes, "max_start_jump:=0.1", "min_subtask_s:=60.0")
+    # the production joint-state timeout: it bounds how far the start check trusts an old joint state
+    start_policy(processes, "max_start_jump:=0.1", "min_subtask_s:=60.0", "joint_state_timeout_s:=0.25")
     client.wait_ready()
     assert client.instruct("left").accepted
-    client.wait_for(lambda: client.last_status().state == PolicyStatus.STATE_HOLDING, 15, "start-jump hold")
+    client.wait_for(  # (watchdog or skew holds may come and go first on a loaded machine)
+        lambda: (
+            client.last_status().state == PolicyStatus.STATE_HOLDING
+            and "start jump" in client.last_status().fault
+        ),
+        20,
+        "start-jump hold",
+    )
     st = client.last_status()
     assert (
         "start jump" in st.fault and st.task_id == ""
@@ -223,7 +244,7 @@ def test_blocked_arm_trips_the_start_jump_check(processes, client: Client, tmp_p
     last = _load(record)[-1]
     assert _is_hold(last) and np.allclose(last["pos"][0], 0.0, atol=1e-9)  # held at the measured state
     # and nothing published ever started far from the arm: the check allows 0.1 rad of follow error at
-    # the newest joint state's stamp, plus what the plan commanded between that stamp and its start
-    # (<= 0.4 rad/s x ~0.05 s of transport, lead time and joint-state period)
+    # the newest joint state's stamp, plus what the plan commanded between that stamp and its start,
+    # at most 0.4 rad/s x (0.25 s joint-state timeout + ~0.05 s lead time and transport)
     for tr in _load(record):
-        assert np.abs(tr["pos"][0] - tr["q"]).max() <= 0.1 + 0.05
+        assert np.abs(tr["pos"][0] - tr["q"]).max() <= 0.1 + 0.4 * 0.3

@@ -180,6 +180,8 @@ class PolicyNode(Node):
                 callback_group=sensors,
             )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._pub_lock = threading.Lock()  # orders stop holds and worker plans on the command topic
+        self._stops = 0  # stops/cancels so far: a plan computed across one is dropped
         self.traj_pub = self.create_publisher(
             JointTrajectory, g("controller_topic") or c.controller_topic, reliable
         )
@@ -325,10 +327,17 @@ class PolicyNode(Node):
             resp.accepted, resp.message = False, f"internal error: {type(e).__name__}: {e}"
         return resp
 
+    def _stop_and_hold(self, stop) -> object:
+        """Run a stop/cancel and publish its hold; a plan computed meanwhile is then never published."""
+        with self._pub_lock:
+            hold = stop()
+            self._stops += 1
+            if hold is not None:
+                self.traj_pub.publish(trajectory_to_msg(hold, self.contract.joint_names))
+        return hold
+
     def _on_stop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        hold = self.rt.stop("stopped by /apt/stop")
-        if hold is not None:
-            self.traj_pub.publish(trajectory_to_msg(hold, self.contract.joint_names))
+        hold = self._stop_and_hold(lambda: self.rt.stop("stopped by /apt/stop"))
         resp.success = True
         resp.message = (
             "stopped; holding the measured position" if hold else "stopped; no joint state to hold yet"
@@ -359,9 +368,7 @@ class PolicyNode(Node):
         while rclpy.ok():
             task = self.rt.find_task(tid)
             if goal_handle.is_cancel_requested:
-                hold = self.rt.cancel_task(tid)
-                if hold is not None:
-                    self.traj_pub.publish(trajectory_to_msg(hold, self.contract.joint_names))
+                self._stop_and_hold(lambda: self.rt.cancel_task(tid))
                 goal_handle.canceled()
                 result.reason = "canceled"
                 break
@@ -393,8 +400,12 @@ class PolicyNode(Node):
     def _work(self) -> None:
         while self._running and rclpy.ok():
             try:
+                stops = self._stops
                 res = self.rt.step()
-                self._publish_step(res)
+                with self._pub_lock:
+                    if stops != self._stops and res.kind == "plan":
+                        continue  # stopped while this plan was computed: the hold stands
+                    self._publish_step(res)
             except Exception as e:  # keep the worker alive whatever happens
                 self._log_throttled(
                     "worker", f"worker error: {type(e).__name__}: {e}\n{traceback.format_exc()}"

@@ -356,7 +356,10 @@ class PolicyRuntime:
                 chunk = self._to_joint_chunk(raw, obs.joint_positions)
                 self.stitcher.add_chunk(t_obs, chunk)
                 t0 = self.clock() + self.cfg.lead_time_s
-                plan = self.stitcher.stitch(t0, measured=obs.joint_positions)
+                # with nothing executing (first plan, after a hold) start where the arm is now: the
+                # newest joint state, not the older one paired with the image for the model
+                now_q = self._joints[0] if self._joints is not None else obs.joint_positions
+                plan = self.stitcher.stitch(t0, measured=now_q)
                 expected, ref = self._expected_position(t0, obs.joint_positions)
                 safe, report = self.safety.apply(plan, expected, v_start=plan.velocities[0], reference=ref)
             except StartJumpViolation as e:
