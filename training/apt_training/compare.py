@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
+from .state import atomic_write_text
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
 
@@ -109,9 +110,7 @@ def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
     runner = PolicyRunner(policy, processor, meta, seed=seed)
     res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
     eps = [{"variant": variant, "train_seed": seed, **ep.__dict__} for ep in res.episodes]
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "checkpoint": str(ckpt), "episodes": eps}))
-    os.replace(tmp, cache)
+    atomic_write_text(cache, json.dumps({"key": key, "checkpoint": str(ckpt), "episodes": eps}))
     return eps
 
 
@@ -136,20 +135,17 @@ def run(cc: CompareConfig) -> Path:
         _write_csv(out / "episodes.csv", rows)
         report = render_report(cc, rows, time.monotonic() - t0, done=(i + 1, len(cells)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(report)
-        os.replace(tmp, path)
+        atomic_write_text(path, report)
     print(path.read_text())
     return path
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def render_report(

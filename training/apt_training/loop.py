@@ -36,7 +36,7 @@ from apt_core.model.stages import expand_to_stage2
 
 from .config import TrainConfig
 from .plots import plot_run
-from .state import load_train_state, save_train_state
+from .state import atomic_write_text, load_train_state, save_train_state
 
 
 @dataclass
@@ -169,9 +169,7 @@ def _latest(ckpt_root: Path) -> Path | None:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:

@@ -34,6 +34,7 @@ from apt_core.sim.tasks import SPLITS
 from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
 from .plots import read_metrics
+from .state import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,10 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
         str(pc.seed),
     ]
     subprocess.run(cmd, check=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"episodes": pc.episodes, "seed": pc.seed, "bags": len(list(demos.glob("episode_*")))})
+    atomic_write_text(
+        done,
+        json.dumps({"episodes": pc.episodes, "seed": pc.seed, "bags": len(list(demos.glob("episode_*")))}),
     )
-    os.replace(tmp, done)
 
 
 def convert_step(demos: Path, dataset: Path) -> dict:
@@ -155,7 +155,7 @@ def run(pc: PipelineConfig) -> Path:
     timings["total"] = time.monotonic() - t0
 
     report = render_report(pc, info, out, res, timings, meta)
-    _atomic_text(out / "report.md", report)
+    atomic_write_text(out / "report.md", report)
     print(report)
     if pc.export:
         export(s2, out / "report.md", Path(pc.export))
@@ -204,12 +204,6 @@ def export(ckpt: Path, report: Path, dest: Path) -> None:
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     _log(f"exported {ckpt} -> {dest}")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file and a rename: readers see the old or the new file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -46,7 +47,7 @@ def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, progress: d
     tmp = folder / "train_state.safetensors.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / "train_state.safetensors")
-    _atomic_write_text(folder / "train_state.json", json.dumps(meta))
+    atomic_write_text(folder / "train_state.json", json.dumps(meta))
 
 
 def load_train_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
