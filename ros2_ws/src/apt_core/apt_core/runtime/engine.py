@@ -395,12 +395,11 @@ class PolicyRuntime:
 
     def _commanded(self, t: float) -> np.ndarray | None:
         """The commanded position at absolute time t: the newest published plan that had started
-        by t (a plan replaces its predecessor from its start on). Before the oldest kept plan, its
-        first point (a first plan starts where the arm rests); None when nothing was published."""
+        by t (a plan replaces its predecessor from its start on); None before every kept plan."""
         for plan in reversed(self._plans):
             if plan.start <= t:
                 return plan.sample(t)[0]
-        return self._plans[0].positions[0].copy() if self._plans else None
+        return None
 
     def _expected_position(self, t0: float, fallback: np.ndarray) -> tuple[np.ndarray, str]:
         """Where the arm should be at t0, for the start-jump check, and how that was obtained.
@@ -416,9 +415,13 @@ class PolicyRuntime:
         if self._joints is None:
             return np.asarray(fallback, dtype=np.float64), "measured"
         q, t_js = self._joints
-        c_js, c_t0 = self._commanded(t_js), self._commanded(t0)
-        if c_js is None or c_t0 is None:
+        if not self._plans:
             return q.copy(), "measured"
+        # before the oldest kept plan: its first point (a first plan starts where the arm rests)
+        rest = self._plans[0].positions[0]
+        c_js, c_t0 = self._commanded(t_js), self._commanded(t0)
+        c_js = rest if c_js is None else c_js
+        c_t0 = rest if c_t0 is None else c_t0
         return q + (c_t0 - c_js), f"expected from a joint state {t0 - t_js:.3f} s old"
 
     def _action_history(self, t_obs: float, q: np.ndarray) -> np.ndarray:
@@ -427,11 +430,9 @@ class PolicyRuntime:
         history to the first action)."""
         out = np.tile(np.asarray(q, dtype=np.float64), (self.n_history, 1))
         for i, k in enumerate(range(self.n_history, 0, -1)):
-            t = t_obs - k * self.cfg.dt
-            for plan in reversed(self._plans):
-                if plan.start <= t:
-                    out[i] = plan.sample(t)[0]
-                    break
+            c = self._commanded(t_obs - k * self.cfg.dt)
+            if c is not None:
+                out[i] = c
         return out
 
     def _to_joint_chunk(self, raw: np.ndarray, q: np.ndarray) -> np.ndarray:
