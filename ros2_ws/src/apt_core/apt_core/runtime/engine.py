@@ -422,7 +422,12 @@ class PolicyRuntime:
         c_js, c_t0 = self._commanded(t_js), self._commanded(t0)
         c_js = rest if c_js is None else c_js
         c_t0 = rest if c_t0 is None else c_t0
-        return q + (c_t0 - c_js), f"expected from a joint state {t0 - t_js:.3f} s old"
+        moved = c_t0 - c_js
+        j = int(np.argmax(np.abs(moved)))
+        return q + moved, (
+            f"expected from a joint state {t0 - t_js:.3f} s old, {self.joint_names[j]!r} measured "
+            f"{q[j]:.3f} + commanded since {moved[j]:+.3f}, over {len(self._plans)} kept plan(s)"
+        )
 
     def _action_history(self, t_obs: float, q: np.ndarray) -> np.ndarray:
         """(n, J) commanded positions at t_obs - n*dt .. t_obs - dt, from the plans that were
