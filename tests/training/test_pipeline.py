@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from apt_core.data.bag_reader import bag_custom_data
 from apt_core.model.checkpoint import load_checkpoint
+from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
 from apt_training.pipeline import PipelineConfig, run
 
 
@@ -39,3 +41,18 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     # a re-run skips every finished step and reproduces the same evaluation
     again = run(pc).read_text()
     assert again.split("## Evaluation")[1] == report.split("## Evaluation")[1]
+
+    # the simulator scene travels with the data: bag metadata -> dataset meta; a changed scene
+    # (e.g. a moved camera) is refused instead of training on one view and evaluating on another
+    scene = scene_fingerprint()
+    assert all(bag_custom_data(b)["sim_scene"] == scene for b in bags)
+    apt_meta = run_dir / "dataset" / "meta" / "apt.json"
+    assert json.loads(apt_meta.read_text())["sim_scene"] == [scene]
+    assert check_dataset_scene(run_dir / "dataset") == ""
+    done = run_dir / "demos" / "DONE.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "sim_scene": "0123456789ab"}))
+    with pytest.raises(SceneMismatchError, match="recorded in simulator scene '0123456789ab'"):
+        run(pc)
+    apt_meta.write_text(json.dumps({**json.loads(apt_meta.read_text()), "sim_scene": ["0123456789ab"]}))
+    with pytest.raises(SceneMismatchError, match="Record the demonstrations again"):
+        check_dataset_scene(run_dir / "dataset")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
+from apt_core.sim.env import check_dataset_scene
 from apt_core.sim.evaluate import EpisodeResult, evaluate, summarize
 from apt_core.sim.tasks import SPLITS
 
@@ -119,6 +120,9 @@ def run(cc: CompareConfig) -> Path:
 
     The report is rewritten after every cell (marked partial until all are done), so a long
     comparison shows what it has so far; re-running the same command continues it."""
+    warning = check_dataset_scene(cc.dataset)  # raises when the data's scene is not this one
+    if warning:
+        print(f"apt-compare: warning: {warning}", flush=True)
     out = Path(cc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

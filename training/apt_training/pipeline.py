@@ -28,6 +28,7 @@ from apt_core.contract import load_contract
 from apt_core.data.convert import convert
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
+from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
@@ -67,7 +68,13 @@ def _log(msg: str) -> None:
 def record_step(pc: PipelineConfig, demos: Path) -> None:
     done = demos / "DONE.json"
     if done.exists():
-        _log(f"demos: {demos} already recorded")
+        scene = json.loads(done.read_text()).get("sim_scene", "")
+        if scene and scene != scene_fingerprint():
+            raise SceneMismatchError(
+                f"{demos} was recorded in simulator scene {scene!r}, the scene is now "
+                f"{scene_fingerprint()!r} (robot, objects or camera changed): delete it to record again"
+            )
+        _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
         return
     _log(f"recording {pc.episodes} scripted demos through the ROS sim -> {demos}")
     # A separate process: the recorder owns rclpy's global context and the EGL renderer.
@@ -85,7 +92,14 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
     subprocess.run(cmd, check=True)
     atomic_write_text(
         done,
-        json.dumps({"episodes": pc.episodes, "seed": pc.seed, "bags": len(list(demos.glob("episode_*")))}),
+        json.dumps(
+            {
+                "episodes": pc.episodes,
+                "seed": pc.seed,
+                "bags": len(list(demos.glob("episode_*"))),
+                "sim_scene": scene_fingerprint(),
+            }
+        ),
     )
 
 
@@ -113,6 +127,10 @@ def run(pc: PipelineConfig) -> Path:
     t = time.monotonic()
     info = convert_step(out / "demos", out / "dataset")
     timings["convert"] = time.monotonic() - t
+    # training on one scene and evaluating in another fails for no visible reason: refuse it
+    warning = check_dataset_scene(out / "dataset")
+    if warning:
+        _log(f"warning: {warning}")
 
     recipe = TRAIN_PRESETS[pc.recipe]
     common = dict(dataset=str(out / "dataset"), seed=pc.seed, threads=pc.threads or recipe.get("threads", 0))

@@ -32,7 +32,7 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from apt_core.contract import Contract
-from apt_core.sim.env import TabletopEnv
+from apt_core.sim.env import TabletopEnv, scene_fingerprint
 from apt_core.types import ChunkPolicy
 from apt_msgs.srv import ResetSim
 from apt_sim.policy_client import PolicyClient
@@ -280,7 +280,7 @@ class SimHarness:
         if bag is not None:
             if not isinstance(rec, BagRecorder):
                 raise ValueError("episode(bag=...) needs SimHarness(record=True)")
-            rec.open(bag, {"seed": str(seed), "split": split})
+            rec.open(bag, {"seed": str(seed), "split": split, "sim_scene": scene_fingerprint()})
         resp = self._call(ctl.reset_cli, ResetSim.Request(seed=seed, split=split, instruction=instruction))
         if not resp.success:
             if isinstance(rec, BagRecorder):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apt_core.contract import Contract, ContractError, load_contract
-from apt_core.data.bag_reader import SkipLog, find_bags, read_bag
+from apt_core.data.bag_reader import SkipLog, bag_custom_data, find_bags, read_bag
 from apt_core.data.episodes import AlignOptions, Episode, build_episodes
 from apt_core.data.errors import BagError, ConversionError, DataError
 from apt_core.data.lerobot_v3 import DatasetWriter, check_output_dir
@@ -160,6 +160,7 @@ def convert(
             "action_source": contract.action_source,
         },
     )
+    scenes: set[str] = set()
     try:
         bar = _progress(len(bag_list), progress)
         for res in _results(bag_list, contract, opts, workers):
@@ -171,6 +172,9 @@ def convert(
                 summary.skipped_bags.append(res.error)
                 continue
             summary.bags_converted += 1
+            scene = _bag_scene(Path(res.bag)) if res.episodes else ""
+            if scene:
+                scenes.add(scene)
             summary.messages += res.messages
             summary.bytes_read += res.bytes_read
             summary.lenient_decodes += res.lenient
@@ -187,6 +191,9 @@ def convert(
             bar.close()
         if writer.n_episodes == 0:
             raise ConversionError("no usable episodes in any bag:\n  " + "\n  ".join(summary.skipped_bags))
+        # the simulator scene(s) the bags were recorded in (apt_core.sim.env.scene_fingerprint);
+        # empty for bags that do not say (a real robot)
+        writer.extra_meta["sim_scene"] = sorted(scenes)
         summary.episodes = writer.n_episodes
         summary.tasks = len(writer.tasks)
         writer.finalize(overwrite=overwrite)
@@ -195,6 +202,14 @@ def convert(
         raise
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _bag_scene(bag: Path) -> str:
+    """The simulator scene a bag was recorded in (custom_data `sim_scene`), "" when it does not say."""
+    try:
+        return bag_custom_data(bag if bag.is_dir() else bag.parent).get("sim_scene", "")
+    except BagError:
+        return ""
 
 
 def _progress(total: int, enabled: bool):

@@ -15,6 +15,8 @@ Physics runs at 500 Hz (2 ms); 10 Hz control = 50 physics steps per `step`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import threading
@@ -36,6 +38,42 @@ URDF_PATH = ASSETS / "tabletop_arm.urdf"
 ARM_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
 JOINT_NAMES = (*ARM_JOINTS, "gripper")
 GRIPPER_MAX = 0.08  # full finger opening [m]
+
+
+class SceneMismatchError(ValueError):
+    """Demonstrations were recorded in another version of the simulated scene than the current one."""
+
+
+def scene_fingerprint() -> str:
+    """Short hash of the MJCF scene (robot, objects, cameras, lights). Recordings carry it in their
+    bag metadata (custom_data `sim_scene`) and datasets in meta/apt.json, so that a policy trained
+    on one scene is not silently evaluated in another: a moved camera alone makes a trained policy
+    fail (it sees a view it never saw), and nothing else would say why."""
+    return hashlib.sha256(MJCF_PATH.read_bytes()).hexdigest()[:12]
+
+
+def check_dataset_scene(dataset_dir: str | Path) -> str:
+    """Raise SceneMismatchError when the dataset was recorded in another scene than the current one.
+
+    Returns "" when it matches, or a warning when the dataset does not say (recorded before the
+    fingerprint existed, or on a real robot): then nothing can be checked."""
+    meta = Path(dataset_dir) / "meta" / "apt.json"
+    try:
+        scenes = json.loads(meta.read_text()).get("sim_scene", [])
+    except (OSError, ValueError) as e:
+        return f"cannot read {meta} ({e}); the simulator scene of the data is unknown"
+    if not scenes:
+        return f"{dataset_dir} does not record its simulator scene; cannot check it matches this one"
+    current = scene_fingerprint()
+    if list(scenes) != [current]:
+        raise SceneMismatchError(
+            f"{dataset_dir} was recorded in simulator scene(s) {list(scenes)}, but {MJCF_PATH.name} is "
+            f"now {current!r}: the robot, objects or camera changed since, and a policy trained on it "
+            "would be evaluated on a scene it never saw. Record the demonstrations again."
+        )
+    return ""
+
+
 # Elbow-up pose above the table centre with the gripper pointing down and open.
 HOME = np.array([0.0, 0.35, 1.45, 1.3416, 0.0, 0.0, GRIPPER_MAX])
 
