@@ -360,7 +360,7 @@ class PolicyRuntime:
                 # newest joint state, not the older one paired with the image for the model
                 now_q = self._joints[0] if self._joints is not None else obs.joint_positions
                 plan = self.stitcher.stitch(t0, measured=now_q)
-                expected, ref = self._expected_position(t0, obs.joint_positions)
+                expected, ref = self._expected_position(t0, obs.joint_positions, plan.positions[0])
                 safe, report = self.safety.apply(plan, expected, v_start=plan.velocities[0], reference=ref)
             except StartJumpViolation as e:
                 # Retrying would start the next plan at the hold, i.e. at the measured state, and
@@ -401,8 +401,11 @@ class PolicyRuntime:
                 return plan.sample(t)[0]
         return None
 
-    def _expected_position(self, t0: float, fallback: np.ndarray) -> tuple[np.ndarray, str]:
-        """Where the arm should be at t0, for the start-jump check, and how that was obtained.
+    def _expected_position(
+        self, t0: float, fallback: np.ndarray, first: np.ndarray
+    ) -> tuple[np.ndarray, str]:
+        """Where the arm should be at t0, for the start-jump check, and how that was obtained (for
+        the joint farthest from the plan's first point `first`, the one the check reports).
 
         The newest joint state (q at its stamp t_js) plus what the executing plan commanded
         between t_js and t0. The check then measures the follow error at t_js, which is what it is
@@ -423,7 +426,7 @@ class PolicyRuntime:
         c_js = rest if c_js is None else c_js
         c_t0 = rest if c_t0 is None else c_t0
         moved = c_t0 - c_js
-        j = int(np.argmax(np.abs(moved)))
+        j = int(np.argmax(np.abs(first - (q + moved))))
         return q + moved, (
             f"expected from a joint state {t0 - t_js:.3f} s old, {self.joint_names[j]!r} measured "
             f"{q[j]:.3f} + commanded since {moved[j]:+.3f}, over {len(self._plans)} kept plan(s)"
