@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apt_bringup.graph import command, resolve, share_dir
+from apt_bringup.graph import DEFAULT_POLICY, command, resolve, share_dir
 
 # (label, split, scene seed): in-distribution, a paraphrase, an unseen object-target combination and
 # a two-step chain, all on scene seeds outside the recorded training demos (0..199).
@@ -38,7 +38,7 @@ SCENARIOS: tuple[tuple[str, str, int], ...] = (
 
 def default_checkpoint() -> Path:
     """The shipped default policy (trained by apt-pipeline, see its TRAINING_REPORT.md)."""
-    return share_dir() / "policies" / "default"  # also what the graph uses when checkpoint:= is empty
+    return share_dir() / DEFAULT_POLICY  # also what the graph uses when checkpoint:= is empty
 
 
 @dataclass

@@ -35,6 +35,8 @@ class LaunchArg:
     description: str  # shown by `ros2 launch ... --show-args` and `apt-launch --help`
 
 
+DEFAULT_POLICY = Path("policies") / "default"  # the shipped default policy, under the share dir
+
 ARGS: tuple[LaunchArg, ...] = (
     LaunchArg(
         "sim",
@@ -118,8 +120,8 @@ def resolve(args: dict[str, str], share: Path | None = None) -> list[NodeSpec]:
     over: dict[str, Any] = {"contract": a["contract"], "device": a["device"]}
     if a["checkpoint"]:
         over["checkpoint"] = a["checkpoint"]
-    elif not a["policy_factory"] and (share / "policies" / "default" / "meta.json").is_file():
-        over["checkpoint"] = str(share / "policies" / "default")
+    elif not a["policy_factory"] and (share / DEFAULT_POLICY / "meta.json").is_file():
+        over["checkpoint"] = str(share / DEFAULT_POLICY)
     if a["policy_factory"]:
         over["policy_factory"] = a["policy_factory"]
     if a["controller_topic"]:

@@ -207,7 +207,7 @@ def convert(
 def _bag_scene(bag: Path) -> str:
     """The simulator scene a bag was recorded in (custom_data `sim_scene`), "" when it does not say."""
     try:
-        return bag_custom_data(bag if bag.is_dir() else bag.parent).get("sim_scene", "")
+        return bag_custom_data(bag).get("sim_scene", "")  # `bag`: a folder, from find_bags
     except BagError:
         return ""
 
