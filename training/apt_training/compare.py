@@ -29,7 +29,7 @@ from pathlib import Path
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
 from apt_core.sim.env import check_dataset_scene
-from apt_core.sim.evaluate import EpisodeResult, evaluate, summarize
+from apt_core.sim.evaluate import REACH_RADIUS, EpisodeResult, evaluate, summarize, wilson_interval
 from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
@@ -155,20 +155,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def render_report(
     cc: CompareConfig, rows: list[dict], seconds: float, done: tuple[int, int] | None = None
 ) -> str:
-    """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals."""
-    head = "| variant | " + " | ".join(cc.splits) + " | mean |"
-    lines = [head, "|" + " --- |" * (len(cc.splits) + 2)]
-    for variant in cc.variants:
-        eps = [_episode(r) for r in rows if r["variant"] == variant]
-        if not eps:
-            continue
-        by_split = {s.split: s for s in summarize(eps)}
-        cells = []
-        for split in cc.splits:
-            s = by_split[split]
-            cells.append(f"{s.rate:.2f} [{s.ci_low:.2f}, {s.ci_high:.2f}]")
-        mean = sum(by_split[s].rate for s in cc.splits) / len(cc.splits)
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals, and
+    the same table for reaching the task object (partial progress, apt_core.sim.evaluate)."""
+    success, reached = _table(cc, rows, "success"), _table(cc, rows, "reached")
     cmd = (
         f"apt-compare --recipe {cc.recipe} --dataset {cc.dataset} --out-dir {cc.out_dir} "
         f"--seeds {' '.join(map(str, cc.seeds))} --stage1-steps {cc.stage1_steps} "
@@ -188,13 +177,37 @@ def render_report(
         f"{len(cc.seeds)} training seed(s) x {cc.episodes} episodes = {n} episodes per cell, "
         "with 95% Wilson intervals in brackets. Same dataset and total optimisation steps for every "
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
-        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}).\n\n" + "\n".join(lines) + "\n"
+        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}).\n\n" + success + "\n\n"
+        f"Partial progress: the share of episodes whose gripper (TCP) came within "
+        f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object, with 95% Wilson intervals.\n\n"
+        + reached
+        + "\n"
     )
+
+
+def _table(cc: CompareConfig, rows: list[dict], measure: str) -> str:
+    """One markdown row per variant: `measure` ("success" | "reached") per split, pooled over seeds."""
+    lines = ["| variant | " + " | ".join(cc.splits) + " | mean |", "|" + " --- |" * (len(cc.splits) + 2)]
+    for variant in cc.variants:
+        eps = [_episode(r) for r in rows if r["variant"] == variant]
+        if not eps:
+            continue
+        by_split = {s.split: s for s in summarize(eps)}
+        cells, rates = [], []
+        for split in cc.splits:
+            s = by_split[split]
+            k = s.successes if measure == "success" else s.reached
+            lo, hi = wilson_interval(k, s.n)
+            rates.append(k / s.n)
+            cells.append(f"{k / s.n:.2f} [{lo:.2f}, {hi:.2f}]")
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {sum(rates) / len(rates):.2f} |")
+    return "\n".join(lines)
 
 
 def _episode(r: dict) -> EpisodeResult:
     fields = EpisodeResult.__dataclass_fields__
-    return EpisodeResult(**{k: r[k] for k in fields})
+    # rows cached before the partial-progress fields existed lack them: the dataclass defaults apply
+    return EpisodeResult(**{k: r[k] for k in fields if k in r})
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -11,7 +11,7 @@ import pytest
 
 from apt_core.sim import tasks as T
 from apt_core.sim.env import HOME, TabletopEnv
-from apt_core.sim.evaluate import evaluate, wilson_interval, write_results
+from apt_core.sim.evaluate import REACH_RADIUS, evaluate, wilson_interval, write_results
 from apt_core.sim.expert import ScriptedExpert
 
 
@@ -101,6 +101,12 @@ def test_expert_success_rate_at_least_95_percent(env: TabletopEnv) -> None:
     )
     rate = sum(e.success for e in res.episodes) / len(res.episodes)
     assert rate >= 0.95, [(e.seed, e.instruction) for e in res.episodes if not e.success]
+    # the partial-progress measures agree: every successful expert episode reached and moved its object
+    ok = [e for e in res.episodes if e.success]
+    assert all(e.min_distance <= REACH_RADIUS and e.moved for e in ok), [
+        (e.seed, e.min_distance, e.moved) for e in ok
+    ]
+    assert sum(s.reached for s in res.summary) >= len(ok)
 
 
 def test_expert_solves_chains(env: TabletopEnv) -> None:
@@ -126,10 +132,14 @@ def test_harness_reports_failures_and_writes_tables(env: TabletopEnv, tmp_path) 
         HoldPolicy(), ["in_distribution", "paraphrase"], n_episodes=2, seed=0, max_steps=5, env=env
     )
     assert [s.successes for s in res.summary] == [0, 0] and all(e.steps == 5 for e in res.episodes)
+    # holding still at home neither reaches nor moves the object (layouts keep objects 0.28 m+ away)
+    assert all(e.min_distance > 0.1 and not e.moved for e in res.episodes)
+    assert [(s.reached, s.moved) for s in res.summary] == [(0, 0), (0, 0)]
     paths = write_results(res, tmp_path)
     rows = list(csv.DictReader(paths["summary"].open()))
     assert [r["split"] for r in rows] == ["in_distribution", "paraphrase"]
     assert "| in_distribution | 2 | 0 | 0.0% |" in paths["markdown"].read_text()
+    assert "| 0/2 | 0/2 |" in paths["markdown"].read_text()
     with pytest.raises(ValueError, match="unknown split"):
         evaluate(HoldPolicy(), ["bogus"], env=env)
 

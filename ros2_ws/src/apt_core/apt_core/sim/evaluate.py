@@ -7,6 +7,11 @@
 Episode i of a split uses scene seed `seed + i`, so every policy sees exactly the same scenes and
 instructions. The policy's chunk is executed for `execute_steps` control steps before the next
 `predict` (receding horizon); an episode ends at success or after `max_steps` control steps.
+
+Success alone says nothing about a policy that fails everywhere, so each episode also records two
+partial-progress measures for the object of the first subtask: the closest the gripper's TCP came
+to it (`min_distance`; "reached" when within `REACH_RADIUS`) and whether it was moved at all
+(`moved`: displaced by more than `MOVED_DISTANCE`, by the policy or by knocking it).
 The end-to-end variant through the ROS nodes is `apt_sim.evaluate_ros` (same tables).
 """
 
@@ -27,6 +32,9 @@ from apt_core.sim.env import TabletopEnv
 from apt_core.sim.tasks import SPLITS
 from apt_core.types import ChunkPolicy
 
+REACH_RADIUS = 0.04  # TCP this close to the task object's centre counts as "reached" (pushes touch at ~3.3 cm) [m]
+MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
+
 
 @dataclass(frozen=True)
 class EpisodeResult:
@@ -37,6 +45,9 @@ class EpisodeResult:
     success: bool  # ground-truth success at the end
     steps: int  # control steps taken
     subtasks_done: int  # subtasks completed in order
+    # partial progress on the first subtask's object (NaN / False where not measured, e.g. over ROS)
+    min_distance: float = math.nan  # closest TCP-to-object distance during the episode [m]
+    moved: bool = False  # the object ended up displaced by more than MOVED_DISTANCE at some step
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ class SplitSummary:
     rate: float  # successes / n
     ci_low: float  # 95% Wilson interval, lower bound
     ci_high: float  # 95% Wilson interval, upper bound
+    reached: int = 0  # episodes whose TCP came within REACH_RADIUS of the task object
+    moved: int = 0  # episodes that moved the task object
+    median_distance: float = math.nan  # median closest TCP-to-object distance [m] (NaN: not measured)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -68,7 +82,11 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[SplitSummary]:
         eps = [e for e in episodes if e.split == split]
         k = sum(e.success for e in eps)
         lo, hi = wilson_interval(k, len(eps))
-        out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi))
+        dists = [e.min_distance for e in eps if not math.isnan(e.min_distance)]
+        reached = sum(d <= REACH_RADIUS for d in dists)
+        median = float(np.median(dists)) if dists else math.nan
+        moved = sum(e.moved for e in eps)
+        out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median))
     return out
 
 
@@ -95,6 +113,9 @@ def run_episode(
     assert task is not None
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
+    obj = task.subtasks[0].obj
+    start = env.body_position(obj).copy()
+    closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
     steps, ok = 0, False
     while steps < limit and not ok:
         chunk = np.asarray(policy.predict(obs, task.instruction))
@@ -103,13 +124,18 @@ def run_episode(
         for a in chunk[: min(execute_steps, len(chunk))]:
             env.step(a)
             steps += 1
+            here = env.body_position(obj)
+            closest = min(closest, float(np.linalg.norm(env.tcp_position() - here)))
+            moved = moved or float(np.linalg.norm(here - start)) > MOVED_DISTANCE
             if env.success():
                 ok = True
                 break
             if steps >= limit:
                 break
         obs = env.observation()
-    return EpisodeResult(split, seed, task.instruction, task.family, ok, steps, env.subtask_progress())
+    return EpisodeResult(
+        split, seed, task.instruction, task.family, ok, steps, env.subtask_progress(), closest, moved
+    )
 
 
 def evaluate(
@@ -145,11 +171,16 @@ def evaluate(
 
 
 def summary_markdown(summary: Sequence[SplitSummary]) -> str:
-    lines = ["| split | n | success | rate | 95% CI |", "| --- | --- | --- | --- | --- |"]
+    """Success with its interval, then the partial-progress columns (see the module docstring)."""
+    lines = [
+        "| split | n | success | rate | 95% CI | reached | moved | median closest |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in summary:
+        closest = "n/a" if math.isnan(s.median_distance) else f"{100 * s.median_distance:.1f} cm"
         lines.append(
             f"| {s.split} | {s.n} | {s.successes} | {100 * s.rate:.1f}% | "
-            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] |"
+            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {s.reached}/{s.n} | {s.moved}/{s.n} | {closest} |"
         )
     return "\n".join(lines)
 
