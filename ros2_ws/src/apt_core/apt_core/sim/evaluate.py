@@ -32,7 +32,7 @@ from apt_core.sim.env import TabletopEnv
 from apt_core.sim.tasks import SPLITS
 from apt_core.types import ChunkPolicy
 
-REACH_RADIUS = 0.04  # TCP this close to the task object's centre counts as "reached" (pushes touch at ~3.3 cm) [m]
+REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
 
 
