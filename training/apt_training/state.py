@@ -17,12 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and a rename: readers see the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from apt_core.fileio import atomic_write_text
 
 
 def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from apt_core.data.episodes import Episode
 from apt_core.data.errors import ConversionError, DatasetFormatError
 from apt_core.data.images import decode_stored
 from apt_core.data.stats import image_stats, vector_stats
+from apt_core.fileio import atomic_write_bytes
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
@@ -63,15 +64,8 @@ def image_key(camera: str) -> str:
     return f"observation.images.{camera}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:

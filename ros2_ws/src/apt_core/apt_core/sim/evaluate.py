@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apt_core.fileio import atomic_write_text
 from apt_core.sim.env import TabletopEnv
 from apt_core.sim.tasks import SPLITS
 from apt_core.types import ChunkPolicy
@@ -185,12 +185,6 @@ def summary_markdown(summary: Sequence[SplitSummary]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -204,9 +198,9 @@ def write_results(results: EvalResults, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"episodes": out / "episodes.csv", "summary": out / "summary.csv", "markdown": out / "summary.md"}
-    _atomic_write(paths["episodes"], _csv([asdict(e) for e in results.episodes]))
-    _atomic_write(paths["summary"], _csv([asdict(s) for s in results.summary]))
-    _atomic_write(paths["markdown"], summary_markdown(results.summary) + "\n")
+    atomic_write_text(paths["episodes"], _csv([asdict(e) for e in results.episodes]))
+    atomic_write_text(paths["summary"], _csv([asdict(s) for s in results.summary]))
+    atomic_write_text(paths["markdown"], summary_markdown(results.summary) + "\n")
     return paths
 
 
