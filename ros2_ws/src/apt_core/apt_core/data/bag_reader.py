@@ -99,6 +99,7 @@ class BagStreams:
     n_bytes: int = 0
     lenient_decodes: int = 0
     reread_images: bool = False  # payloads exceeded the budget: episodes re-read the selected ones
+    sim_scene: str = ""  # custom_data `sim_scene`: the simulator scene it was recorded in ("" if unsaid)
 
     def selected_images(self, name: str, wanted: list[int]):
         """Yield (k, payload) for the kept image indices `wanted` (sorted) of camera `name`.
@@ -363,6 +364,7 @@ def _read(bag: Path, contract: Contract, time_source: str, image_budget: int) ->
         n_bytes=n_bytes,
         lenient_decodes=lenient,
         reread_images=reread,
+        sim_scene=custom.get("sim_scene", ""),
     )
 
 

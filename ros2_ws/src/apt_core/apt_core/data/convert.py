@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apt_core.contract import Contract, ContractError, load_contract
-from apt_core.data.bag_reader import SkipLog, bag_custom_data, find_bags, read_bag
+from apt_core.data.bag_reader import SkipLog, find_bags, read_bag
 from apt_core.data.episodes import AlignOptions, Episode, build_episodes
 from apt_core.data.errors import BagError, ConversionError, DataError
 from apt_core.data.lerobot_v3 import DatasetWriter, check_output_dir
@@ -76,6 +76,7 @@ class _BagResult:
     bytes_read: int
     lenient: int
     error: str = ""
+    sim_scene: str = ""  # the bag's custom_data `sim_scene` ("" when it does not say)
 
 
 def _convert_one(bag: Path, contract: Contract, opts: AlignOptions) -> _BagResult:
@@ -84,7 +85,13 @@ def _convert_one(bag: Path, contract: Contract, opts: AlignOptions) -> _BagResul
         streams = read_bag(bag, contract, opts.time_source, opts.image_budget_mb)
         eps = build_episodes(streams, contract, opts)
         return _BagResult(
-            str(bag), eps, streams.skips, streams.n_messages, streams.n_bytes, streams.lenient_decodes
+            str(bag),
+            eps,
+            streams.skips,
+            streams.n_messages,
+            streams.n_bytes,
+            streams.lenient_decodes,
+            sim_scene=streams.sim_scene,
         )
     except BagError as e:
         return _BagResult(str(bag), [], SkipLog(), 0, 0, 0, error=str(e))
@@ -172,9 +179,8 @@ def convert(
                 summary.skipped_bags.append(res.error)
                 continue
             summary.bags_converted += 1
-            scene = _bag_scene(Path(res.bag)) if res.episodes else ""
-            if scene:
-                scenes.add(scene)
+            if res.sim_scene and res.episodes:
+                scenes.add(res.sim_scene)
             summary.messages += res.messages
             summary.bytes_read += res.bytes_read
             summary.lenient_decodes += res.lenient
@@ -202,14 +208,6 @@ def convert(
         raise
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _bag_scene(bag: Path) -> str:
-    """The simulator scene a bag was recorded in (custom_data `sim_scene`), "" when it does not say."""
-    try:
-        return bag_custom_data(bag).get("sim_scene", "")  # `bag`: a folder, from find_bags
-    except BagError:
-        return ""
 
 
 def _progress(total: int, enabled: bool):
