@@ -15,6 +15,7 @@ import pytest
 from apt_core.model.checkpoint import load_checkpoint
 from apt_training import stage1, stage2
 from apt_training.config import TrainConfigError, train_preset
+from apt_training.loop import train_or_reuse
 
 FAST = dict(batch_size=4, threads=1, progress=False, log_every=1, warmup_steps=2)
 
@@ -55,6 +56,15 @@ def test_stage1_trains_and_writes_checkpoint_plots_and_metrics(tiny_dataset, tmp
     assert (tmp_path / "s1" / "eval.png").exists()
     # only complete checkpoints are pointed at, and the final one carries no optimizer state
     assert not list(final.glob("train_state.*"))
+    # the folder holds this run: the same config (more steps, other threads) reuses or resumes it,
+    # another config is refused by name, not resumed from a checkpoint of another recipe
+    assert train_or_reuse(cfg.replace(threads=1)) == final
+    with pytest.raises(
+        TrainConfigError, match=r"holds another run \(objective: '' there, 'flow' now; seed: 0"
+    ):
+        train_or_reuse(cfg.replace(objective="flow", seed=1))
+    with pytest.raises(TrainConfigError, match="holds another run"):
+        stage1.main(cfg.replace(n_action_history=0))
 
 
 def test_killed_run_resumes_with_identical_losses(tiny_dataset, tmp_path):
@@ -159,6 +169,19 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
         policy, _, _ = load_checkpoint(ck)
         assert policy.cfg.n_action_history == 0 and policy.expert.n_hist == 0
     assert load_checkpoint(final)[0].cfg.n_action_history == 2  # the preset's default
+
+
+def test_vision_grid_override_reaches_the_policy_config(tiny_dataset):
+    from apt_core.data.dataset import DemoDataset
+    from apt_training.loop import policy_config_for
+
+    ds = DemoDataset(tiny_dataset)
+    recipe = train_preset("cpu-demo", dataset=str(tiny_dataset))
+    assert recipe.vision_grid == 8  # the cpu-demo recipe's finer grid (docs/experiments.md)
+    assert policy_config_for(recipe, ds).backbone.vision_grid == 8
+    assert policy_config_for(recipe.replace(vision_grid=0), ds).backbone.vision_grid == 4  # the preset's
+    with pytest.raises(TrainConfigError, match="vision_grid must be >= 0"):
+        recipe.replace(vision_grid=-1)
 
 
 def test_bad_training_configs_name_the_field(tiny_dataset):

@@ -43,8 +43,10 @@ class TrainConfig:
     augment: bool = False  # random image shifts/colour jitter in the loader (defeats cache_features)
     # past commanded actions fed to the expert as tokens; -1 keeps the preset's. With history the
     # expert can extrapolate the ongoing motion and learn to ignore the camera and the instruction
-    # (the "copycat" shortcut of behaviour cloning); measured on our sim data: see docs/results.md
+    # (the "copycat" shortcut of behaviour cloning); measured on our sim data: see docs/experiments.md
     n_action_history: int = -1
+    # vision tokens per camera side for the minilm_effnet backbone (grid x grid); 0 keeps the preset's
+    vision_grid: int = 0
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -64,6 +66,7 @@ class TrainConfig:
         check(self.stage in (1, 2), f"stage must be 1 or 2, got {self.stage}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.n_action_history >= -1, f"n_action_history must be >= -1, got {self.n_action_history}")
+        check(self.vision_grid >= 0, f"vision_grid must be >= 0, got {self.vision_grid}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -123,11 +126,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         # every sample (the sim camera is fixed; the CPU budget is better spent on epochs)
         augment=False,
         # flow matching, not the preset's DDIM: on our sim data DDIM (epsilon prediction, 10 steps)
-        # sampled chunks barely better than predicting zeros, flow fitted them (docs/results.md)
+        # sampled chunks barely better than predicting zeros, flow fitted them (docs/experiments.md)
         objective="flow",
         # no action-history tokens: with them the expert copied the ongoing motion ("copycat") and,
-        # served from rest, predicted holding still (docs/results.md, session 2)
+        # served from rest, predicted holding still (docs/experiments.md, session 2)
         n_action_history=0,
+        vision_grid=8,
         threads=2,
     ),
     "qwen3vl-2b": dict(

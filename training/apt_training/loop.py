@@ -34,7 +34,7 @@ from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
 from apt_core.model.stages import expand_to_stage2
 
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .plots import plot_run
 from .state import atomic_write_text, load_train_state, save_train_state
 
@@ -86,6 +86,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
     backbone: dict[str, Any] = {}
     if cfg.backbone_mode:
         backbone["mode"] = cfg.backbone_mode
+    if cfg.vision_grid:
+        backbone["vision_grid"] = cfg.vision_grid
     if backbone:
         overrides["backbone"] = backbone
     if cfg.objective:
@@ -202,6 +204,7 @@ def train(cfg: TrainConfig) -> Path:
     np.random.seed(cfg.seed)  # noqa: NPY002 (libraries may draw on the legacy global stream)
     out = cfg.out_path
     ckpt_root = out / "checkpoints"
+    check_same_run(cfg)
     if d.main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         _atomic_json(out / "train_config.json", cfg.to_dict())
@@ -331,8 +334,56 @@ def _check_replicas_in_sync(policy: APTPolicy, d: Dist) -> None:
         print(f"ddp: parameters identical across {d.world} processes")
 
 
+# Fields that define what a run trains. A folder holding a run with other values is refused instead
+# of resumed or reused: a checkpoint of another recipe would otherwise be continued (or returned as
+# "final") under the new name. `steps` may change (continue a run for longer or shorter), and so
+# may everything about logging, threads and evaluation.
+RUN_FIELDS = (
+    "dataset",
+    "preset",
+    "stage",
+    "variant",
+    "backbone_mode",
+    "objective",
+    "init_from",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "seed",
+    "augment",
+    "n_action_history",
+    "vision_grid",
+)
+
+
+def check_same_run(cfg: TrainConfig) -> None:
+    """Raise TrainConfigError when cfg.out_dir holds a run whose RUN_FIELDS differ from cfg's."""
+    saved_path = cfg.out_path / "train_config.json"
+    if not saved_path.exists():
+        return
+    try:
+        saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise TrainConfigError(
+            f"{saved_path} is unreadable ({e}); remove {cfg.out_dir} or pick another out_dir"
+        ) from e
+    diff = [
+        f"{k}: {getattr(saved, k)!r} there, {getattr(cfg, k)!r} now"
+        for k in RUN_FIELDS
+        if getattr(saved, k) != getattr(cfg, k)
+    ]
+    if diff:
+        raise TrainConfigError(
+            f"{cfg.out_dir} holds another run ({'; '.join(diff)}); a run only resumes with the same "
+            "config: pick another out_dir or remove that one"
+        )
+
+
 def train_or_reuse(cfg: TrainConfig) -> Path:
-    """The run's final checkpoint: reused when `out_dir/final` is complete, else trained (and resumed)."""
+    """The run's final checkpoint: reused when `out_dir/final` is complete (and the folder's run has
+    the same config), else trained (and resumed)."""
+    check_same_run(cfg)
     final = cfg.out_path / "final"
     return final if (final / "meta.json").exists() else train(cfg)
 
