@@ -9,7 +9,7 @@ Prints, on frames drawn from DATASET (normally its training data):
 - how much the chunk changes when the camera image is swapped for another frame's, and when the
   instruction is swapped for another one [rad]: near zero means the input is ignored;
 - the sampler's error in normalised action units against predicting zeros (the data mean).
-These are the numbers in docs/model.md ("Objectives") and docs/results.md.
+These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
 from __future__ import annotations

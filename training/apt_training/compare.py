@@ -179,9 +179,11 @@ def render_report(
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
         f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}).\n\n" + success + "\n\n"
         f"Partial progress: the share of episodes whose gripper (TCP) came within "
-        f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object, with 95% Wilson intervals.\n\n"
+        f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object (or that succeeded), with 95% "
+        "Wilson intervals.\n\n"
         + reached
-        + "\n"
+        + "\n\nWhat the training runs behind these numbers measured, and why success is low at this "
+        "scale: `docs/experiments.md`.\n"
     )
 
 
