@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
 from apt_core.sim.env import check_dataset_scene
@@ -34,7 +35,6 @@ from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
-from .state import atomic_write_text
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
 

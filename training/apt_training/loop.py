@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from apt_core.data.dataset import DemoDataset, collate
+from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
@@ -36,7 +37,7 @@ from apt_core.model.stages import expand_to_stage2
 
 from .config import TrainConfig, TrainConfigError
 from .plots import plot_run
-from .state import atomic_write_text, load_train_state, save_train_state
+from .state import load_train_state, save_train_state
 
 
 @dataclass
@@ -383,9 +384,11 @@ def check_same_run(cfg: TrainConfig) -> None:
 def train_or_reuse(cfg: TrainConfig) -> Path:
     """The run's final checkpoint: reused when `out_dir/final` is complete (and the folder's run has
     the same config), else trained (and resumed)."""
-    check_same_run(cfg)
     final = cfg.out_path / "final"
-    return final if (final / "meta.json").exists() else train(cfg)
+    if not (final / "meta.json").exists():
+        return train(cfg)  # checks the folder's run itself (resuming needs the same check)
+    check_same_run(cfg)
+    return final
 
 
 def checkpoint_metadata(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from apt_core.contract import load_contract
 from apt_core.data.convert import convert
+from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
 from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
@@ -35,7 +36,6 @@ from apt_core.sim.tasks import SPLITS
 from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
 from .plots import read_metrics
-from .state import atomic_write_text
 
 
 @dataclass(frozen=True)

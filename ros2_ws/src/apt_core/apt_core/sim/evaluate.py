@@ -83,12 +83,10 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[SplitSummary]:
         eps = [e for e in episodes if e.split == split]
         k = sum(e.success for e in eps)
         lo, hi = wilson_interval(k, len(eps))
-        dists = [e.min_distance for e in eps if not math.isnan(e.min_distance)]
+        measured = [e for e in eps if not math.isnan(e.min_distance)]  # NaN: not measured (over ROS)
         # a solved task reached its object even when it pushed it from further away than the radius
-        reached = sum(
-            e.success or e.min_distance <= REACH_RADIUS for e in eps if not math.isnan(e.min_distance)
-        )
-        median = float(np.median(dists)) if dists else math.nan
+        reached = sum(e.success or e.min_distance <= REACH_RADIUS for e in measured)
+        median = float(np.median([e.min_distance for e in measured])) if measured else math.nan
         moved = sum(e.moved for e in eps)
         out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median))
     return out
@@ -118,7 +116,7 @@ def run_episode(
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
     obj = task.subtasks[0].obj
-    start = env.body_position(obj).copy()
+    start = env.body_position(obj)  # a copy
     closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
     steps, ok = 0, False
     while steps < limit and not ok:
