@@ -171,17 +171,22 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
     assert load_checkpoint(final)[0].cfg.n_action_history == 2  # the preset's default
 
 
-def test_vision_grid_override_reaches_the_policy_config(tiny_dataset):
+def test_vision_token_overrides_reach_the_policy_config(tiny_dataset):
     from apt_core.data.dataset import DemoDataset
     from apt_training.loop import policy_config_for
 
     ds = DemoDataset(tiny_dataset)
     recipe = train_preset("cpu-demo", dataset=str(tiny_dataset))
-    assert recipe.vision_grid == 8  # the cpu-demo recipe's finer grid (docs/experiments.md)
-    assert policy_config_for(recipe, ds).backbone.vision_grid == 8
-    assert policy_config_for(recipe.replace(vision_grid=0), ds).backbone.vision_grid == 4  # the preset's
+    assert recipe.vision_tokens == "keypoints"  # the cpu-demo recipe's tokens (docs/model.md)
+    assert policy_config_for(recipe, ds).backbone.vision_tokens == "keypoints"
+    pooled = recipe.replace(vision_tokens="", vision_grid=8)
+    assert policy_config_for(pooled, ds).backbone.vision_tokens == "pooled"  # the preset's
+    assert policy_config_for(pooled, ds).backbone.vision_grid == 8
+    assert policy_config_for(pooled.replace(vision_grid=0), ds).backbone.vision_grid == 4  # the preset's
     with pytest.raises(TrainConfigError, match="vision_grid must be >= 0"):
         recipe.replace(vision_grid=-1)
+    with pytest.raises(TrainConfigError, match="vision_tokens 'cells' unknown"):
+        recipe.replace(vision_tokens="cells")
 
 
 def test_bad_training_configs_name_the_field(tiny_dataset):

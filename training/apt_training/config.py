@@ -47,6 +47,8 @@ class TrainConfig:
     n_action_history: int = -1
     # vision tokens per camera side for the minilm_effnet backbone (grid x grid); 0 keeps the preset's
     vision_grid: int = 0
+    # vision tokens of the minilm_effnet backbone: pooled | keypoints; "" keeps the preset's
+    vision_tokens: str = ""
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -67,6 +69,10 @@ class TrainConfig:
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.n_action_history >= -1, f"n_action_history must be >= -1, got {self.n_action_history}")
         check(self.vision_grid >= 0, f"vision_grid must be >= 0, got {self.vision_grid}")
+        check(
+            self.vision_tokens in ("", "pooled", "keypoints"),
+            f"vision_tokens {self.vision_tokens!r} unknown (pooled | keypoints)",
+        )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -131,7 +137,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         # no action-history tokens: with them the expert copied the ongoing motion ("copycat") and,
         # served from rest, predicted holding still (docs/experiments.md, session 2)
         n_action_history=0,
-        vision_grid=8,
+        # spatial-softmax keypoint tokens instead of pooled 8x8 cells: a position probe on our sim
+        # located objects to ~1 cm with them, ~4 cm with the cells (docs/model.md)
+        vision_tokens="keypoints",
         threads=2,
     ),
     "qwen3vl-2b": dict(

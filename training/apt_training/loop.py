@@ -89,6 +89,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         backbone["mode"] = cfg.backbone_mode
     if cfg.vision_grid:
         backbone["vision_grid"] = cfg.vision_grid
+    if cfg.vision_tokens:
+        backbone["vision_tokens"] = cfg.vision_tokens
     if backbone:
         overrides["backbone"] = backbone
     if cfg.objective:
@@ -355,6 +357,7 @@ RUN_FIELDS = (
     "augment",
     "n_action_history",
     "vision_grid",
+    "vision_tokens",
 )
 
 

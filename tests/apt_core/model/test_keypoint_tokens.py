@@ -1,0 +1,144 @@
+"""Spatial-softmax keypoint tokens of the cpu-demo backbone (`backbone.vision_tokens="keypoints"`):
+they locate what they score to below a pixel, keep the stage-1 invariance, train through the memo,
+save and load; pooled configs written before the option existed still read as pooled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
+from apt_core.model.config import ConfigError, PolicyConfig, get_preset
+from apt_core.model.policy import APTPolicy
+from apt_core.model.processor import Processor
+from apt_core.model.stages import expand_to_stage2
+
+from .conftest import make_raw_batch, make_stats
+
+KP = {"vision_tokens": "keypoints", "keypoints": 8}
+
+
+@pytest.fixture(scope="module")
+def kp_stage1():
+    torch.manual_seed(0)
+    cfg = get_preset("cpu-demo", backbone=KP)
+    return APTPolicy(cfg), Processor.from_stats(cfg, make_stats())
+
+
+@pytest.fixture(autouse=True)
+def fresh_memos():
+    from apt_core.model.backbone_minilm_effnet import _SHARED_MEMOS
+
+    _SHARED_MEMOS.clear()
+    yield
+    _SHARED_MEMOS.clear()
+
+
+def test_soft_argmax_finds_a_hot_pixel_between_pixel_centres(kp_stage1):
+    """A score map peaked on one pixel puts the keypoint on that pixel's centre; peaked on two
+    neighbours, half-way between them (the sub-pixel precision pooled cells do not have)."""
+    bb = kp_stage1[0].backbone
+    kp = bb.neck.kp[0]  # tap 1: EfficientNet stage 2, 24 channels
+    C, h, w = kp.in_channels, 32, 32
+    with torch.no_grad():
+        saved = kp.weight.clone(), kp.bias.clone()
+        kp.weight.zero_()
+        kp.bias.zero_()
+        kp.weight[0, 0] = 50.0  # keypoint 0 scores channel 0
+        m = torch.zeros(2, C, h, w)
+        m[0, 0, 5, 20] = 1.0  # row 5, column 20
+        m[1, 0, 12, 7] = m[1, 0, 12, 8] = 1.0  # two neighbours in row 12
+        xy, value = bb._spatial_softmax(0, m)
+        kp.weight.copy_(saved[0])
+        kp.bias.copy_(saved[1])
+    centre = lambda i, n: -1 + (2 * i + 1) / n  # noqa: E731 (pixel i's centre in [-1, 1])
+    torch.testing.assert_close(xy[0, 0], torch.tensor([centre(20, w), centre(5, h)]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(xy[1, 0], torch.tensor([centre(7.5, w), centre(12, h)]), atol=1e-4, rtol=0)
+    # an unscored keypoint sees a flat softmax: the image centre
+    torch.testing.assert_close(xy[:, 1], torch.zeros(2, 2), atol=1e-5, rtol=0)
+    assert value.shape == (2, 8, 64)
+
+
+def test_keypoint_stage1_ignores_language_and_trains_the_keypoint_neck(kp_stage1, tmp_path):
+    p, proc = kp_stage1
+    assert p.backbone.n_vis == 8  # one camera x 8 keypoints per tap
+    raw = make_raw_batch(2, img=128, tasks=["pick up the red cube", "stack the blocks"])
+    noise = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(0))
+    p.eval()
+    a = p.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
+    b = p.sample_actions(
+        proc.process_batch(dict(raw, task=["open the drawer", "x"])), noise=noise, num_steps=2
+    )
+    assert torch.equal(a, b)
+    p.train()
+    p.zero_grad(set_to_none=True)
+    loss, _ = p.compute_loss(proc.process_batch(raw, train=True))
+    loss.backward()
+    assert all(x.grad is None for x in p.backbone.pretrained_parameters())
+    for name in ("kp", "val", "proj"):  # stage 1's 3 layers read taps 2, 4, 6 (indices 1, 3, 5)
+        assert getattr(p.backbone.neck, name)[1].weight.grad.abs().sum() > 0, name
+    p.eval()
+    p2, proc2, _ = load_checkpoint(save_checkpoint(tmp_path / "ck", p, proc, {}))
+    assert p2.cfg.backbone.vision_tokens == "keypoints"
+    assert torch.equal(a, p2.sample_actions(proc2.process_batch(raw), noise=noise, num_steps=2))
+    # stage 2 keeps the stage-1 keypoint neck and sees the instruction
+    s2 = expand_to_stage2(p, p.cfg.replace(stage=2)).eval()
+    torch.testing.assert_close(s2.backbone.neck.kp[0].weight, p.backbone.neck.kp[0].weight)
+    c = s2.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
+    d = s2.sample_actions(
+        proc.process_batch(dict(raw, task=["open the drawer", "x"])), noise=noise, num_steps=2
+    )
+    assert (c - d).abs().max() > 1e-5
+
+
+def test_keypoint_memo_returns_the_same_tokens_and_trains_the_neck(kp_stage1):
+    bb = kp_stage1[0].backbone
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 1, 3, 128, 128, generator=g)
+    ids = torch.randint(1000, 5000, (3, 16), generator=g)
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    with torch.no_grad():
+        ref = bb(images, ids, mask)
+    bb.enable_feature_cache()
+    try:
+        bb(images[:1], ids[:1], mask[:1])
+        hit = bb(images, ids, mask)  # one memo hit, two misses
+        assert len(bb._vision_memo) == 3
+        assert bb._vision_memo[next(iter(bb._vision_memo))][0].shape == (24, 32, 32)  # full stage map
+        for r, f in zip(ref.features, hit.features, strict=True):
+            torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+        bb.neck.kp[0].weight.grad = None
+        sum(f.sum() for f in hit.features).backward()
+        assert bb.neck.kp[0].weight.grad.abs().sum() > 0
+    finally:
+        bb._vision_memo = bb._text_memo = None
+
+
+def test_vision_tokens_config_is_checked_and_old_configs_read_as_pooled():
+    with pytest.raises(ConfigError, match="vision_tokens 'patches' not one of"):
+        get_preset("cpu-demo", backbone={"vision_tokens": "patches"})
+    with pytest.raises(ConfigError, match="keypoints must be >= 1"):
+        get_preset("cpu-demo", backbone={"vision_tokens": "keypoints", "keypoints": 0})
+    d = get_preset("cpu-demo").to_dict()
+    del d["backbone"]["vision_tokens"], d["backbone"]["keypoints"]  # a config.json from before
+    assert PolicyConfig.from_dict(d).backbone.vision_tokens == "pooled"
+
+
+def test_pooled_and_keypoint_backbones_never_share_a_memo(kp_stage1):
+    """Both modes hold the same frozen encoders, but their memos hold different things (pooled
+    cells vs full maps): a keypoint backbone reading pooled cells would fail or, worse, not."""
+    kp = kp_stage1[0].backbone
+    pooled = APTPolicy(get_preset("cpu-demo")).backbone  # grid 4, like kp's unused vision_grid
+    kp.enable_feature_cache()
+    pooled.enable_feature_cache()
+    try:
+        assert kp._vision_memo is not pooled._vision_memo
+        images = torch.rand(1, 1, 3, 128, 128)
+        ids, mask = torch.randint(1000, 5000, (1, 16)), torch.ones(1, 16, dtype=torch.bool)
+        with torch.no_grad():
+            pooled(images, ids, mask)
+            kp(images, ids, mask)  # a shared memo would hand it (g*g, C) cells: a shape error
+        assert next(iter(kp._vision_memo.values()))[0].dim() == 3
+        assert next(iter(pooled._vision_memo.values()))[0].dim() == 2
+    finally:
+        kp._vision_memo = kp._text_memo = pooled._vision_memo = pooled._text_memo = None
