@@ -53,16 +53,18 @@ def _obs(cfg, rng: np.random.Generator) -> Observation:
 
 
 def bench_rows(
-    preset: str, stage: int, repeats: int, rows: list[tuple[str, int]], tmp: Path
+    preset: str, stage: int, repeats: int, rows: list[tuple[str, int, str]], tmp: Path
 ) -> list[list[object]]:
+    """rows: (objective, denoising steps, vision tokens: pooled | keypoints (minilm_effnet only))."""
     out = []
     rng = np.random.default_rng(0)
-    for objective, steps in rows:
-        cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps})
+    for objective, steps, tokens in rows:
+        over = {"backbone": {"vision_tokens": tokens}} if preset == "cpu-demo" else {}
+        cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps}, **over)
         torch.manual_seed(0)
         policy = APTPolicy(cfg)
         ck = save_checkpoint(
-            tmp / f"{preset}-{objective}-{steps}",
+            tmp / f"{preset}-{objective}-{steps}-{tokens}",
             policy,
             Processor.from_stats(cfg, _stats(cfg.state_dim)),
             {},
@@ -92,6 +94,7 @@ def bench_rows(
         out.append(
             [
                 preset,
+                tokens if preset == "cpu-demo" else "-",
                 stage,
                 objective,
                 steps,
@@ -119,18 +122,29 @@ def main() -> None:
     threads = [int(t) for t in str(args.threads).split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load0 = os.getloadavg()[0]
-    rows_spec = [("ddim", 20), ("ddim", 10), ("ddim", 5), ("flow", 10), ("flow", 5)]
+    # the served default: flow, 10 steps, keypoint tokens (the cpu-demo recipe); pooled for reference
+    rows_spec = [
+        ("ddim", 20, "pooled"),
+        ("ddim", 10, "pooled"),
+        ("flow", 10, "pooled"),
+        ("flow", 10, "keypoints"),
+        ("flow", 5, "keypoints"),
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for n in threads:
             torch.set_num_threads(n)
             rows += [[n, *r] for r in bench_rows(args.preset, 2, args.repeats, rows_spec, Path(d))]
-            rows += [[n, *r] for r in bench_rows(args.preset, 1, args.repeats, [("ddim", 10)], Path(d))]
-            rows += [[n, *r] for r in bench_rows("debug", 2, args.repeats, [("ddim", 10)], Path(d))]
+            rows += [
+                [n, *r]
+                for r in bench_rows(args.preset, 1, args.repeats, [("flow", 10, "keypoints")], Path(d))
+            ]
+            rows += [[n, *r] for r in bench_rows("debug", 2, args.repeats, [("ddim", 10, "-")], Path(d))]
     load1 = os.getloadavg()[0]
     headers = [
         "threads",
         "preset",
+        "vision tokens",
         "stage",
         "objective",
         "steps",

@@ -55,6 +55,8 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     # a report written before the last cell says it is partial
     partial = compare.render_report(cc, compare._eval_cell(cc, "single_stage", 0), 1.0, done=(1, 5))
     assert "Partial: 1 of 5" in partial and "| single_stage |" in partial and "| apt_frozen |" not in partial
+    # the report says what the recipe trained with when it was written (recipes change over time)
+    assert f"Recipe `{cc.recipe}` at the time: objective" in partial
 
 
 def test_compare_rejects_unknown_variants():

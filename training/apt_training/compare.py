@@ -179,7 +179,9 @@ def render_report(
         f"{len(cc.seeds)} training seed(s) x {cc.episodes} episodes = {n} episodes per cell, "
         "with 95% Wilson intervals in brackets. Same dataset and total optimisation steps for every "
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
-        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}).\n\n" + success + "\n\n"
+        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}). {_recipe_line(cc.recipe)}\n\n"
+        + success
+        + "\n\n"
         f"Partial progress: the share of episodes whose gripper (TCP) came within "
         f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object (or that succeeded), with 95% "
         "Wilson intervals.\n\n"
@@ -187,6 +189,20 @@ def render_report(
         + "\n\nWhat the training runs behind these numbers measured, and why success is low at this "
         "scale: `docs/experiments.md`.\n"
     )
+
+
+def _recipe_line(recipe: str) -> str:
+    """What the recipe trained with, as it stood when the report was written (recipes change)."""
+    r = TRAIN_PRESETS[recipe]
+    parts = [f"objective {r.get('objective') or 'of the preset'}"]
+    parts.append(
+        f"action history {'of the preset' if r.get('n_action_history', -1) < 0 else r['n_action_history']}"
+    )
+    if r.get("vision_tokens"):
+        parts.append(f"vision tokens {r['vision_tokens']}")
+    if r.get("vision_grid"):
+        parts.append(f"vision grid {r['vision_grid']}")
+    return f"Recipe `{recipe}` at the time: {', '.join(parts)} (apt_training/config.py)."
 
 
 def _table(cc: CompareConfig, rows: list[dict], measure: str) -> str:
