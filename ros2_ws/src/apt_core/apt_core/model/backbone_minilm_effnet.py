@@ -10,8 +10,8 @@ with P tokens per camera, by `backbone.vision_tokens`:
     keypoints  spatial softmax on the full-resolution map (Levine et al. 2016, diffusion_policy):
                K 1x1-conv score maps -> softmax over pixels -> expected (x, y) in [-1, 1] and the
                softmax-weighted feature there; token = Linear([feature, x, y, Fourier(x, y)]) (P = K)
-Pooled cells only say in which 16-px cell a 4 cm cube lies; keypoints locate it to ~1 cm in a probe on
-our sim (docs/model.md), which is the precision a grasp needs.
+Pooled cells only say in which 16-px cell a 4 cm cube lies; in a probe on our sim keypoints locate
+objects about twice as precisely (docs/model.md), nearer the 1-2 cm a grasp needs.
 Vision tokens never see the instruction (separate encoders), as stage 1 requires.
 Both encoders always run in eval mode (BatchNorm statistics and dropout fixed): robot batches are
 small and correlated, and batch statistics from them would wreck the ImageNet features.

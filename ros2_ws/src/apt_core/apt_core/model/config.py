@@ -57,7 +57,7 @@ class BackboneConfig:
     # minilm_effnet: how a tapped EfficientNet stage map becomes tokens. "pooled": grid x grid
     # average-pooled cells (position only to the cell: ~4 cm probe error on our sim, docs/model.md);
     # "keypoints": `keypoints` spatial-softmax keypoints on the full-resolution map (sub-cell
-    # coordinates + the feature there: ~1 cm), as in deep spatial autoencoders / diffusion_policy
+    # coordinates + the feature there: ~2 cm), as in deep spatial autoencoders / diffusion_policy
     vision_tokens: str = "pooled"
     keypoints: int = 32  # minilm_effnet, vision_tokens "keypoints": keypoint tokens per camera and tap
     dtype: str = "float32"  # qwen3vl weights dtype: float32 | bfloat16 (GPU)
