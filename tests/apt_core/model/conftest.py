@@ -24,6 +24,26 @@ def make_stats(j: int = J, seed: int = 0) -> dict[str, dict[str, list[float]]]:
     return {"observation.state": entry, "action": dict(entry)}
 
 
+def check_stage1_ignores_language_and_backprops(p, proc) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Shared by the cpu-demo backbone tests: a stage-1 policy's actions do not change with the
+    instruction (bit-exact), and one training step leaves every frozen pretrained weight without a
+    gradient. Returns the raw batch, the noise and the actions, for checks that follow."""
+    raw = make_raw_batch(2, img=128, tasks=["pick up the red cube", "stack the blocks"])
+    noise = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(0))
+    p.eval()
+    a = p.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
+    b = p.sample_actions(
+        proc.process_batch(dict(raw, task=["open the drawer", "x"])), noise=noise, num_steps=2
+    )
+    assert torch.equal(a, b)
+    p.train()
+    p.zero_grad(set_to_none=True)
+    loss, _ = p.compute_loss(proc.process_batch(raw, train=True))
+    loss.backward()
+    assert all(x.grad is None for x in p.backbone.pretrained_parameters())
+    return raw, noise, a
+
+
 def make_raw_batch(
     b: int = 4, seed: int = 0, tasks: list[str] | None = None, img: int = 64, h: int = H
 ) -> dict:

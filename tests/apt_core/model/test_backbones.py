@@ -14,7 +14,7 @@ from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
 from apt_core.model.text import QwenTokenizer
 
-from .conftest import make_raw_batch, make_stats
+from .conftest import check_stage1_ignores_language_and_backprops, make_raw_batch, make_stats
 
 
 def test_select_taps_paper_layout():
@@ -66,19 +66,7 @@ def cpu_demo_stage1():
 def test_cpu_demo_stage1_ignores_language_and_trains_only_expert_and_neck(cpu_demo_stage1, tmp_path):
     p, proc = cpu_demo_stage1
     assert p.backbone.num_taps == 6 and len(p.expert.layers) == 3
-    raw = make_raw_batch(2, img=128, tasks=["pick up the red cube", "stack the blocks"])
-    noise = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(0))
-    p.eval()
-    a = p.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
-    b = p.sample_actions(
-        proc.process_batch(dict(raw, task=["open the drawer", "x"])), noise=noise, num_steps=2
-    )
-    assert torch.equal(a, b)
-    p.train()
-    p.zero_grad(set_to_none=True)
-    loss, _ = p.compute_loss(proc.process_batch(raw, train=True))
-    loss.backward()
-    assert all(x.grad is None for x in p.backbone.pretrained_parameters())
+    raw, noise, a = check_stage1_ignores_language_and_backprops(p, proc)
     assert p.backbone.neck.proj[1].weight.grad is not None
     # frozen shipped weights are not copied into the checkpoint; loading rebuilds them
     p.eval()

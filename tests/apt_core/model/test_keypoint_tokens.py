@@ -13,7 +13,7 @@ from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
 from apt_core.model.stages import expand_to_stage2
 
-from .conftest import make_raw_batch, make_stats
+from .conftest import check_stage1_ignores_language_and_backprops, make_stats
 
 KP = {"vision_tokens": "keypoints", "keypoints": 8}
 
@@ -62,19 +62,7 @@ def test_soft_argmax_finds_a_hot_pixel_between_pixel_centres(kp_stage1):
 def test_keypoint_stage1_ignores_language_and_trains_the_keypoint_neck(kp_stage1, tmp_path):
     p, proc = kp_stage1
     assert p.backbone.n_vis == 8  # one camera x 8 keypoints per tap
-    raw = make_raw_batch(2, img=128, tasks=["pick up the red cube", "stack the blocks"])
-    noise = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(0))
-    p.eval()
-    a = p.sample_actions(proc.process_batch(raw), noise=noise, num_steps=2)
-    b = p.sample_actions(
-        proc.process_batch(dict(raw, task=["open the drawer", "x"])), noise=noise, num_steps=2
-    )
-    assert torch.equal(a, b)
-    p.train()
-    p.zero_grad(set_to_none=True)
-    loss, _ = p.compute_loss(proc.process_batch(raw, train=True))
-    loss.backward()
-    assert all(x.grad is None for x in p.backbone.pretrained_parameters())
+    raw, noise, a = check_stage1_ignores_language_and_backprops(p, proc)
     for name in ("kp", "val", "proj"):  # stage 1's 3 layers read taps 2, 4, 6 (indices 1, 3, 5)
         assert getattr(p.backbone.neck, name)[1].weight.grad.abs().sum() > 0, name
     p.eval()
