@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_util import markdown_table, write_section
+from bench_util import markdown_table, unit_stats, write_section
 
 from apt_core.model.checkpoint import save_checkpoint
 from apt_core.model.config import get_preset
@@ -30,18 +30,6 @@ from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
 from apt_core.model.runner import load_runner
 from apt_core.types import Observation
-
-
-def _stats(j: int) -> dict:
-    e = {
-        "mean": [0.0] * j,
-        "std": [1.0] * j,
-        "min": [-3.0] * j,
-        "max": [3.0] * j,
-        "q01": [-2.0] * j,
-        "q99": [2.0] * j,
-    }
-    return {"observation.state": e, "action": dict(e)}
 
 
 def _obs(cfg, rng: np.random.Generator) -> Observation:
@@ -66,7 +54,7 @@ def bench_rows(
         ck = save_checkpoint(
             tmp / f"{preset}-{objective}-{steps}-{tokens}",
             policy,
-            Processor.from_stats(cfg, _stats(cfg.state_dim)),
+            Processor.from_stats(cfg, unit_stats(cfg.state_dim)),
             {},
         )
         runner = load_runner(ck, num_steps=steps)

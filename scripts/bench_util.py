@@ -51,3 +51,17 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join(out)
+
+
+def unit_stats(j: int) -> dict:
+    """Placeholder dataset statistics (zero mean, unit std) for j joints: enough to build a
+    Processor for models with untrained or probe-only weights, where the values do not matter."""
+    e = {
+        "mean": [0.0] * j,
+        "std": [1.0] * j,
+        "min": [-3.0] * j,
+        "max": [3.0] * j,
+        "q01": [-2.0] * j,
+        "q99": [2.0] * j,
+    }
+    return {"observation.state": e, "action": dict(e)}
