@@ -44,6 +44,8 @@ def test_memo_returns_the_same_features_and_trains_the_neck(cpu_policy):
         first = bb(images[:2], ids[:2], mask[:2])  # fills the memo for two images / one instruction
         mixed = bb(images, ids, mask)  # half hits, half misses
         assert len(bb._vision_memo) == 4 and len(bb._text_memo) == 3
+        # images are keyed by a 16-byte digest, not by their 49 KB of pixels
+        assert {len(k) for k in bb._vision_memo} == {16}
         for a, b, c in zip(ref.features, mixed.features, first.features, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(c, a[:2], rtol=1e-5, atol=1e-5)

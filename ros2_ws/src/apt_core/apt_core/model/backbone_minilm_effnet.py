@@ -19,6 +19,7 @@ small and correlated, and batch statistics from them would wreck the ImageNet fe
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -36,6 +37,15 @@ KP_FREQS = 4  # Fourier octaves of the keypoint coordinates: sin/cos(2^k * pi * 
 # (stage 1 and stage 2 of one pipeline run): key = (taps, grid or "maps" for keypoints, weight fingerprint).
 _SHARED_MEMOS: dict[tuple, tuple[dict, dict]] = {}
 MINILM_WIDTH = 384
+
+
+def _image_key(img: torch.Tensor) -> bytes:
+    """Memo key of one processed image: BLAKE2b-128 of its exact bytes, shape and dtype."""
+    a = img.detach().cpu().contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(a.shape)}{a.dtype}".encode())
+    h.update(a.numpy().tobytes())
+    return h.digest()
 
 
 def minilm_path() -> str:
@@ -91,9 +101,11 @@ class MiniLMEffNetBackbone(Backbone):
         Training on a fixed dataset shows every frame once per epoch and ~100 distinct instructions
         in every batch. While an encoder has no trainable weight (stage 1, frozen stage 2) its output
         for the same input never changes, so it is computed once. EfficientNet is ~75% of a cpu-demo
-        training step (profiled), MiniLM most of the rest. Keys are the exact input bytes and values
+        training step (profiled), MiniLM most of the rest. Keys identify the exact input bytes and values
         fp32, so training sees what serving computes (up to the float rounding of batched
         convolutions); ~48 KB per image at 6 taps, grid 4; ~220 KB with keypoints (full maps, 128 px).
+        Images are keyed by a 16-byte digest of their bytes, not the bytes themselves (a 128 px fp32
+        image is 196 KB: as much again as its features).
         Not for serving: live camera images never repeat.
         """
         # what the memo holds depends on the token mode: pooled cells of one grid, or full maps
@@ -211,7 +223,7 @@ class MiniLMEffNetBackbone(Backbone):
         memo = self._vision_memo
         if grad or memo is None or any(p.requires_grad for p in self.vision.parameters()):
             return self._pool(x)
-        keys = [img.detach().cpu().numpy().tobytes() for img in x]
+        keys = [_image_key(img) for img in x]
         missing = [i for i, k in enumerate(keys) if k not in memo]
         fresh: dict[int, list[torch.Tensor]] = {}
         if missing:
