@@ -9,7 +9,7 @@ import pytest
 from apt_core.data.bag_reader import bag_custom_data
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
-from apt_training.pipeline import PipelineConfig, run
+from apt_training.pipeline import PipelineConfig, run, seed_ranges
 
 
 @pytest.mark.ros
@@ -25,12 +25,16 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         eval_splits=("in_distribution", "chain"),
         export=str(tmp_path / "policy"),
         threads=1,
+        record_workers=2,  # two recorder processes, each in its own ROS domain
     )
     report = run(pc).read_text()
     run_dir = tmp_path / "run"
     # real rosbag2 (mcap) episodes recorded through the ROS nodes
     bags = sorted((run_dir / "demos").glob("episode_*"))
     assert len(bags) == 3 and all(list(b.glob("*.mcap")) for b in bags)
+    summaries = [json.loads((run_dir / "demos" / f"summary_{k}.json").read_text()) for k in (0, 1)]
+    assert [[e["seed"] for e in s["episodes"]] for s in summaries] == [[0, 1], [2]]
+    assert json.loads((run_dir / "demos" / "DONE.json").read_text())["bags"] == 3
     info = json.loads((run_dir / "dataset" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
@@ -56,3 +60,12 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     apt_meta.write_text(json.dumps({**json.loads(apt_meta.read_text()), "sim_scene": ["0123456789ab"]}))
     with pytest.raises(SceneMismatchError, match="Record the demonstrations again"):
         check_dataset_scene(run_dir / "dataset")
+
+
+def test_seed_ranges_split_the_seeds_without_gaps():
+    assert seed_ranges(0, 3, 2) == [(0, 2), (2, 1)]
+    assert seed_ranges(10, 1000, 4) == [(10, 250), (260, 250), (510, 250), (760, 250)]
+    assert seed_ranges(5, 2, 8) == [(5, 1), (6, 1)]  # never more recorders than episodes
+    assert seed_ranges(0, 7, 1) == [(0, 7)]
+    with pytest.raises(ValueError, match="record_workers"):
+        PipelineConfig(record_workers=0)

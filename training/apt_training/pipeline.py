@@ -51,12 +51,15 @@ class PipelineConfig:
     eval_seed: int = 1000  # first evaluation scene seed (disjoint from the training scenes)
     export: str = ""  # copy the final checkpoint + report here
     threads: int = 0  # torch threads (0: recipe default)
+    record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
 
     def __post_init__(self) -> None:
         if self.recipe not in TRAIN_PRESETS:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.record_workers < 1:
+            raise ValueError(f"record_workers must be >= 1, got {self.record_workers}")
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
 
@@ -76,20 +79,33 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
             )
         _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
         return
-    _log(f"recording {pc.episodes} scripted demos through the ROS sim -> {demos}")
-    # A separate process: the recorder owns rclpy's global context and the EGL renderer.
-    cmd = [
-        sys.executable,
-        "-m",
-        "apt_sim.record_demos",
-        "--episodes",
-        str(pc.episodes),
-        "--out",
-        str(demos),
-        "--seed",
-        str(pc.seed),
-    ]
-    subprocess.run(cmd, check=True)
+    ranges = seed_ranges(pc.seed, pc.episodes, pc.record_workers)
+    _log(
+        f"recording {pc.episodes} scripted demos through the ROS sim -> {demos}"
+        + (f" ({len(ranges)} recorder processes)" if len(ranges) > 1 else "")
+    )
+    if len(ranges) == 1:
+        # A separate process: the recorder owns rclpy's global context and the EGL renderer.
+        subprocess.run(_record_cmd(demos, pc.episodes, pc.seed), check=True)
+    else:
+        # One recorder per seed range, each in its own ROS domain so that their sim nodes, expert
+        # clients and bag recorders never see each other. The bags land in `demos/` as with one
+        # recorder (same names, so the dataset is the same); each recorder writes its own summary.
+        base = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
+        procs = []
+        try:
+            for k, (first, n) in enumerate(ranges):
+                env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (base + k) % 101)}
+                cmd = _record_cmd(demos, n, first) + ["--summary", f"summary_{k}.json"]
+                procs.append(subprocess.Popen(cmd, env=env))
+            failed = [k for k, p in enumerate(procs) if p.wait() != 0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        if failed:
+            raise RuntimeError(f"recorder(s) {failed} failed (seed ranges {[ranges[k] for k in failed]})")
     atomic_write_text(
         done,
         json.dumps(
@@ -101,6 +117,28 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
             }
         ),
     )
+
+
+def seed_ranges(seed: int, episodes: int, workers: int) -> list[tuple[int, int]]:
+    """Split seeds seed..seed+episodes-1 into at most `workers` contiguous (first, count) ranges."""
+    workers = max(1, min(workers, episodes))
+    sizes = [episodes // workers + (k < episodes % workers) for k in range(workers)]
+    starts = [seed + sum(sizes[:k]) for k in range(workers)]
+    return list(zip(starts, sizes, strict=True))
+
+
+def _record_cmd(out: Path, episodes: int, seed: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "apt_sim.record_demos",
+        "--episodes",
+        str(episodes),
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+    ]
 
 
 def convert_step(demos: Path, dataset: Path) -> dict:
@@ -194,6 +232,7 @@ def render_report(pc: PipelineConfig, info: dict, out: Path, res, timings: dict,
         + (f" --stage1-steps {pc.stage1_steps}" if pc.stage1_steps else "")
         + (f" --stage2-steps {pc.stage2_steps}" if pc.stage2_steps else "")
         + f" --eval-episodes {pc.eval_episodes}"
+        + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
     )
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
     return (

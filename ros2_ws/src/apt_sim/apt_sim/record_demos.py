@@ -43,6 +43,7 @@ def record(
     keep_failures: bool = False,
     contract_path: str = "",
     execute_steps: int = 8,
+    summary_name: str = "summary.json",
 ) -> dict:
     """Record `episodes` demos on seeds seed..seed+episodes-1; returns a summary dict."""
     out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +66,9 @@ def record(
                 flush=True,
             )
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
-    tmp = out / ".summary.json.tmp"
+    tmp = out / f".{summary_name}.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    os.replace(tmp, out / summary_name)
     return summary
 
 
@@ -84,13 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=0.5, help="keep recording this long after success [s]")
     ap.add_argument("--keep-failures", action="store_true", help="also keep bags of failed episodes")
     ap.add_argument("--contract", default="", help="contract YAML (default: the sim contract)")
+    ap.add_argument(
+        "--summary",
+        default="summary.json",
+        help="name of the summary file in --out (parallel recorders into one folder each need their own)",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
     if a.speed < 0:
         ap.error("--speed must be >= 0")
     s = record(
-        a.out, a.episodes, a.seed, a.split, a.speed, a.max_seconds, a.settle, a.keep_failures, a.contract
+        a.out,
+        a.episodes,
+        a.seed,
+        a.split,
+        a.speed,
+        a.max_seconds,
+        a.settle,
+        a.keep_failures,
+        a.contract,
+        summary_name=a.summary,
     )
     print(
         f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in {s['wall_s']:.1f} s"
