@@ -26,6 +26,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         export=str(tmp_path / "policy"),
         threads=1,
         record_workers=2,  # two recorder processes, each in its own ROS domain
+        train_scene_episodes=1,
     )
     report = run(pc).read_text()
     run_dir = tmp_path / "run"
@@ -39,6 +40,12 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
     assert "| in_distribution | 1 |" in report and "| chain | 1 |" in report
+    # the memorisation check: the same policy on the recorded layouts (scene seed 0)
+    trained = report.split("training scenes (scene seeds 0..0)")[1]
+    assert all(
+        f"| {s} | 1 |" in trained for s in ("in_distribution", "task_perturbation", "position_perturbation")
+    )
+    assert (run_dir / "eval_training_scenes" / "summary.md").exists()
     policy, _, meta = load_checkpoint(tmp_path / "policy", expect={"stage": 2})
     assert meta["variant"] == "apt" and (tmp_path / "policy" / "TRAINING_REPORT.md").exists()
 
@@ -69,3 +76,5 @@ def test_seed_ranges_split_the_seeds_without_gaps():
     assert seed_ranges(0, 7, 1) == [(0, 7)]
     with pytest.raises(ValueError, match="record_workers"):
         PipelineConfig(record_workers=0)
+    with pytest.raises(ValueError, match="train_scene_episodes"):
+        PipelineConfig(episodes=3, train_scene_episodes=4)

@@ -52,6 +52,7 @@ class PipelineConfig:
     export: str = ""  # copy the final checkpoint + report here
     threads: int = 0  # torch threads (0: recipe default)
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
+    train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
 
     def __post_init__(self) -> None:
         if self.recipe not in TRAIN_PRESETS:
@@ -60,8 +61,16 @@ class PipelineConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.record_workers < 1:
             raise ValueError(f"record_workers must be >= 1, got {self.record_workers}")
+        if not 0 <= self.train_scene_episodes <= self.episodes:
+            raise ValueError(
+                f"train_scene_episodes must be in 0..episodes ({self.episodes}), got {self.train_scene_episodes}"
+            )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
+
+
+# splits that keep a training scene's layout (the memorisation check, --train-scene-episodes)
+TRAIN_SCENE_SPLITS = ("in_distribution", "task_perturbation", "position_perturbation")
 
 
 def _log(msg: str) -> None:
@@ -208,9 +217,24 @@ def run(pc: PipelineConfig) -> Path:
     )
     write_results(res, out / "eval")
     timings["evaluate"] = time.monotonic() - t
+
+    train_res = None
+    if pc.train_scene_episodes:
+        # The recorded layouts and instructions themselves, and the two perturbations of them:
+        # success here but not on unseen scenes means the policy memorised layouts.
+        t = time.monotonic()
+        _log(f"evaluating on the first {pc.train_scene_episodes} training scenes")
+        train_res = evaluate(
+            PolicyRunner(policy, processor, meta, seed=pc.seed),
+            splits=TRAIN_SCENE_SPLITS,
+            n_episodes=pc.train_scene_episodes,
+            seed=pc.seed,
+        )
+        write_results(train_res, out / "eval_training_scenes")
+        timings["evaluate_training_scenes"] = time.monotonic() - t
     timings["total"] = time.monotonic() - t0
 
-    report = render_report(pc, info, out, res, timings, meta)
+    report = render_report(pc, info, out, res, timings, meta, train_res)
     atomic_write_text(out / "report.md", report)
     print(report)
     if pc.export:
@@ -218,7 +242,9 @@ def run(pc: PipelineConfig) -> Path:
     return out / "report.md"
 
 
-def render_report(pc: PipelineConfig, info: dict, out: Path, res, timings: dict, meta: dict) -> str:
+def render_report(
+    pc: PipelineConfig, info: dict, out: Path, res, timings: dict, meta: dict, train_res=None
+) -> str:
     from apt_core.sim.evaluate import summary_markdown
 
     def loss_line(stage: str) -> str:
@@ -233,6 +259,7 @@ def render_report(pc: PipelineConfig, info: dict, out: Path, res, timings: dict,
         + (f" --stage2-steps {pc.stage2_steps}" if pc.stage2_steps else "")
         + f" --eval-episodes {pc.eval_episodes}"
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
+        + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
     )
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
     return (
@@ -248,6 +275,16 @@ def render_report(pc: PipelineConfig, info: dict, out: Path, res, timings: dict,
         f"- time: {times}\n\n"
         f"## Evaluation in the simulator (scene seeds from {pc.eval_seed}, unseen in training)\n\n"
         f"{summary_markdown(res.summary)}\n"
+        + (
+            ""
+            if train_res is None
+            else f"\n## The same policy on its first {pc.train_scene_episodes} training scenes "
+            f"(scene seeds {pc.seed}..{pc.seed + pc.train_scene_episodes - 1})\n\n"
+            "in_distribution is a recorded demonstration's own layout and instruction; task_perturbation "
+            "asks for another training task in that layout, position_perturbation swaps the named object "
+            "with another's place. Success here but not above means the policy memorised layouts.\n\n"
+            f"{summary_markdown(train_res.summary)}\n"
+        )
     )
 
 
