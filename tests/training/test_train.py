@@ -65,6 +65,12 @@ def test_stage1_trains_and_writes_checkpoint_plots_and_metrics(tiny_dataset, tmp
         train_or_reuse(cfg.replace(objective="flow", seed=1))
     with pytest.raises(TrainConfigError, match="holds another run"):
         stage1.main(cfg.replace(n_action_history=0))
+    # asked for more steps, the finished run trains on from its newest checkpoint (it used to return
+    # the shorter final silently); asked for fewer, it says where that checkpoint is
+    assert load_checkpoint(train_or_reuse(cfg.replace(steps=8)))[2]["step"] == 8
+    assert sorted(losses(tmp_path / "s1")) == [1, 2, 3, 4, 5, 6, 7, 8]
+    with pytest.raises(TrainConfigError, match="trained for 8 steps, 6 asked"):
+        train_or_reuse(cfg)
 
 
 def test_killed_run_resumes_with_identical_losses(tiny_dataset, tmp_path):

@@ -385,13 +385,22 @@ def check_same_run(cfg: TrainConfig) -> None:
 
 
 def train_or_reuse(cfg: TrainConfig) -> Path:
-    """The run's final checkpoint: reused when `out_dir/final` is complete (and the folder's run has
-    the same config), else trained (and resumed)."""
+    """The run's final checkpoint: reused when `out_dir/final` is complete, from the same config and
+    trained for cfg.steps; trained on from the newest checkpoint when it had fewer steps; else
+    trained (and resumed)."""
     final = cfg.out_path / "final"
     if not (final / "meta.json").exists():
         return train(cfg)  # checks the folder's run itself (resuming needs the same check)
     check_same_run(cfg)
-    return final
+    done = int(json.loads((final / "meta.json").read_text()).get("step", -1))
+    if done == cfg.steps:
+        return final
+    if done < cfg.steps:
+        return train(cfg)  # a longer run: resumes from the newest checkpoint and writes a new final
+    raise TrainConfigError(
+        f"{final} was trained for {done} steps, {cfg.steps} asked: its step-{cfg.steps} checkpoint "
+        f"(if kept) is under {cfg.out_path / 'checkpoints'}; pick another out_dir for a shorter run"
+    )
 
 
 def checkpoint_metadata(
