@@ -52,6 +52,8 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     # a re-run skips every finished step and reproduces the same evaluation
     again = run(pc).read_text()
     assert again.split("## Evaluation")[1] == report.split("## Evaluation")[1]
+    assert "record done in an earlier run" in again and "stage2 done in an earlier run" in again
+    assert "done in an earlier run" not in report
 
     # the simulator scene travels with the data: bag metadata -> dataset meta; a changed scene
     # (e.g. a moved camera) is refused instead of training on one view and evaluating on another

@@ -150,6 +150,12 @@ def _record_cmd(out: Path, episodes: int, seed: int) -> list[str]:
     ]
 
 
+def _finished(stage_dir: Path, steps: int) -> bool:
+    """Whether stage_dir holds a final checkpoint trained for `steps` (train_or_reuse reuses it)."""
+    meta = stage_dir / "final" / "meta.json"
+    return meta.exists() and json.loads(meta.read_text()).get("step") == steps
+
+
 def convert_step(demos: Path, dataset: Path) -> dict:
     info = dataset / "meta" / "info.json"
     if info.exists():
@@ -166,6 +172,11 @@ def run(pc: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
+    reused: set[str] = set()  # steps whose output existed: the report says so instead of "0.0 min"
+    if (out / "demos" / "DONE.json").exists():
+        reused.add("record")
+    if (out / "dataset" / "meta" / "info.json").exists():
+        reused.add("convert")
 
     t = time.monotonic()
     record_step(pc, out / "demos")
@@ -181,6 +192,9 @@ def run(pc: PipelineConfig) -> Path:
 
     recipe = TRAIN_PRESETS[pc.recipe]
     common = dict(dataset=str(out / "dataset"), seed=pc.seed, threads=pc.threads or recipe.get("threads", 0))
+    for stage, steps in (("stage1", pc.stage1_steps), ("stage2", pc.stage2_steps)):
+        if _finished(out / stage, steps or recipe["steps"]):
+            reused.add(stage)
     t = time.monotonic()
     s1 = train_or_reuse(
         train_preset(
@@ -234,7 +248,7 @@ def run(pc: PipelineConfig) -> Path:
         timings["evaluate_training_scenes"] = time.monotonic() - t
     timings["total"] = time.monotonic() - t0
 
-    report = render_report(pc, info, out, res, timings, meta, train_res)
+    report = render_report(pc, info, out, res, timings, meta, train_res, reused)
     atomic_write_text(out / "report.md", report)
     print(report)
     if pc.export:
@@ -243,7 +257,14 @@ def run(pc: PipelineConfig) -> Path:
 
 
 def render_report(
-    pc: PipelineConfig, info: dict, out: Path, res, timings: dict, meta: dict, train_res=None
+    pc: PipelineConfig,
+    info: dict,
+    out: Path,
+    res,
+    timings: dict,
+    meta: dict,
+    train_res=None,
+    reused: set[str] = frozenset(),
 ) -> str:
     from apt_core.sim.evaluate import summary_markdown
 
@@ -261,7 +282,9 @@ def render_report(
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
     )
-    times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
+    times = ", ".join(
+        f"{k} {'done in an earlier run' if k in reused else f'{v / 60:.1f} min'}" for k, v in timings.items()
+    )
     return (
         f"# Training report: {pc.recipe}\n\n"
         f"Made by `{cmd}`.\n\n"
