@@ -384,15 +384,21 @@ def check_same_run(cfg: TrainConfig) -> None:
         )
 
 
+def final_step(out_dir: str | Path) -> int | None:
+    """The step a run folder's complete `final` checkpoint was trained to; None when it has none."""
+    meta = Path(out_dir) / "final" / "meta.json"
+    return int(json.loads(meta.read_text()).get("step", -1)) if meta.exists() else None
+
+
 def train_or_reuse(cfg: TrainConfig) -> Path:
     """The run's final checkpoint: reused when `out_dir/final` is complete, from the same config and
     trained for cfg.steps; trained on from the newest checkpoint when it had fewer steps; else
     trained (and resumed)."""
     final = cfg.out_path / "final"
-    if not (final / "meta.json").exists():
+    done = final_step(cfg.out_path)
+    if done is None:
         return train(cfg)  # checks the folder's run itself (resuming needs the same check)
     check_same_run(cfg)
-    done = int(json.loads((final / "meta.json").read_text()).get("step", -1))
     if done == cfg.steps:
         return final
     if done < cfg.steps:

@@ -34,7 +34,7 @@ from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
-from .loop import train_or_reuse
+from .loop import final_step, train_or_reuse
 from .plots import read_metrics
 
 
@@ -77,7 +77,8 @@ def _log(msg: str) -> None:
     print(f"pipeline: {msg}", flush=True)
 
 
-def record_step(pc: PipelineConfig, demos: Path) -> None:
+def record_step(pc: PipelineConfig, demos: Path) -> bool:
+    """Record the demos unless `demos` holds a complete recording; returns whether it recorded."""
     done = demos / "DONE.json"
     if done.exists():
         scene = json.loads(done.read_text()).get("sim_scene", "")
@@ -87,7 +88,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
                 f"{scene_fingerprint()!r} (robot, objects or camera changed): delete it to record again"
             )
         _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
-        return
+        return False
     ranges = seed_ranges(pc.seed, pc.episodes, pc.record_workers)
     _log(
         f"recording {pc.episodes} scripted demos through the ROS sim -> {demos}"
@@ -126,6 +127,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> None:
             }
         ),
     )
+    return True
 
 
 def seed_ranges(seed: int, episodes: int, workers: int) -> list[tuple[int, int]]:
@@ -150,21 +152,16 @@ def _record_cmd(out: Path, episodes: int, seed: int) -> list[str]:
     ]
 
 
-def _finished(stage_dir: Path, steps: int) -> bool:
-    """Whether stage_dir holds a final checkpoint trained for `steps` (train_or_reuse reuses it)."""
-    meta = stage_dir / "final" / "meta.json"
-    return meta.exists() and json.loads(meta.read_text()).get("step") == steps
-
-
-def convert_step(demos: Path, dataset: Path) -> dict:
+def convert_step(demos: Path, dataset: Path) -> tuple[dict, bool]:
+    """The dataset's info.json, converting first unless it exists; and whether it converted."""
     info = dataset / "meta" / "info.json"
     if info.exists():
         _log(f"dataset: {dataset} already converted")
-        return json.loads(info.read_text())
+        return json.loads(info.read_text()), False
     _log(f"converting {demos} -> {dataset}")
     summary = convert(demos, dataset, load_contract(), progress=True)
     _log(f"converted {summary.episodes} episodes, {summary.frames} frames in {summary.seconds:.1f} s")
-    return json.loads(info.read_text())
+    return json.loads(info.read_text()), True
 
 
 def run(pc: PipelineConfig) -> Path:
@@ -173,17 +170,16 @@ def run(pc: PipelineConfig) -> Path:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     reused: set[str] = set()  # steps whose output existed: the report says so instead of "0.0 min"
-    if (out / "demos" / "DONE.json").exists():
-        reused.add("record")
-    if (out / "dataset" / "meta" / "info.json").exists():
-        reused.add("convert")
 
     t = time.monotonic()
-    record_step(pc, out / "demos")
+    if not record_step(pc, out / "demos"):
+        reused.add("record")
     timings["record"] = time.monotonic() - t
 
     t = time.monotonic()
-    info = convert_step(out / "demos", out / "dataset")
+    info, converted = convert_step(out / "demos", out / "dataset")
+    if not converted:
+        reused.add("convert")
     timings["convert"] = time.monotonic() - t
     # training on one scene and evaluating in another fails for no visible reason: refuse it
     warning = check_dataset_scene(out / "dataset")
@@ -192,33 +188,20 @@ def run(pc: PipelineConfig) -> Path:
 
     recipe = TRAIN_PRESETS[pc.recipe]
     common = dict(dataset=str(out / "dataset"), seed=pc.seed, threads=pc.threads or recipe.get("threads", 0))
-    for stage, steps in (("stage1", pc.stage1_steps), ("stage2", pc.stage2_steps)):
-        if _finished(out / stage, steps or recipe["steps"]):
-            reused.add(stage)
-    t = time.monotonic()
-    s1 = train_or_reuse(
-        train_preset(
-            pc.recipe,
-            out_dir=str(out / "stage1"),
-            stage=1,
-            steps=pc.stage1_steps or recipe["steps"],
-            **common,
-        )
-    )
-    timings["stage1"] = time.monotonic() - t
 
-    t = time.monotonic()
-    s2 = train_or_reuse(
-        train_preset(
-            pc.recipe,
-            out_dir=str(out / "stage2"),
-            stage=2,
-            init_from=str(s1),
-            steps=pc.stage2_steps or recipe["steps"],
-            **common,
+    def train_stage(stage: int, steps: int, **extra) -> Path:
+        cfg = train_preset(
+            pc.recipe, out_dir=str(out / f"stage{stage}"), stage=stage, steps=steps, **common, **extra
         )
-    )
-    timings["stage2"] = time.monotonic() - t
+        if final_step(cfg.out_path) == cfg.steps:  # what train_or_reuse returns as it is
+            reused.add(f"stage{stage}")
+        t = time.monotonic()
+        final = train_or_reuse(cfg)
+        timings[f"stage{stage}"] = time.monotonic() - t
+        return final
+
+    s1 = train_stage(1, pc.stage1_steps or recipe["steps"])
+    s2 = train_stage(2, pc.stage2_steps or recipe["steps"], init_from=str(s1))
 
     t = time.monotonic()
     _log(f"evaluating {s2} on {len(pc.eval_splits)} splits x {pc.eval_episodes} episodes")
