@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_util import markdown_table, unit_stats, write_section
+from bench_util import markdown_table, placeholder_stats, write_section
 
 from apt_core.model.checkpoint import save_checkpoint
 from apt_core.model.config import get_preset
@@ -54,7 +54,7 @@ def bench_rows(
         ck = save_checkpoint(
             tmp / f"{preset}-{objective}-{steps}-{tokens}",
             policy,
-            Processor.from_stats(cfg, unit_stats(cfg.state_dim)),
+            Processor.from_stats(cfg, placeholder_stats(cfg.state_dim)),
             {},
         )
         runner = load_runner(ck, num_steps=steps)

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests" / "apt_policy"))
 
-from bench_util import markdown_table, write_section  # noqa: E402
+from bench_util import markdown_table, placeholder_stats, write_section  # noqa: E402
 
 
 def pct(x: list[float], q: float) -> float:
@@ -371,18 +371,9 @@ def _make_preset_checkpoint(preset: str, out: Path) -> Path:
     from apt_core.model.processor import Processor
 
     cfg = get_preset(preset)
-    j = len(cfg.joint_names)
-    e = {
-        "mean": [0.0] * j,
-        "std": [0.05] * j,
-        "min": [-0.15] * j,
-        "max": [0.15] * j,
-        "q01": [-0.12] * j,
-        "q99": [0.12] * j,
-    }
-    return save_checkpoint(
-        out, APTPolicy(cfg), Processor.from_stats(cfg, {"observation.state": e, "action": dict(e)}), {}
-    )
+    # small ranges, so that the untrained policy makes small motions
+    stats = placeholder_stats(len(cfg.joint_names), std=0.05, bound=0.15, q=0.12)
+    return save_checkpoint(out, APTPolicy(cfg), Processor.from_stats(cfg, stats), {})
 
 
 if __name__ == "__main__":

@@ -53,15 +53,16 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(out)
 
 
-def unit_stats(j: int) -> dict:
-    """Placeholder dataset statistics (zero mean, unit std) for j joints: enough to build a
-    Processor for models with untrained or probe-only weights, where the values do not matter."""
+def placeholder_stats(j: int, std: float = 1.0, bound: float = 3.0, q: float = 2.0) -> dict:
+    """Placeholder dataset statistics for j joints (zero mean; min/max at -/+bound, q01/q99 at -/+q):
+    enough to build a Processor for models with untrained or probe-only weights. The defaults are
+    unit statistics, where the values do not matter."""
     e = {
         "mean": [0.0] * j,
-        "std": [1.0] * j,
-        "min": [-3.0] * j,
-        "max": [3.0] * j,
-        "q01": [-2.0] * j,
-        "q99": [2.0] * j,
+        "std": [std] * j,
+        "min": [-bound] * j,
+        "max": [bound] * j,
+        "q01": [-q] * j,
+        "q99": [q] * j,
     }
     return {"observation.state": e, "action": dict(e)}

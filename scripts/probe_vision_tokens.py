@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_util import markdown_table, unit_stats, write_section
+from bench_util import markdown_table, placeholder_stats, write_section
 
 from apt_core.model.config import get_preset
 from apt_core.model.policy import APTPolicy
@@ -74,7 +74,7 @@ def probe(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: i
     backbone = APTPolicy(cfg).backbone
     backbone.enable_feature_cache(max_images=len(images))
     taps = [1, 3, 5]  # the taps stage 1's three expert layers read (stage 2 adds the others)
-    proc = Processor.from_stats(cfg, unit_stats(7))
+    proc = Processor.from_stats(cfg, placeholder_stats(7))
     head = Probe(backbone.feature_dim, xy.shape[1])
     params = [p for p in backbone.neck.parameters()] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3)
