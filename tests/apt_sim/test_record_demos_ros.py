@@ -86,3 +86,10 @@ def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "--episodes must be >= 1" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "apt_sim.record_demos", "--disturbance", "0.5", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--disturbance must be in [0, 0.2] rad, got 0.5" in r.stderr

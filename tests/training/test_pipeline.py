@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -27,6 +28,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         threads=1,
         record_workers=2,  # two recorder processes, each in its own ROS domain
         train_scene_episodes=1,
+        record_disturbance=0.02,  # DART-style recording noise, through the recorder to the sim node
     )
     report = run(pc).read_text()
     run_dir = tmp_path / "run"
@@ -35,7 +37,10 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert len(bags) == 3 and all(list(b.glob("*.mcap")) for b in bags)
     summaries = [json.loads((run_dir / "demos" / f"summary_{k}.json").read_text()) for k in (0, 1)]
     assert [[e["seed"] for e in s["episodes"]] for s in summaries] == [[0, 1], [2]]
-    assert json.loads((run_dir / "demos" / "DONE.json").read_text())["bags"] == 3
+    done = json.loads((run_dir / "demos" / "DONE.json").read_text())
+    assert done["bags"] == 3 and done["disturbance"] == 0.02
+    assert all(bag_custom_data(b)["disturbance"] == "0.02" for b in bags)  # the sim node really had it
+    assert "DART-style disturbance 0.02 rad" in report and "--record-disturbance 0.02" in report
     info = json.loads((run_dir / "dataset" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
@@ -54,6 +59,9 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert again.split("## Evaluation")[1] == report.split("## Evaluation")[1]
     assert "record done in an earlier run" in again and "stage2 done in an earlier run" in again
     assert "done in an earlier run" not in report
+    # demos recorded with other noise are not silently reused
+    with pytest.raises(ValueError, match="recorded with disturbance 0.02 rad"):
+        run(dataclasses.replace(pc, record_disturbance=0.0))
 
     # the simulator scene travels with the data: bag metadata -> dataset meta; a changed scene
     # (e.g. a moved camera) is refused instead of training on one view and evaluating on another
@@ -80,3 +88,5 @@ def test_seed_ranges_split_the_seeds_without_gaps():
         PipelineConfig(record_workers=0)
     with pytest.raises(ValueError, match="train_scene_episodes"):
         PipelineConfig(episodes=3, train_scene_episodes=4)
+    with pytest.raises(ValueError, match="record_disturbance"):
+        PipelineConfig(record_disturbance=-0.1)

@@ -53,6 +53,9 @@ class PipelineConfig:
     threads: int = 0  # torch threads (0: recipe default)
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
     train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
+    record_disturbance: float = (
+        0.0  # DART-style setpoint noise while recording [rad] (apt_core.sim.disturbance)
+    )
 
     def __post_init__(self) -> None:
         if self.recipe not in TRAIN_PRESETS:
@@ -65,6 +68,8 @@ class PipelineConfig:
             raise ValueError(
                 f"train_scene_episodes must be in 0..episodes ({self.episodes}), got {self.train_scene_episodes}"
             )
+        if not 0.0 <= self.record_disturbance <= 0.2:
+            raise ValueError(f"record_disturbance must be in [0, 0.2] rad, got {self.record_disturbance}")
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
 
@@ -81,11 +86,17 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
     """Record the demos unless `demos` holds a complete recording; returns whether it recorded."""
     done = demos / "DONE.json"
     if done.exists():
-        scene = json.loads(done.read_text()).get("sim_scene", "")
+        recorded = json.loads(done.read_text())
+        scene = recorded.get("sim_scene", "")
         if scene and scene != scene_fingerprint():
             raise SceneMismatchError(
                 f"{demos} was recorded in simulator scene {scene!r}, the scene is now "
                 f"{scene_fingerprint()!r} (robot, objects or camera changed): delete it to record again"
+            )
+        if float(recorded.get("disturbance", 0.0)) != pc.record_disturbance:
+            raise ValueError(
+                f"{demos} was recorded with disturbance {recorded.get('disturbance', 0.0)} rad, this run asks "
+                f"for --record-disturbance {pc.record_disturbance}: delete it to record again, or use another --out"
             )
         _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
         return False
@@ -96,7 +107,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
     )
     if len(ranges) == 1:
         # A separate process: the recorder owns rclpy's global context and the EGL renderer.
-        subprocess.run(_record_cmd(demos, pc.episodes, pc.seed), check=True)
+        subprocess.run(_record_cmd(demos, pc.episodes, pc.seed, pc.record_disturbance), check=True)
     else:
         # One recorder per seed range, each in its own ROS domain so that their sim nodes, expert
         # clients and bag recorders never see each other. The bags land in `demos/` as with one
@@ -106,7 +117,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
         try:
             for k, (first, n) in enumerate(ranges):
                 env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (base + k) % 101)}
-                cmd = _record_cmd(demos, n, first) + ["--summary", f"summary_{k}.json"]
+                cmd = _record_cmd(demos, n, first, pc.record_disturbance) + ["--summary", f"summary_{k}.json"]
                 procs.append(subprocess.Popen(cmd, env=env))
             failed = [k for k, p in enumerate(procs) if p.wait() != 0]
         finally:
@@ -124,6 +135,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
                 "seed": pc.seed,
                 "bags": len(list(demos.glob("episode_*"))),
                 "sim_scene": scene_fingerprint(),
+                "disturbance": pc.record_disturbance,
             }
         ),
     )
@@ -138,7 +150,7 @@ def seed_ranges(seed: int, episodes: int, workers: int) -> list[tuple[int, int]]
     return list(zip(starts, sizes, strict=True))
 
 
-def _record_cmd(out: Path, episodes: int, seed: int) -> list[str]:
+def _record_cmd(out: Path, episodes: int, seed: int, disturbance: float) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -149,6 +161,8 @@ def _record_cmd(out: Path, episodes: int, seed: int) -> list[str]:
         str(out),
         "--seed",
         str(seed),
+        "--disturbance",
+        str(disturbance),
     ]
 
 
@@ -264,6 +278,7 @@ def render_report(
         + f" --eval-episodes {pc.eval_episodes}"
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
+        + (f" --record-disturbance {pc.record_disturbance:g}" if pc.record_disturbance else "")
     )
     times = ", ".join(
         f"{k} {'done in an earlier run' if k in reused else f'{v / 60:.1f} min'}" for k, v in timings.items()
@@ -272,7 +287,9 @@ def render_report(
         f"# Training report: {pc.recipe}\n\n"
         f"Made by `{cmd}`.\n\n"
         f"- data: {pc.episodes} scripted demos recorded through the ROS sim (scene seeds {pc.seed}.."
-        f"{pc.seed + pc.episodes - 1}), {info.get('total_episodes', '?')} episodes / "
+        f"{pc.seed + pc.episodes - 1}"
+        + (f", DART-style disturbance {pc.record_disturbance:g} rad" if pc.record_disturbance else "")
+        + f"), {info.get('total_episodes', '?')} episodes / "
         f"{info.get('total_frames', '?')} frames after conversion, {info.get('total_tasks', '?')} distinct instructions\n"
         f"- model: preset `{pc.recipe}`, backbone `{meta.get('backbone')}` ({meta.get('backbone_mode')}), "
         f"stage {meta.get('stage')}, {meta.get('chunk_length')}-step chunks at {meta.get('rate_hz')} Hz\n"

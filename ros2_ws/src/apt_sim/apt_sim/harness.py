@@ -161,11 +161,13 @@ class SimHarness:
         contract_path: str = "",
         execute_steps: int = 8,
         record: bool = False,
+        disturbance: float = 0.0,
     ) -> None:
         """policy_factory: builds the in-process policy from the sim's env; None = an external policy
-        node drives the robot (it must follow /apt/instruction and publish on the controller topic)."""
+        node drives the robot (it must follow /apt/instruction and publish on the controller topic).
+        disturbance: the sim node's DART-style setpoint noise [rad] (apt_core.sim.disturbance)."""
         self._factory, self._speed, self._contract_path = policy_factory, speed, contract_path
-        self._execute_steps, self._record = execute_steps, record
+        self._execute_steps, self._record, self._disturbance = execute_steps, record, disturbance
         self.nodes: dict[str, Node] = {}
         self._ex: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -186,6 +188,7 @@ class SimHarness:
                         Parameter("speed", value=float(self._speed)),
                         Parameter("contract", value=self._contract_path),
                         Parameter("start_paused", value=True),
+                        Parameter("disturbance", value=float(self._disturbance)),
                     ]
                 )
                 self.nodes["sim"] = sim
@@ -280,7 +283,10 @@ class SimHarness:
         if bag is not None:
             if not isinstance(rec, BagRecorder):
                 raise ValueError("episode(bag=...) needs SimHarness(record=True)")
-            rec.open(bag, {"seed": str(seed), "split": split, "sim_scene": scene_fingerprint()})
+            meta = {"seed": str(seed), "split": split, "sim_scene": scene_fingerprint()}
+            if sim.env.disturbance is not None:
+                meta["disturbance"] = f"{sim.env.disturbance.std:g}"
+            rec.open(bag, meta)
         resp = self._call(ctl.reset_cli, ResetSim.Request(seed=seed, split=split, instruction=instruction))
         if not resp.success:
             if isinstance(rec, BagRecorder):

@@ -2,6 +2,7 @@
 
     apt-record-demos --episodes 100 --out data/demos --seed 0            # as fast as possible
     apt-record-demos --episodes 5 --out data/demos --speed 1.0           # real time
+    apt-record-demos --episodes 100 --out data/demos --disturbance 0.03  # DART-style recovery demos
 
 Runs the sim node, a PolicyClient driving the ScriptedExpert (it publishes JointTrajectory chunks
 on the controller topic, as a teleoperator would) and a bag recorder on one executor
@@ -44,12 +45,15 @@ def record(
     contract_path: str = "",
     execute_steps: int = 8,
     summary_name: str = "summary.json",
+    disturbance: float = 0.0,
 ) -> dict:
     """Record `episodes` demos on seeds seed..seed+episodes-1; returns a summary dict."""
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"episodes": [], "ok": 0, "failed": 0}
+    summary: dict = {"episodes": [], "ok": 0, "failed": 0, "disturbance": disturbance}
     t0 = time.perf_counter()
-    with SimHarness(ScriptedExpert, speed, contract_path, execute_steps, record=True) as h:
+    with SimHarness(
+        ScriptedExpert, speed, contract_path, execute_steps, record=True, disturbance=disturbance
+    ) as h:
         for s in range(seed, seed + episodes):
             final, tmp = out / f"episode_{s:06d}", out / f".episode_{s:06d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -90,11 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         default="summary.json",
         help="name of the summary file in --out (parallel recorders into one folder each need their own)",
     )
+    ap.add_argument(
+        "--disturbance",
+        type=float,
+        default=0.0,
+        help="DART-style noise: std [rad] of a smooth drift added to the arm's setpoints beneath the "
+        "controller, so the demos show recoveries while the recorded commands stay the expert's (0 = none)",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
     if a.speed < 0:
         ap.error("--speed must be >= 0")
+    if not 0.0 <= a.disturbance <= 0.2:
+        ap.error(f"--disturbance must be in [0, 0.2] rad, got {a.disturbance}")
     s = record(
         a.out,
         a.episodes,
@@ -106,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         a.keep_failures,
         a.contract,
         summary_name=a.summary,
+        disturbance=a.disturbance,
     )
     print(
         f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in {s['wall_s']:.1f} s"

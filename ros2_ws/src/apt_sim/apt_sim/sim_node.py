@@ -66,12 +66,20 @@ class SimNode(Node):
         p("seed", 0, descriptor=_desc("scene seed of the initial reset"))
         p("split", "in_distribution", descriptor=_desc("evaluation split of the initial reset"))
         p("start_paused", False, descriptor=_desc("start with physics paused (see /apt_sim/pause)"))
+        p(
+            "disturbance",
+            0.0,
+            descriptor=_desc(
+                "std [rad] of the DART-style drift added to the arm's setpoints beneath the controller "
+                "(recording recovery demonstrations; apt_core.sim.disturbance); 0 = none"
+            ),
+        )
         gp = self.get_parameter
         self.contract = load_contract(gp("contract").value or None)
         self.speed = float(gp("speed").value)
         if self.speed < 0:
             raise ValueError(f"parameter speed must be >= 0, got {self.speed}")
-        self.env = TabletopEnv(contract=self.contract)
+        self.env = TabletopEnv(contract=self.contract, disturbance=float(gp("disturbance").value))
         self.cam = self.contract.cameras[0]
         self.lock = threading.RLock()  # the recorder reads env state from its own node callbacks
         self.paused = bool(gp("start_paused").value)
@@ -98,7 +106,9 @@ class SimNode(Node):
         self.timer = self.create_timer(period, self._tick)
         self.get_logger().info(
             f"apt_sim ready: {c.robot_name}, {self.env.width}x{self.env.height} camera '{self.cam.name}', "
-            f"{c.rate_hz:g} Hz, speed {self.speed:g}; task: {self.env.task.instruction!r}"
+            f"{c.rate_hz:g} Hz, speed {self.speed:g}"
+            + (f", disturbance {self.env.disturbance.std:g} rad" if self.env.disturbance else "")
+            + f"; task: {self.env.task.instruction!r}"
         )
 
     # ----- time ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from apt_core.contract import Contract, load_contract
 from apt_core.sim import tasks as T
+from apt_core.sim.disturbance import JointDisturbance
 from apt_core.types import Observation
 
 ASSETS = Path(__file__).parent / "assets"
@@ -87,10 +88,13 @@ class TabletopEnv:
         cameras: tuple[str, ...] | None = None,
         contract: Contract | None = None,
         render: bool = True,
+        disturbance: float = 0.0,
     ) -> None:
         """image_size: square side or (width, height) [px], default from the contract (128).
         cameras: MJCF camera names to render into observations, default the contract's cameras.
         render: False skips rendering in observation() (physics-only use, e.g. benchmarks).
+        disturbance: standard deviation [rad] of the DART-style setpoint noise on the arm joints
+        (`apt_core.sim.disturbance`), for recording demonstrations; 0 = none.
         """
         self.contract = contract or load_contract()
         if tuple(self.contract.joint_names) != JOINT_NAMES:
@@ -113,6 +117,7 @@ class TabletopEnv:
         self._renderer: mujoco.Renderer | None = None
         self._renderer_thread = 0
         self.dt = self.contract.dt
+        self.disturbance = JointDisturbance(disturbance, dt=self.dt) if disturbance != 0 else None
         self.n_substeps = max(1, round(self.dt / self.model.opt.timestep))
         m = self.model
         self._qadr = np.array([m.jnt_qposadr[m.joint(j).id] for j in ARM_JOINTS])
@@ -136,6 +141,8 @@ class TabletopEnv:
         self._progress = 0
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
+        if self.disturbance is not None:
+            self.disturbance.reset(seed)
         for name, (x, y, yaw) in layout.poses.items():
             ent = T.ENTITIES[name]
             if name in T.OBJECTS:
@@ -169,7 +176,10 @@ class TabletopEnv:
         return out
 
     def _apply_ctrl(self, t: np.ndarray) -> None:
-        self.data.ctrl[:6] = t[:6]
+        arm = t[:6]
+        if self.disturbance is not None:  # beneath the controller: commands stay clean
+            arm = np.clip(arm + self.disturbance.at(self.time), self._ranges[:, 0], self._ranges[:, 1])
+        self.data.ctrl[:6] = arm
         self.data.ctrl[6] = t[6] / 2  # per-finger setpoint
 
     def step(self, joint_targets: np.ndarray) -> None:
