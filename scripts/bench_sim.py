@@ -2,12 +2,17 @@
 
     source .venv/bin/activate && python scripts/bench_sim.py            # about 2-3 minutes
     python scripts/bench_sim.py --quick                                   # smaller samples
+    python scripts/bench_sim.py --disturbance-only                        # only the recording-noise table
+
 
 Measures: raw physics steps/s, control steps/s of TabletopEnv (50 physics steps each), rendered
 frames/s of the front camera at 128 and 224 px, the ROS sim node's real-time factor (a separate
 process at speed 0 = as fast as possible and at speed 1, measured from /joint_states stamps against
 wall time by a subscriber), demo recording throughput through ROS, and the scripted expert's
-success per split (in-process harness, 95% Wilson CIs).
+success per split (in-process harness, 95% Wilson CIs). Section "sim_disturbance": for each
+DART-style recording noise level (apt_core.sim.disturbance), the scripted expert's success (failed
+demos are discarded, so this is the recording cost) and how far the noise moves the tool off the
+undisturbed run's path (the new states the demos cover).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mujoco
+import numpy as np
 from bench_util import markdown_table, write_section
 
 from apt_core.sim.env import HOME, TabletopEnv
@@ -131,12 +137,66 @@ def bench_recording(episodes: int) -> tuple[float, int, float]:
         return s["wall_s"], s["ok"], sim_s
 
 
+def bench_disturbance(stds: list[float], episodes: int, path_seeds: int) -> str:
+    """Markdown table: expert success and tool offset from the clean run per noise level."""
+    from apt_core.sim.evaluate import run_episode, wilson_interval
+    from apt_core.sim.expert import ScriptedExpert
+    from apt_core.sim.ik import ArmIK
+
+    def tool_path(std: float, seed: int, steps: int = 60) -> np.ndarray:
+        env = TabletopEnv(render=False, disturbance=std)
+        expert, ik = ScriptedExpert(env), ArmIK(env.model)
+        env.reset(seed)
+        out = []
+        for _ in range(steps):  # the first 6 s: reach, grasp, lift
+            env.step(expert.predict(env.observation(), env.task.instruction)[0])
+            out.append(ik.fk(env.joint_positions()[:6])[0])
+        return np.array(out)
+
+    clean = {s: tool_path(0.0, s) for s in range(path_seeds)}
+    rows = []
+    for std in stds:
+        env = TabletopEnv(render=False, disturbance=std)
+        expert = ScriptedExpert(env)
+        ok = sum(
+            run_episode(env, expert, 2000 + i, "in_distribution", None, 8).success for i in range(episodes)
+        )
+        lo, hi = wilson_interval(ok, episodes)
+        off = np.concatenate(
+            [np.linalg.norm(tool_path(std, s) - clean[s], axis=1) for s in range(path_seeds)]
+        )
+        rows.append(
+            [
+                f"{std:g}",
+                f"{ok}/{episodes} ({100 * ok / episodes:.0f}%)",
+                f"[{100 * lo:.0f}%, {100 * hi:.0f}%]",
+                f"{100 * np.median(off):.1f} cm",
+                f"{100 * np.percentile(off, 90):.1f} cm",
+            ]
+        )
+    return markdown_table(
+        ["disturbance std [rad]", "expert success", "95% CI", "tool offset, median", "tool offset, p90"], rows
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--episodes", type=int, default=20, help="expert episodes per split")
     ap.add_argument("--record-episodes", type=int, default=100)
+    ap.add_argument("--disturbance-only", action="store_true", help="only the recording-noise table")
     a = ap.parse_args()
+    n_dist = 5 if a.quick else a.episodes * 2
+    dist = bench_disturbance([0.0, 0.02, 0.03, 0.05], n_dist, 2 if a.quick else 6)
+    dist += (
+        f"\n\n{n_dist} in_distribution episodes per level (scene seeds 2000+), in-process; tool offset: distance "
+        "of the tool centre point from the same scene's undisturbed run, over its first 6 s. "
+        "Run: `python scripts/bench_sim.py --disturbance-only`."
+    )
+    print(dist)
+    write_section("sim_disturbance", "Recording noise (scripts/bench_sim.py --disturbance-only)", dist)
+    if a.disturbance_only:
+        return
     sec = 1.0 if a.quick else 3.0
     load_before = os.getloadavg()[0]
     phys, ctrl = bench_physics(sec)
