@@ -76,20 +76,20 @@ def test_record_demos_writes_one_mcap_bag_per_successful_episode(processes, tmp_
         assert "success: 'true'" in (bag / "metadata.yaml").read_text()
 
 
-def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--episodes", "0"], "--episodes must be >= 1"),
+        (["--disturbance", "0.5"], "--disturbance must be in [0, 0.2] rad, got 0.5"),
+    ],
+)
+def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
     import subprocess
 
     r = subprocess.run(
-        [sys.executable, "-m", "apt_sim.record_demos", "--episodes", "0", "--out", str(tmp_path)],
+        [sys.executable, "-m", "apt_sim.record_demos", *args, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert r.returncode == 2 and "--episodes must be >= 1" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "apt_sim.record_demos", "--disturbance", "0.5", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 2 and "--disturbance must be in [0, 0.2] rad, got 0.5" in r.stderr
+    assert r.returncode == 2 and message in r.stderr
