@@ -10,7 +10,7 @@ import pytest
 from apt_core.data.bag_reader import bag_custom_data
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
-from apt_training.pipeline import PipelineConfig, run, seed_ranges
+from apt_training.pipeline import PipelineConfig, process_ends, run, seed_ranges
 
 
 @pytest.mark.ros
@@ -90,3 +90,13 @@ def test_seed_ranges_split_the_seeds_without_gaps():
         PipelineConfig(episodes=3, train_scene_episodes=4)
     with pytest.raises(ValueError, match="record_disturbance"):
         PipelineConfig(record_disturbance=-0.1)
+
+
+def test_process_ends_finds_each_training_process_in_the_metrics():
+    def rows(*steps_and_times):
+        return [{"step": s, "time_s": t} for s, t in steps_and_times]
+
+    # one process; then trained to 20, killed at 30 and resumed, then trained on to 50
+    assert process_ends(rows((10, 1.0), (20, 2.0))) == [20]
+    assert process_ends(rows((10, 1.0), (20, 2.0), (30, 1.1), (40, 0.9), (50, 2.0))) == [20, 30, 50]
+    assert process_ends([]) == []

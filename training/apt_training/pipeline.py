@@ -253,6 +253,16 @@ def run(pc: PipelineConfig) -> Path:
     return out / "report.md"
 
 
+def process_ends(rows: list[dict]) -> list[int]:
+    """The last logged step of each training process, from a metrics file's train rows (each process
+    restarts its `time_s` clock)."""
+    ends = []
+    for prev, row in zip(rows, rows[1:], strict=False):
+        if row["time_s"] < prev["time_s"]:
+            ends.append(prev["step"])
+    return [*ends, rows[-1]["step"]] if rows else []
+
+
 def render_report(
     pc: PipelineConfig,
     info: dict,
@@ -269,7 +279,15 @@ def render_report(
         rows = [r for r in read_metrics(out / stage / "metrics.jsonl") if r.get("kind") == "train"]
         if not rows:
             return "not trained in this run"
-        return f"{rows[-1]['step']} steps, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}"
+        line = f"{rows[-1]['step']} steps, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}"
+        ends = process_ends(rows)
+        if len(ends) > 1:
+            line += (
+                f"; trained in {len(ends)} processes, ending at steps {', '.join(map(str, ends))} (a rerun "
+                "after a kill resumes on the same learning-rate schedule; a rerun with more steps trains on "
+                "with the schedule of its new target, so this is not the same as one uninterrupted run)"
+            )
+        return line
 
     cmd = (
         f"apt-pipeline --recipe {pc.recipe} --episodes {pc.episodes} --seed {pc.seed} --out {pc.out}"
