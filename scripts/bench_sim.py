@@ -1,8 +1,8 @@
-"""Benchmark the simulated robot; writes section "sim" of docs/benchmarks.md.
+"""Benchmark the simulated robot; writes sections "sim" and "sim_disturbance" of docs/benchmarks.md.
 
-    source .venv/bin/activate && python scripts/bench_sim.py            # about 2-3 minutes
+    source .venv/bin/activate && python scripts/bench_sim.py            # about 5-6 minutes
     python scripts/bench_sim.py --quick                                   # smaller samples
-    python scripts/bench_sim.py --disturbance-only                        # only the recording-noise table
+    python scripts/bench_sim.py --disturbance-only                        # only the recording-noise table (3 min)
 
 
 Measures: raw physics steps/s, control steps/s of TabletopEnv (50 physics steps each), rendered
