@@ -4,7 +4,6 @@
     python scripts/bench_sim.py --quick                                   # smaller samples
     python scripts/bench_sim.py --disturbance-only                        # only the recording-noise table (3 min)
 
-
 Measures: raw physics steps/s, control steps/s of TabletopEnv (50 physics steps each), rendered
 frames/s of the front camera at 128 and 224 px, the ROS sim node's real-time factor (a separate
 process at speed 0 = as fast as possible and at speed 1, measured from /joint_states stamps against

@@ -53,9 +53,7 @@ class PipelineConfig:
     threads: int = 0  # torch threads (0: recipe default)
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
     train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
-    record_disturbance: float = (
-        0.0  # DART-style setpoint noise while recording [rad] (apt_core.sim.disturbance)
-    )
+    record_disturbance: float = 0.0  # DART-style recording noise [rad] (apt_core.sim.disturbance)
 
     def __post_init__(self) -> None:
         if self.recipe not in TRAIN_PRESETS:
