@@ -29,6 +29,7 @@ from apt_core.data.convert import convert
 from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
+from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
@@ -66,8 +67,10 @@ class PipelineConfig:
             raise ValueError(
                 f"train_scene_episodes must be in 0..episodes ({self.episodes}), got {self.train_scene_episodes}"
             )
-        if not 0.0 <= self.record_disturbance <= 0.2:
-            raise ValueError(f"record_disturbance must be in [0, 0.2] rad, got {self.record_disturbance}")
+        if not 0.0 <= self.record_disturbance <= MAX_STD:
+            raise ValueError(
+                f"record_disturbance must be in [0, {MAX_STD}] rad, got {self.record_disturbance}"
+            )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
 

@@ -28,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.expert import ScriptedExpert
 from apt_core.sim.tasks import SPLITS
 from apt_sim.harness import SimHarness
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--episodes must be >= 1")
     if a.speed < 0:
         ap.error("--speed must be >= 0")
-    if not 0.0 <= a.disturbance <= 0.2:
-        ap.error(f"--disturbance must be in [0, 0.2] rad, got {a.disturbance}")
+    if not 0.0 <= a.disturbance <= MAX_STD:
+        ap.error(f"--disturbance must be in [0, {MAX_STD}] rad, got {a.disturbance}")
     s = record(
         a.out,
         a.episodes,

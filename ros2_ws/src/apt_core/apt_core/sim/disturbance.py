@@ -23,14 +23,15 @@ import math
 import numpy as np
 
 N_ARM = 6
+MAX_STD = 0.2  # [rad]; beyond this the expert fails most demos (docs/benchmarks.md: 55% at 0.05)
 
 
 class JointDisturbance:
     """Ornstein-Uhlenbeck setpoint offsets for the arm joints (see module docstring)."""
 
     def __init__(self, std: float, tau: float = 0.5, dt: float = 0.1) -> None:
-        if not (math.isfinite(std) and 0.0 <= std <= 0.2):
-            raise ValueError(f"disturbance std must be in [0, 0.2] rad, got {std}")
+        if not (math.isfinite(std) and 0.0 <= std <= MAX_STD):
+            raise ValueError(f"disturbance std must be in [0, {MAX_STD}] rad, got {std}")
         if not (math.isfinite(tau) and tau > 0.0) or not (math.isfinite(dt) and dt > 0.0):
             raise ValueError(f"disturbance tau and dt must be > 0 s, got tau={tau}, dt={dt}")
         self.std, self.tau, self.dt = float(std), float(tau), float(dt)
