@@ -36,6 +36,7 @@ class JointDisturbance:
             raise ValueError(f"disturbance tau and dt must be > 0 s, got tau={tau}, dt={dt}")
         self.std, self.tau, self.dt = float(std), float(tau), float(dt)
         self._a = math.exp(-self.dt / self.tau)
+        self._step_std = self.std * math.sqrt(1.0 - self._a**2)  # innovation std per control period
         self.reset(0)
 
     def reset(self, seed: int) -> None:
@@ -47,8 +48,7 @@ class JointDisturbance:
     def at(self, t: float) -> np.ndarray:
         """(6,) offset [rad] for sim time t [s] (held over each control period; t never goes back)."""
         k = int(math.floor(t / self.dt + 1e-9))
-        s = self.std * math.sqrt(1.0 - self._a**2)
         while self._k < k:
-            self._x = self._a * self._x + s * self._rng.standard_normal(N_ARM)
+            self._x = self._a * self._x + self._step_std * self._rng.standard_normal(N_ARM)
             self._k += 1
         return self._x.copy()
