@@ -4,6 +4,7 @@ success rate through the evaluation harness, and the harness's tables."""
 from __future__ import annotations
 
 import csv
+import math
 
 import mujoco
 import numpy as np
@@ -107,6 +108,12 @@ def test_expert_success_rate_at_least_95_percent(env: TabletopEnv) -> None:
         (e.seed, e.min_distance, e.moved) for e in ok
     ]
     assert sum(s.reached for s in res.summary) >= len(ok)
+    # ... and every successful grasp shut the gripper at the object and lifted it; pushes never count
+    grasps = [e for e in ok if e.family != "push"]
+    assert grasps and all(e.grasp_offset < 0.01 and e.lifted for e in grasps), [
+        (e.seed, e.grasp_offset, e.lifted) for e in grasps
+    ]
+    assert all(math.isnan(e.grasp_offset) and not e.lifted for e in res.episodes if e.family == "push")
 
 
 def test_expert_solves_chains(env: TabletopEnv) -> None:
@@ -135,11 +142,13 @@ def test_harness_reports_failures_and_writes_tables(env: TabletopEnv, tmp_path) 
     # holding still at home neither reaches nor moves the object (layouts keep objects 0.28 m+ away)
     assert all(e.min_distance > 0.1 and not e.moved for e in res.episodes)
     assert [(s.reached, s.moved) for s in res.summary] == [(0, 0), (0, 0)]
+    assert all(math.isnan(e.grasp_offset) and not e.lifted for e in res.episodes)  # never shut the gripper
     paths = write_results(res, tmp_path)
     rows = list(csv.DictReader(paths["summary"].open()))
     assert [r["split"] for r in rows] == ["in_distribution", "paraphrase"]
     assert "| in_distribution | 2 | 0 | 0.0% |" in paths["markdown"].read_text()
     assert "| 0/2 | 0/2 |" in paths["markdown"].read_text()
+    assert "| 0/2 | n/a |" in paths["markdown"].read_text()  # lifted, median grasp offset
     with pytest.raises(ValueError, match="unknown split"):
         evaluate(HoldPolicy(), ["bogus"], env=env)
 
@@ -148,3 +157,27 @@ def test_wilson_interval_known_values() -> None:
     lo, hi = wilson_interval(8, 10)
     assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+class ShutPolicy(HoldPolicy):
+    """Holds the arm still and shuts the gripper where it is, far from every object."""
+
+    def predict(self, obs, instruction):
+        chunk = np.repeat(obs.joint_positions[None], 16, axis=0)
+        chunk[:, 6] = 0.0
+        return chunk
+
+
+def test_harness_measures_where_a_grasp_shut(env: TabletopEnv) -> None:
+    res = evaluate(ShutPolicy(), ["in_distribution"], n_episodes=6, seed=0, max_steps=3, env=env)
+    grasps = [e for e in res.episodes if e.family != "push"]
+    assert grasps, [e.family for e in res.episodes]
+    for e in grasps:  # shut at home: the offset is the TCP's distance to the object there
+        env.reset(e.seed, e.split)
+        expected = np.linalg.norm((env.tcp_position() - env.body_position(env.task.subtasks[0].obj)))
+        assert e.grasp_offset == pytest.approx(expected, abs=0.005) and e.grasp_offset > 0.1
+        assert not e.lifted
+    (s,) = res.summary
+    assert s.lifted == 0 and s.median_grasp_offset == pytest.approx(
+        np.median([e.grasp_offset for e in grasps])
+    )

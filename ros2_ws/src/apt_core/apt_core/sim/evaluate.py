@@ -8,11 +8,15 @@ Episode i of a split uses scene seed `seed + i`, so every policy sees exactly th
 instructions. The policy's chunk is executed for `execute_steps` control steps before the next
 `predict` (receding horizon); an episode ends at success or after `max_steps` control steps.
 
-Success alone says nothing about a policy that fails everywhere, so each episode also records two
+Success alone says nothing about a policy that fails everywhere, so each episode also records
 partial-progress measures for the object of the first subtask: the closest the gripper's TCP came
 to it (`min_distance`; "reached" when within `REACH_RADIUS`, or when the task succeeded: a policy
 may push an object from further away than the expert does) and whether it was moved at all
-(`moved`: displaced by more than `MOVED_DISTANCE`, by the policy or by knocking it).
+(`moved`: displaced by more than `MOVED_DISTANCE`, by the policy or by knocking it). For a grasp
+(pick-and-place and stack) two more say where it went wrong: how far the TCP was from the object's
+centre when the gripper was first commanded shut (`grasp_offset`; the scripted expert closes
+within a few mm) and whether the object then rose `LIFT_HEIGHT` while touching a finger pad
+(`lifted`).
 The end-to-end variant through the ROS nodes is `apt_sim.evaluate_ros` (same tables).
 """
 
@@ -35,6 +39,8 @@ from apt_core.types import ChunkPolicy
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
+LIFT_HEIGHT = 0.03  # the task object raised this far while touching a finger pad counts as "lifted" [m]
+GRIPPER_SHUT = 0.04  # a gripper command below this opening [m] counts as closing (open: 0.08)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class EpisodeResult:
     # partial progress on the first subtask's object (NaN / False where not measured, e.g. over ROS)
     min_distance: float = math.nan  # closest TCP-to-object distance during the episode [m]
     moved: bool = False  # the object ended up displaced by more than MOVED_DISTANCE at some step
+    # grasps only (NaN / False for pushes): TCP-to-object distance when the gripper was
+    # first commanded shut (NaN: never shut) [m], and whether the object was then lifted
+    grasp_offset: float = math.nan
+    lifted: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,8 @@ class SplitSummary:
     reached: int = 0  # episodes whose TCP came within REACH_RADIUS of the task object, or that succeeded
     moved: int = 0  # episodes that moved the task object
     median_distance: float = math.nan  # median closest TCP-to-object distance [m] (NaN: not measured)
+    lifted: int = 0  # episodes that lifted the task object (only grasps can)
+    median_grasp_offset: float = math.nan  # median grasp_offset of the grasps that shut the gripper [m]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -88,7 +100,12 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[SplitSummary]:
         reached = sum(e.success or e.min_distance <= REACH_RADIUS for e in measured)
         median = float(np.median([e.min_distance for e in measured])) if measured else math.nan
         moved = sum(e.moved for e in eps)
-        out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median))
+        offsets = [e.grasp_offset for e in eps if not math.isnan(e.grasp_offset)]
+        offset = float(np.median(offsets)) if offsets else math.nan
+        lifted = sum(e.lifted for e in eps)
+        out.append(
+            SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median, lifted, offset)
+        )
     return out
 
 
@@ -116,8 +133,10 @@ def run_episode(
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
     obj = task.subtasks[0].obj
+    grasp = task.subtasks[0].family != "push"  # a push keeps the fingers shut as a paddle throughout
     start = env.body_position(obj)  # a copy
     closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
+    offset, lifted = math.nan, False
     steps, ok = 0, False
     while steps < limit and not ok:
         chunk = np.asarray(policy.predict(obs, task.instruction))
@@ -126,9 +145,13 @@ def run_episode(
         for a in chunk[: min(execute_steps, len(chunk))]:
             env.step(a)
             steps += 1
-            here = env.body_position(obj)
-            closest = min(closest, float(np.linalg.norm(env.tcp_position() - here)))
+            here, tcp = env.body_position(obj), env.tcp_position()
+            closest = min(closest, float(np.linalg.norm(tcp - here)))
             moved = moved or float(np.linalg.norm(here - start)) > MOVED_DISTANCE
+            if grasp and math.isnan(offset) and a[6] < GRIPPER_SHUT:
+                offset = float(np.linalg.norm(tcp - here))
+            if grasp and not lifted and here[2] - start[2] > LIFT_HEIGHT:
+                lifted = obj in env.held_objects()
             if env.success():
                 ok = True
                 break
@@ -136,7 +159,17 @@ def run_episode(
                 break
         obs = env.observation()
     return EpisodeResult(
-        split, seed, task.instruction, task.family, ok, steps, env.subtask_progress(), closest, moved
+        split,
+        seed,
+        task.instruction,
+        task.family,
+        ok,
+        steps,
+        env.subtask_progress(),
+        closest,
+        moved,
+        grasp_offset=offset,
+        lifted=lifted,
     )
 
 
@@ -175,14 +208,18 @@ def evaluate(
 def summary_markdown(summary: Sequence[SplitSummary]) -> str:
     """Success with its interval, then the partial-progress columns (see the module docstring)."""
     lines = [
-        "| split | n | success | rate | 95% CI | reached | moved | median closest |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| split | n | success | rate | 95% CI | reached | moved | median closest | lifted | median grasp offset |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def cm(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f} cm"
+
     for s in summary:
-        closest = "n/a" if math.isnan(s.median_distance) else f"{100 * s.median_distance:.1f} cm"
         lines.append(
             f"| {s.split} | {s.n} | {s.successes} | {100 * s.rate:.1f}% | "
-            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {s.reached}/{s.n} | {s.moved}/{s.n} | {closest} |"
+            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {s.reached}/{s.n} | {s.moved}/{s.n} | "
+            f"{cm(s.median_distance)} | {s.lifted}/{s.n} | {cm(s.median_grasp_offset)} |"
         )
     return "\n".join(lines)
 
