@@ -216,10 +216,13 @@ def summary_markdown(summary: Sequence[SplitSummary]) -> str:
         return "n/a" if math.isnan(x) else f"{100 * x:.1f} cm"
 
     for s in summary:
+        # no closest distance: nothing but success was measured (over ROS), so no counts either
+        measured = not math.isnan(s.median_distance)
+        reached, moved, lifted = (f"{k}/{s.n}" if measured else "n/a" for k in (s.reached, s.moved, s.lifted))
         lines.append(
             f"| {s.split} | {s.n} | {s.successes} | {100 * s.rate:.1f}% | "
-            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {s.reached}/{s.n} | {s.moved}/{s.n} | "
-            f"{cm(s.median_distance)} | {s.lifted}/{s.n} | {cm(s.median_grasp_offset)} |"
+            f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {reached} | {moved} | "
+            f"{cm(s.median_distance)} | {lifted} | {cm(s.median_grasp_offset)} |"
         )
     return "\n".join(lines)
 
