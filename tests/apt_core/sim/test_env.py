@@ -110,10 +110,11 @@ def test_expert_success_rate_at_least_95_percent(env: TabletopEnv) -> None:
     assert sum(s.reached for s in res.summary) >= len(ok)
     # ... and every successful grasp shut the gripper at the object and lifted it; pushes never count
     grasps = [e for e in ok if e.family != "push"]
-    assert grasps and all(e.grasp_offset < 0.01 and e.lifted for e in grasps), [
-        (e.seed, e.grasp_offset, e.lifted) for e in grasps
+    assert grasps and all(e.grasp_offset < 0.01 and e.lifted and not e.wrong_object for e in grasps), [
+        (e.seed, e.grasp_offset, e.lifted, e.wrong_object) for e in grasps
     ]
-    assert all(math.isnan(e.grasp_offset) and not e.lifted for e in res.episodes if e.family == "push")
+    pushes = [e for e in res.episodes if e.family == "push"]
+    assert all(math.isnan(e.grasp_offset) and not e.lifted and not e.wrong_object for e in pushes)
 
 
 def test_expert_solves_chains(env: TabletopEnv) -> None:
@@ -148,7 +149,7 @@ def test_harness_reports_failures_and_writes_tables(env: TabletopEnv, tmp_path) 
     assert [r["split"] for r in rows] == ["in_distribution", "paraphrase"]
     assert "| in_distribution | 2 | 0 | 0.0% |" in paths["markdown"].read_text()
     assert "| 0/2 | 0/2 |" in paths["markdown"].read_text()
-    assert "| 0/2 | n/a |" in paths["markdown"].read_text()  # lifted, median grasp offset
+    assert "| 0/2 | n/a | 0/2 |" in paths["markdown"].read_text()  # lifted, grasp offset, wrong object
     with pytest.raises(ValueError, match="unknown split"):
         evaluate(HoldPolicy(), ["bogus"], env=env)
 
@@ -174,10 +175,13 @@ def test_harness_measures_where_a_grasp_shut(env: TabletopEnv) -> None:
     assert grasps, [e.family for e in res.episodes]
     for e in grasps:  # shut at home: the offset is the TCP's distance to the object there
         env.reset(e.seed, e.split)
-        expected = np.linalg.norm((env.tcp_position() - env.body_position(env.task.subtasks[0].obj)))
-        assert e.grasp_offset == pytest.approx(expected, abs=0.005) and e.grasp_offset > 0.1
-        assert not e.lifted
+        dist = {o: np.linalg.norm(env.tcp_position() - env.body_position(o)) for o in T.OBJECTS}
+        named = env.task.subtasks[0].obj
+        assert e.grasp_offset == pytest.approx(dist[named], abs=0.005) and e.grasp_offset > 0.1
+        assert e.wrong_object == (min(dist, key=dist.get) != named) and not e.lifted
     (s,) = res.summary
     assert s.lifted == 0 and s.median_grasp_offset == pytest.approx(
         np.median([e.grasp_offset for e in grasps])
     )
+    assert s.wrong_object == sum(e.wrong_object for e in grasps)
+    assert {e.wrong_object for e in grasps} == {True, False}  # these seeds have both cases

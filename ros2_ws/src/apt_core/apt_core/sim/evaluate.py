@@ -13,10 +13,11 @@ partial-progress measures for the object of the first subtask: the closest the g
 to it (`min_distance`; "reached" when within `REACH_RADIUS`, or when the task succeeded: a policy
 may push an object from further away than the expert does) and whether it was moved at all
 (`moved`: displaced by more than `MOVED_DISTANCE`, by the policy or by knocking it). For a grasp
-(pick-and-place and stack) two more say where it went wrong: how far the TCP was from the object's
-centre when the gripper was first commanded shut (`grasp_offset`; the scripted expert closes
-within a few mm) and whether the object then rose `LIFT_HEIGHT` while touching a finger pad
-(`lifted`).
+(pick-and-place and stack) three more say where it went wrong: how far the TCP was from the
+object's centre when the gripper was first commanded shut (`grasp_offset`; the scripted expert
+closes within a few mm), whether another object was nearer the TCP then (`wrong_object`: the
+policy went for the wrong object, a grounding error rather than an imprecise one) and whether the
+named object then rose `LIFT_HEIGHT` while touching a finger pad (`lifted`).
 The end-to-end variant through the ROS nodes is `apt_sim.evaluate_ros` (same tables).
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from apt_core.fileio import atomic_write_text
 from apt_core.sim.env import TabletopEnv
-from apt_core.sim.tasks import SPLITS
+from apt_core.sim.tasks import OBJECTS, SPLITS
 from apt_core.types import ChunkPolicy
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
@@ -55,9 +56,10 @@ class EpisodeResult:
     # partial progress on the first subtask's object (NaN / False where not measured, e.g. over ROS)
     min_distance: float = math.nan  # closest TCP-to-object distance during the episode [m]
     moved: bool = False  # the object ended up displaced by more than MOVED_DISTANCE at some step
-    # grasps only (NaN / False for pushes): TCP-to-object distance when the gripper was
-    # first commanded shut (NaN: never shut) [m], and whether the object was then lifted
+    # grasps only (NaN / False for pushes): TCP-to-object distance when the gripper was first commanded
+    # shut (NaN: never shut) [m], whether another object was nearer then, whether the object was lifted
     grasp_offset: float = math.nan
+    wrong_object: bool = False
     lifted: bool = False
 
 
@@ -73,6 +75,7 @@ class SplitSummary:
     moved: int = 0  # episodes that moved the task object
     median_distance: float = math.nan  # median closest TCP-to-object distance [m] (NaN: not measured)
     lifted: int = 0  # episodes that lifted the task object (only grasps can)
+    wrong_object: int = 0  # grasps that shut nearer another object than the named one
     median_grasp_offset: float = math.nan  # median grasp_offset of the grasps that shut the gripper [m]
 
 
@@ -101,11 +104,12 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[SplitSummary]:
         median = float(np.median([e.min_distance for e in measured])) if measured else math.nan
         moved = sum(e.moved for e in eps)
         offsets = [e.grasp_offset for e in eps if not math.isnan(e.grasp_offset)]
-        offset = float(np.median(offsets)) if offsets else math.nan
-        lifted = sum(e.lifted for e in eps)
-        out.append(
-            SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median, lifted, offset)
+        grasp = dict(
+            lifted=sum(e.lifted for e in eps),
+            wrong_object=sum(e.wrong_object for e in eps),
+            median_grasp_offset=float(np.median(offsets)) if offsets else math.nan,
         )
+        out.append(SplitSummary(split, len(eps), k, k / len(eps), lo, hi, reached, moved, median, **grasp))
     return out
 
 
@@ -136,7 +140,7 @@ def run_episode(
     grasp = task.subtasks[0].family != "push"  # a push keeps the fingers shut as a paddle throughout
     start = env.body_position(obj)  # a copy
     closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
-    offset, lifted = math.nan, False
+    offset, wrong, lifted = math.nan, False, False
     steps, ok = 0, False
     while steps < limit and not ok:
         chunk = np.asarray(policy.predict(obs, task.instruction))
@@ -150,6 +154,7 @@ def run_episode(
             moved = moved or float(np.linalg.norm(here - start)) > MOVED_DISTANCE
             if grasp and math.isnan(offset) and a[6] < GRIPPER_SHUT:
                 offset = float(np.linalg.norm(tcp - here))
+                wrong = any(np.linalg.norm(tcp - env.body_position(o)) < offset for o in OBJECTS if o != obj)
             if grasp and not lifted and here[2] - start[2] > LIFT_HEIGHT:
                 lifted = obj in env.held_objects()
             if env.success():
@@ -169,6 +174,7 @@ def run_episode(
         closest,
         moved,
         grasp_offset=offset,
+        wrong_object=wrong,
         lifted=lifted,
     )
 
@@ -208,8 +214,9 @@ def evaluate(
 def summary_markdown(summary: Sequence[SplitSummary]) -> str:
     """Success with its interval, then the partial-progress columns (see the module docstring)."""
     lines = [
-        "| split | n | success | rate | 95% CI | reached | moved | median closest | lifted | median grasp offset |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| split | n | success | rate | 95% CI | reached | moved | median closest | lifted "
+        "| median grasp offset | shut at another object |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def cm(x: float) -> str:
@@ -218,11 +225,13 @@ def summary_markdown(summary: Sequence[SplitSummary]) -> str:
     for s in summary:
         # no closest distance: nothing but success was measured (over ROS), so no counts either
         measured = not math.isnan(s.median_distance)
-        reached, moved, lifted = (f"{k}/{s.n}" if measured else "n/a" for k in (s.reached, s.moved, s.lifted))
+        reached, moved, lifted, wrong = (
+            f"{k}/{s.n}" if measured else "n/a" for k in (s.reached, s.moved, s.lifted, s.wrong_object)
+        )
         lines.append(
             f"| {s.split} | {s.n} | {s.successes} | {100 * s.rate:.1f}% | "
             f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%] | {reached} | {moved} | "
-            f"{cm(s.median_distance)} | {lifted} | {cm(s.median_grasp_offset)} |"
+            f"{cm(s.median_distance)} | {lifted} | {cm(s.median_grasp_offset)} | {wrong} |"
         )
     return "\n".join(lines)
 
