@@ -76,6 +76,24 @@ def test_record_demos_writes_one_mcap_bag_per_successful_episode(processes, tmp_
         assert "success: 'true'" in (bag / "metadata.yaml").read_text()
 
 
+@pytest.mark.ros
+def test_record_demos_refuses_to_share_its_domain_with_another_simulator(processes, tmp_path: Path) -> None:
+    # A second recorder started without its own ROS_DOMAIN_ID would drive both arms and mix their
+    # joint states: it must refuse before recording anything.
+    sim = processes.python("-m", "apt_sim.sim_node", name="other-sim")
+    end = time.monotonic() + 60
+    while "apt_sim ready" not in processes.log_text(sim) and time.monotonic() < end:
+        assert sim.poll() is None, processes.dump_logs()
+        time.sleep(0.2)
+    out = tmp_path / "demos"
+    rec = processes.python("-m", "apt_sim.record_demos", "--episodes", "1", "--out", str(out), name="rec")
+    assert _wait(rec, 60) == 1, processes.dump_logs()
+    log = processes.log_text(rec)
+    assert "1 other publisher(s) on /joint_states" in log and "ROS_DOMAIN_ID=" in log, log
+    assert "Traceback" not in log
+    assert not out.exists() or not any(out.iterdir())  # no bag, not even a partial one
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

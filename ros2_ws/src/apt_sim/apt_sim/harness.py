@@ -12,6 +12,7 @@ lands in the bag), resume, wait until /apt_sim/success has been true for `settle
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -229,7 +230,29 @@ class SimHarness:
         else:
             self.__exit__(None, None, None)
             raise RuntimeError("sim harness: the nodes did not discover each other within 15 s")
+        time.sleep(0.2)  # most foreign endpoints are discovered by now; episode() checks again
+        try:
+            self._check_alone()
+        except RuntimeError:
+            self.__exit__(None, None, None)
+            raise
         return self
+
+    def _check_alone(self) -> None:
+        """Another simulator (or robot) in this ROS domain would follow our commands and mix its joint
+        states into our bags: a second recorder started without its own ROS_DOMAIN_ID fails most of
+        its episodes and corrupts the rest. Checked at start (after a short grace for discovery) and
+        again after every episode, before its bag is kept, since discovery can take longer on a
+        loaded machine."""
+        topic = self.sim.contract.joint_state_topic
+        n = self.sim.count_publishers(topic)
+        if n > 1:
+            domain = os.environ.get("ROS_DOMAIN_ID", "0")
+            raise RuntimeError(
+                f"sim harness: {n - 1} other publisher(s) on {topic} in ROS_DOMAIN_ID={domain}: another "
+                "simulator or robot is running in this domain; give each parallel recorder or "
+                "evaluation its own ROS_DOMAIN_ID (docs/sim.md)"
+            )
 
     def __exit__(self, *exc) -> None:
         rec = self.nodes.get("rec")
@@ -313,6 +336,12 @@ class SimHarness:
             time.sleep(0.003)
         self.pause(True)
         time.sleep(0.05)
+        try:
+            self._check_alone()
+        except RuntimeError:
+            if isinstance(rec, BagRecorder):
+                rec.close()
+            raise
         ok = ctl.success
         frames = 0
         if bag is not None and isinstance(rec, BagRecorder):

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def record(
         for s in range(seed, seed + episodes):
             final, tmp = out / f"episode_{s:06d}", out / f".episode_{s:06d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            ep = h.episode(s, split, max_seconds=max_seconds, settle=settle, bag=tmp)
+            try:
+                ep = h.episode(s, split, max_seconds=max_seconds, settle=settle, bag=tmp)
+            except BaseException:  # e.g. another simulator showed up in this domain: keep no partial bag
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if ep.success or keep_failures:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
@@ -109,19 +114,23 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--speed must be >= 0")
     if not 0.0 <= a.disturbance <= MAX_STD:
         ap.error(f"--disturbance must be in [0, {MAX_STD}] rad, got {a.disturbance}")
-    s = record(
-        a.out,
-        a.episodes,
-        a.seed,
-        a.split,
-        a.speed,
-        a.max_seconds,
-        a.settle,
-        a.keep_failures,
-        a.contract,
-        summary_name=a.summary,
-        disturbance=a.disturbance,
-    )
+    try:
+        s = record(
+            a.out,
+            a.episodes,
+            a.seed,
+            a.split,
+            a.speed,
+            a.max_seconds,
+            a.settle,
+            a.keep_failures,
+            a.contract,
+            summary_name=a.summary,
+            disturbance=a.disturbance,
+        )
+    except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
+        print(f"apt-record-demos: error: {e}", file=sys.stderr)
+        return 1
     print(
         f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in {s['wall_s']:.1f} s"
     )
