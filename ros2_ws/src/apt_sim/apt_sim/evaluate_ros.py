@@ -12,6 +12,7 @@ instruction on /apt/instruction and publish on the controller topic; run at --sp
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from apt_core.sim.evaluate import EpisodeResult, EvalResults, summarize, summary_markdown, write_results
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         from apt_core.sim.expert import ScriptedExpert
 
         factory = ScriptedExpert
-    res = evaluate_ros(factory, a.splits, a.episodes, a.seed, a.speed, execute_steps=a.execute_steps)
+    try:
+        res = evaluate_ros(factory, a.splits, a.episodes, a.seed, a.speed, execute_steps=a.execute_steps)
+    except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
+        print(f"apt-eval-ros: error: {e}", file=sys.stderr)
+        return 1
     paths = write_results(res, a.out)
     print(summary_markdown(res.summary))
     print(f"wrote {paths['markdown']} ({res.seconds:.1f} s)")

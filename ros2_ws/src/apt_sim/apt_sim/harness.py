@@ -152,6 +152,9 @@ class EpisodeOutcome:
     subtasks_done: int  # subtasks completed in order
 
 
+DISCOVERY_WAIT = 3.5  # s a recording harness looks for another simulator before its first episode
+
+
 class SimHarness:
     """Context manager running the nodes in a background executor thread (see module docstring)."""
 
@@ -230,9 +233,16 @@ class SimHarness:
         else:
             self.__exit__(None, None, None)
             raise RuntimeError("sim harness: the nodes did not discover each other within 15 s")
-        time.sleep(0.2)  # most foreign endpoints are discovered by now; episode() checks again
+        # A foreign participant can take one DDS announcement period (about 3 s here) to appear. A
+        # recording waits that long so that no bag is kept before the check has seen it; an
+        # evaluation only briefly, and is stopped by the check after an episode instead.
+        end = time.monotonic() + (DISCOVERY_WAIT if self._record else 0.2)
         try:
-            self._check_alone()
+            while True:
+                self._check_alone()
+                if time.monotonic() >= end:
+                    break
+                time.sleep(0.05)
         except RuntimeError:
             self.__exit__(None, None, None)
             raise
@@ -241,9 +251,8 @@ class SimHarness:
     def _check_alone(self) -> None:
         """Another simulator (or robot) in this ROS domain would follow our commands and mix its joint
         states into our bags: a second recorder started without its own ROS_DOMAIN_ID fails most of
-        its episodes and corrupts the rest. Checked at start (after a short grace for discovery) and
-        again after every episode, before its bag is kept, since discovery can take longer on a
-        loaded machine."""
+        its episodes and corrupts the rest. Checked at start (see __enter__) and again after every
+        episode, before its bag is kept."""
         topic = self.sim.contract.joint_state_topic
         n = self.sim.count_publishers(topic)
         if n > 1:
