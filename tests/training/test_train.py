@@ -193,6 +193,15 @@ def test_vision_token_overrides_reach_the_policy_config(tiny_dataset):
         recipe.replace(vision_grid=-1)
     with pytest.raises(TrainConfigError, match="vision_tokens 'cells' unknown"):
         recipe.replace(vision_tokens="cells")
+    # grounded keypoints: stage 2 only; -1 keeps the preset's (none)
+    assert policy_config_for(recipe.replace(stage=2), ds).backbone.grounded_keypoints == 0
+    assert (
+        policy_config_for(recipe.replace(stage=2, grounded_keypoints=4), ds).backbone.grounded_keypoints == 4
+    )
+    with pytest.raises(TrainConfigError, match="stage-2 option"):
+        recipe.replace(grounded_keypoints=4)  # the recipe's stage is 1
+    with pytest.raises(TrainConfigError, match="grounded_keypoints must be >= -1"):
+        recipe.replace(stage=2, grounded_keypoints=-2)
 
 
 def test_bad_training_configs_name_the_field(tiny_dataset):

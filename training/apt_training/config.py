@@ -49,6 +49,9 @@ class TrainConfig:
     vision_grid: int = 0
     # vision tokens of the minilm_effnet backbone: pooled | keypoints; "" keeps the preset's
     vision_tokens: str = ""
+    # instruction-queried keypoints per camera and tap (cpu-demo backbone, stage 2; docs/model.md);
+    # -1 keeps the preset's (stage 2 from a checkpoint: the stage-1 checkpoint's, i.e. none)
+    grounded_keypoints: int = -1
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -72,6 +75,13 @@ class TrainConfig:
         check(
             self.vision_tokens in ("", "pooled", "keypoints"),
             f"vision_tokens {self.vision_tokens!r} unknown (pooled | keypoints)",
+        )
+        check(
+            self.grounded_keypoints >= -1, f"grounded_keypoints must be >= -1, got {self.grounded_keypoints}"
+        )
+        check(
+            self.stage == 2 or self.grounded_keypoints <= 0,
+            "grounded_keypoints read the instruction, so they are a stage-2 option (stage 1 is language-free)",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

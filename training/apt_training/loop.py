@@ -91,6 +91,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         backbone["vision_grid"] = cfg.vision_grid
     if cfg.vision_tokens:
         backbone["vision_tokens"] = cfg.vision_tokens
+    if cfg.grounded_keypoints >= 0:
+        backbone["grounded_keypoints"] = cfg.grounded_keypoints
     if backbone:
         overrides["backbone"] = backbone
     if cfg.objective:
@@ -187,8 +189,13 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
                 f"but the dataset has {list(dataset_joint_names(dataset))}"
             )
         changes: dict[str, Any] = {"stage": 2, "variant": cfg.variant}
+        backbone: dict[str, Any] = {}
         if cfg.backbone_mode:
-            changes["backbone"] = {"mode": cfg.backbone_mode}
+            backbone["mode"] = cfg.backbone_mode
+        if cfg.grounded_keypoints >= 0:
+            backbone["grounded_keypoints"] = cfg.grounded_keypoints
+        if backbone:
+            changes["backbone"] = backbone
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
         return policy, processor
     pcfg = policy_config_for(cfg, dataset)
@@ -358,6 +365,7 @@ RUN_FIELDS = (
     "n_action_history",
     "vision_grid",
     "vision_tokens",
+    "grounded_keypoints",
 )
 
 

@@ -13,6 +13,12 @@ with P tokens per camera, by `backbone.vision_tokens`:
 Pooled cells only say in which 16-px cell a 4 cm cube lies; in a probe on our sim keypoints locate
 objects about twice as precisely (docs/model.md), nearer the 1-2 cm a grasp needs.
 Vision tokens never see the instruction (separate encoders), as stage 1 requires.
+Stage 2 may add `grounded_keypoints` G per camera and tap: keypoints whose score maps come from the
+instruction (G learned queries attention-pool the tap's MiniLM token states; each pooled vector,
+projected, is dotted with a 1x1-conv key of every pixel), so they mark where the image matches the
+words. They are where vision and language meet before the expert (a VLM does this in every layer);
+being language, they are marked as language tokens, hidden wherever language is.
+    tap sequence: [vision (C * P) ; grounded (C * G) ; instruction (L)]
 Both encoders always run in eval mode (BatchNorm statistics and dropout fixed): robot batches are
 small and correlated, and batch statistics from them would wreck the ImageNet features.
 """
@@ -33,6 +39,7 @@ from .efficientnet import STAGE_CHANNELS, fold_batchnorm, load_efficientnet_lite
 MINILM_LAYERS = 6
 KP_VALUE = 64  # channels of the feature each keypoint carries (before the token projection)
 KP_FREQS = 4  # Fourier octaves of the keypoint coordinates: sin/cos(2^k * pi * xy), k < KP_FREQS
+GROUND_DIM = 64  # width of the query/key space in which grounded keypoints score pixels
 # Memos shared by every backbone in this process whose frozen encoders hold identical weights
 # (stage 1 and stage 2 of one pipeline run): key = (taps, grid or "maps" for keypoints, weight fingerprint).
 _SHARED_MEMOS: dict[tuple, tuple[dict, dict]] = {}
@@ -88,6 +95,19 @@ class MiniLMEffNetBackbone(Backbone):
         self.neck.norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in self.tap_layers)
         self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
         self.n_vis = n_vis
+        # grounded keypoints (stage 2 only: they read the instruction); all named neck.ground*,
+        # which stage-1 checkpoints lack and the expansion initialises fresh
+        self.n_ground = cfg.grounded_keypoints if policy_cfg.stage == 2 else 0
+        if self.n_ground:
+            G, chans = self.n_ground, [STAGE_CHANNELS[layer] for layer in self.tap_layers]
+            self.neck.ground_words = nn.ParameterList(
+                nn.Parameter(torch.randn(G, MINILM_WIDTH) * 0.02) for _ in chans
+            )
+            self.neck.ground_q = nn.ModuleList(nn.Linear(MINILM_WIDTH, GROUND_DIM) for _ in chans)
+            self.neck.ground_k = nn.ModuleList(nn.Conv2d(c, GROUND_DIM, 1) for c in chans)
+            self.neck.ground_proj = nn.ModuleList(nn.Linear(kp_in, MINILM_WIDTH) for _ in chans)
+            self.neck.ground_norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in chans)
+            self.neck.ground_pos = nn.Parameter(torch.randn(self.n_cams * G, MINILM_WIDTH) * 0.02)
         self._text_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self._folded: list = []  # [key, BatchNorm-folded EfficientNet] for gradient-free forwards
         # Training-time memo of the frozen encoders (enable_feature_cache); off for serving.
@@ -199,24 +219,51 @@ class MiniLMEffNetBackbone(Backbone):
             for layer in self.tap_layers
         ]
 
-    def _spatial_softmax(self, j: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints of tap j's stage map m (n, C_s, h, w): K score maps, softmax over the h*w pixels;
-        returns the expected pixel centre (n, K, 2) as (x, y) in [-1, 1] (a soft argmax, so finer than
-        a pixel) and the softmax-weighted value feature (n, K, KP_VALUE)."""
+    def _spatial_softmax(
+        self, j: int, m: torch.Tensor, scores: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints of tap j's stage map m (n, C_s, h, w): K score maps (the neck's 1x1 conv, or
+        `scores` (n, K, h*w) when given), softmax over the h*w pixels; returns the expected pixel
+        centre (n, K, 2) as (x, y) in [-1, 1] (a soft argmax, so finer than a pixel) and the
+        softmax-weighted value feature (n, K, KP_VALUE)."""
         n, _, h, w = m.shape
-        att = self.neck.kp[j](m).flatten(2).softmax(-1)  # (n, K, h*w)
+        att = (self.neck.kp[j](m).flatten(2) if scores is None else scores).softmax(-1)  # (n, K, h*w)
         ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=m.device, dtype=m.dtype)  # pixel centres
         xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=m.device, dtype=m.dtype)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(h * w, 2)  # (h*w, 2)
         value = att @ self.neck.val[j](m).flatten(2).transpose(1, 2)  # (n, K, KP_VALUE)
         return att @ grid, value
 
+    @staticmethod
+    def _keypoint_features(xy: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """[value, (x, y), sin/cos of each octave of (x, y)]: what a keypoint token is projected from."""
+        octaves = (2.0 ** torch.arange(KP_FREQS, device=xy.device, dtype=xy.dtype)) * torch.pi
+        ang = (xy[..., None] * octaves).flatten(-2)  # (n, K, 2 * KP_FREQS)
+        return torch.cat([value, xy, ang.sin(), ang.cos()], -1)
+
     def _keypoint_tokens(self, j: int, m: torch.Tensor) -> torch.Tensor:
         """Tap j's stage map (n, C_s, h, w) -> keypoint tokens (n, K, 384), before the neck norm."""
-        xy, value = self._spatial_softmax(j, m)
-        octaves = (2.0 ** torch.arange(KP_FREQS, device=m.device, dtype=m.dtype)) * torch.pi
-        ang = (xy[..., None] * octaves).flatten(-2)  # (n, K, 2 * KP_FREQS)
-        return self.neck.proj[j](torch.cat([value, xy, ang.sin(), ang.cos()], -1))  # (n, K, 384)
+        return self.neck.proj[j](self._keypoint_features(*self._spatial_softmax(j, m)))  # (n, K, 384)
+
+    def grounded_scores(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Instruction-queried score maps of tap j: (B*C, G, h*w) pixel logits for the stage maps m
+        (B*C, C_s, h, w) of B samples x C cameras, from the instruction states t (B, L, 384), mask (B, L).
+
+        Each of the G learned queries attention-pools the instruction's (unpadded) tokens; the pooled
+        vector, projected to GROUND_DIM, is dotted with every pixel's projected feature.
+        """
+        words = self.neck.ground_words[j]  # (G, 384)
+        logits = torch.einsum("gd,bld->bgl", words, F.layer_norm(t, t.shape[-1:])) / MINILM_WIDTH**0.5
+        pooled = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1) @ t  # (B, G, 384)
+        q = self.neck.ground_q[j](pooled).repeat_interleave(m.shape[0] // t.shape[0], 0)  # (B*C, G, d)
+        k = self.neck.ground_k[j](m).flatten(2)  # (B*C, d, h*w)
+        return q @ k / GROUND_DIM**0.5
+
+    def _grounded_tokens(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Tap j's grounded keypoint tokens (B, C * G, 384), normed and position-embedded."""
+        xy, value = self._spatial_softmax(j, m, self.grounded_scores(j, m, t, mask))
+        g = self.neck.ground_proj[j](self._keypoint_features(xy, value))  # (B*C, G, 384)
+        return self.neck.ground_norm[j](g.reshape(t.shape[0], -1, MINILM_WIDTH)) + self.neck.ground_pos
 
     def _pooled_vision(self, x: torch.Tensor, grad: bool) -> list[torch.Tensor]:
         """_pool(x), through the memo when it is enabled and the vision encoder is frozen."""
@@ -252,12 +299,15 @@ class MiniLMEffNetBackbone(Backbone):
             v, t = pooled[j], hs[layer]
             if insulate:
                 v, t = v.detach(), t.detach()
+            ground = [self._grounded_tokens(j, v, t, lang_mask)] if self.n_ground else []  # (B, C*G, 384)
             v = self._keypoint_tokens(j, v) if self.keypoints else self.neck.proj[j](v)  # (B*C, P, 384)
             v = self.neck.norm[j](v.reshape(B, self.n_vis, -1)) + self.neck.pos  # (B, Nv, 384)
-            feats.append(torch.cat([v, t], 1))  # (B, N, 384)
-        L = lang_ids.shape[1]
+            feats.append(torch.cat([v, *ground, t], 1))  # (B, N, 384)
+        L, Ng = lang_ids.shape[1], self.n_cams * self.n_ground
         lang = torch.cat(
-            [torch.zeros(B, self.n_vis, dtype=torch.bool), torch.ones(B, L, dtype=torch.bool)], 1
+            [torch.zeros(B, self.n_vis, dtype=torch.bool), torch.ones(B, Ng + L, dtype=torch.bool)], 1
         ).to(images.device)
-        valid = torch.cat([torch.ones(B, self.n_vis, dtype=torch.bool, device=images.device), lang_mask], 1)
+        valid = torch.cat(
+            [torch.ones(B, self.n_vis + Ng, dtype=torch.bool, device=images.device), lang_mask], 1
+        )
         return BackboneOutput(feats, lang, valid, list(self.tap_layers))

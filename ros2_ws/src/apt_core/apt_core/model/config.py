@@ -60,6 +60,12 @@ class BackboneConfig:
     # coordinates + the feature there: ~2 cm), as in deep spatial autoencoders / diffusion_policy
     vision_tokens: str = "pooled"
     keypoints: int = 32  # minilm_effnet, vision_tokens "keypoints": keypoint tokens per camera and tap
+    # minilm_effnet with keypoints, stage 2 only: instruction-queried keypoints per camera and tap.
+    # Each pools the instruction's tokens with a learned query and scores every pixel of the stage
+    # map against the result, so its soft argmax lands where the image matches the words (where
+    # the named object is) instead of where a fixed filter fires. 0: none (vision and language
+    # meet only in the expert's attention). Language-derived, so stage 1 never builds them.
+    grounded_keypoints: int = 0
     dtype: str = "float32"  # qwen3vl weights dtype: float32 | bfloat16 (GPU)
 
     def __post_init__(self) -> None:
@@ -80,6 +86,16 @@ class BackboneConfig:
             f"backbone.vision_tokens {self.vision_tokens!r} not one of {VISION_TOKENS}",
         )
         _check(self.keypoints >= 1, f"backbone.keypoints must be >= 1, got {self.keypoints}")
+        _check(
+            self.grounded_keypoints >= 0,
+            f"backbone.grounded_keypoints must be >= 0, got {self.grounded_keypoints}",
+        )
+        _check(
+            self.grounded_keypoints == 0
+            or (self.kind == "minilm_effnet" and self.vision_tokens == "keypoints"),
+            "backbone.grounded_keypoints needs kind 'minilm_effnet' with vision_tokens 'keypoints', "
+            f"got kind {self.kind!r}, vision_tokens {self.vision_tokens!r}",
+        )
         _check(self.dtype in ("float32", "bfloat16"), f"backbone.dtype {self.dtype!r} not float32|bfloat16")
         _check(
             self.kind != "qwen3vl" or bool(self.model_path),

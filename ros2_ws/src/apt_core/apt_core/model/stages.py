@@ -2,7 +2,8 @@
 
 Expansion (APT): stage-1 expert layer i is copied into stage-2 layer 2i+1 (it keeps reading the same
 tapped backbone layer, 2i+1); the even layers 0, 2, ... are new language layers with fresh weights.
-Token embeddings, time MLP, output head and the backbone are copied unchanged.
+Token embeddings, time MLP, output head and the backbone are copied unchanged; backbone parts that
+read the instruction before the expert (the cpu-demo backbone's grounded keypoints) start fresh.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def expand_to_stage2(stage1: APTPolicy, stage2_cfg: PolicyConfig, seed: int | No
             f"stage 2 has {len(s2.expert.layers)} layers, expected 2 x {len(stage1.expert.layers)}"
         )
     with torch.no_grad():
-        # backbone: same keys (LoRA wraps keep base names); only lora_* keys are new
+        # backbone: same keys (LoRA wraps keep base names); only lora_* keys and the grounded
+        # keypoints' neck.ground* (language-conditioned, so stage 2 only) are new
         missing, unexpected = s2.backbone.load_state_dict(stage1.backbone.state_dict(), strict=False)
-        if unexpected or any("lora_" not in k for k in missing):
+        if unexpected or any("lora_" not in k and not k.startswith("neck.ground") for k in missing):
             raise ExpansionError(
                 f"backbone weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
