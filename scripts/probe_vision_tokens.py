@@ -8,8 +8,17 @@ table (x, y) of each of the 4 objects. Held-out scenes give the error. The actio
 at least this much inside its attention, so a mode whose probe is coarse caps the policy.
 Writes the table to section "vision_probe" of docs/benchmarks.md.
 
+With --named it probes grounding instead: given "pick up the <colour> <kind>" for one of the four
+objects, locate that one. The probe has one query and reads the instruction's tokens as well, so
+it must bind the words to the right vision token inside its attention, as the action expert must
+(the policies' dominant failure in closed loop: docs/experiments.md item 14). Compared: the
+recipe's tokens, and the same plus instruction-queried `grounded_keypoints`, which bind them in the
+backbone. Reports the error and how often the prediction is nearer another object than the named
+one. Writes section "grounding_probe".
+
     python scripts/probe_vision_tokens.py                       # 1000 scenes, 1500 probe steps
     python scripts/probe_vision_tokens.py --scenes 300 --steps 200 --no-write   # a quick look
+    python scripts/probe_vision_tokens.py --named --steps 600   # the grounding probe
 """
 
 from __future__ import annotations
@@ -37,6 +46,14 @@ MODES = {  # name -> backbone overrides
     "pooled 8x8 (recipe before)": {"vision_tokens": "pooled", "vision_grid": 8},
     "keypoints 32 (recipe now)": {"vision_tokens": "keypoints", "keypoints": 32},
 }
+NAMED_MODES = {  # --named: stage-2 backbones (grounded keypoints exist only there)
+    "keypoints 32 + instruction tokens": {"vision_tokens": "keypoints", "keypoints": 32},
+    "the same + 4 grounded keypoints": {
+        "vision_tokens": "keypoints",
+        "keypoints": 32,
+        "grounded_keypoints": 4,
+    },
+}
 
 
 def render_scenes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,10 +78,10 @@ class Probe(nn.Module):
         self.attn2 = nn.MultiheadAttention(dim, 4, batch_first=True)
         self.head = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 2))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
         q = self.q.expand(tokens.shape[0], -1, -1)
-        h, _ = self.attn1(q, tokens, tokens)
-        h2, _ = self.attn2(h + q, tokens, tokens)
+        h, _ = self.attn1(q, tokens, tokens, key_padding_mask=padding)
+        h2, _ = self.attn2(h + q, tokens, tokens, key_padding_mask=padding)
         return self.head(h + h2)  # (B, n_objects, 2)
 
 
@@ -118,6 +135,97 @@ def probe(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: i
     }
 
 
+def probe_named(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: int, seed: int) -> dict:
+    """Train the neck + a one-query probe to locate the object an instruction names; test on every
+    object of the held-out scenes."""
+    torch.manual_seed(seed)
+    cfg = get_preset("cpu-demo", stage=2, backbone=mode)
+    backbone = APTPolicy(cfg).backbone
+    backbone.enable_feature_cache(max_images=len(images))
+    taps = [1, 3, 5]  # as in probe(): the taps stage 1 reads
+    proc = Processor.from_stats(cfg, placeholder_stats(7))
+    head = Probe(backbone.feature_dim, 1)
+    params = [p for p in backbone.neck.parameters()] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    target = torch.from_numpy(xy)  # (n, 4, 2)
+    words = [f"pick up the {e.colour} {e.kind}" for e in T.OBJECTS.values()]
+
+    def predict(idx: np.ndarray, obj: np.ndarray) -> torch.Tensor:  # (B, 2) table (x, y)
+        raw = {
+            "observation.state": torch.zeros(len(idx), 7),
+            "task": [words[o] for o in obj],
+            "observation.images.front": torch.from_numpy(images[idx].transpose(0, 3, 1, 2).copy()),
+        }
+        b = proc.process_batch(raw, train=False)
+        out = backbone(b["images"], b["lang_ids"], b["lang_mask"])
+        tokens = torch.cat([out.features[j] for j in taps], 1)  # vision, grounded, instruction
+        padding = ~torch.cat([out.valid_mask] * len(taps), 1)
+        return head(tokens, padding)[:, 0]
+
+    def evaluate(scenes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (scene, object): error [cm], and whether another object is nearer the prediction."""
+        idx, obj = np.repeat(scenes, 4), np.tile(np.arange(4), len(scenes))
+        with torch.no_grad():
+            pred = torch.cat([predict(idx[i : i + 100], obj[i : i + 100]) for i in range(0, len(idx), 100)])
+        dist = (pred[:, None] - target[idx]).norm(dim=-1)  # (n, 4) to every object
+        own = dist[torch.arange(len(idx)), obj]
+        return own * 100, (dist.argmin(-1) != torch.from_numpy(obj)).float()
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # fill the memo once
+        for i in range(0, len(images), 100):
+            predict(np.arange(i, min(i + 100, len(images))), np.zeros(min(100, len(images) - i), int))
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx, obj = rng.integers(0, n_train, 64), rng.integers(0, 4, 64)
+        loss = (predict(idx, obj) - target[idx, obj]).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+    test, wrong = evaluate(np.arange(n_train, len(images)))
+    train, _ = evaluate(np.arange(0, min(n_train, 150)))
+    return {
+        "tokens": (backbone.n_vis + backbone.n_cams * backbone.n_ground) * len(taps),
+        "test_median": float(test.median()),
+        "test_p90": float(test.quantile(0.9)),
+        "wrong": float(wrong.mean()),
+        "train_median": float(train.median()),
+        "step_ms": 1000 * train_s / steps,
+        "warm_s": warm,
+    }
+
+
+def main_named(args: argparse.Namespace, images: np.ndarray, xy: np.ndarray, n_train: int) -> None:
+    rows = []
+    for name, mode in NAMED_MODES.items():
+        r = probe_named(mode, images, xy, n_train, args.steps, args.seed)
+        print(f"{name}: {r}", flush=True)
+        rows.append(
+            [name, r["tokens"], f"{r['test_median']:.1f}", f"{r['test_p90']:.1f}", f"{100 * r['wrong']:.0f}%",
+             f"{r['train_median']:.1f}", f"{r['step_ms']:.0f}"]
+        )  # fmt: skip
+    table = markdown_table(
+        ["vision tokens", "vision tokens (3 taps)", "test median [cm]", "test p90 [cm]",
+         "nearer another object", "train median [cm]", "probe step [ms]"],
+        rows,
+    )  # fmt: skip
+    body = (
+        f"`python scripts/probe_vision_tokens.py --named --scenes {args.scenes} --steps {args.steps}`: "
+        f"the neck + a one-query attention probe that reads the vision tokens and the instruction's "
+        f'tokens, trained to locate the object named by "pick up the <colour> <kind>" in {n_train} '
+        f"rendered scenes (a random one of the 4 per sample), tested on all 4 objects of "
+        f'{args.scenes - n_train} others. "Nearer another object": the prediction is closer to one '
+        f"of the 3 other objects than to the named one (guessing: 75%). Grounded keypoints are "
+        f"instruction-queried score maps in the backbone (docs/model.md).\n\n{table}\n"
+    )
+    print(body)
+    if not args.no_write:
+        print(f"wrote {write_section('grounding_probe', 'Grounding probe: locating the named object', body)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=int, default=1000, help="rendered scenes (85%% train, 15%% test)")
@@ -125,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=10_000, help="first scene seed (the demos use 0..)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument("--named", action="store_true", help="the grounding probe (locate the named object)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -132,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     n_train = int(0.85 * args.scenes)
     spread = float(np.median(np.linalg.norm(xy[n_train:] - xy[:n_train].mean(0), axis=-1)) * 100)
     print(f"rendered {args.scenes} scenes in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.named:
+        main_named(args, images, xy, n_train)
+        return
     rows = []
     for name, mode in MODES.items():
         r = probe(mode, images, xy, n_train, args.steps, args.seed)
