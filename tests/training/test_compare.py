@@ -24,8 +24,8 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     )
     report = run(cc).read_text()
     for v in VARIANTS:
-        assert report.count(f"| {v} |") == 2  # a success row and a reached-the-object row
-    assert "Partial progress:" in report
+        assert report.count(f"| {v} |") == 3  # success, reached-the-object and grasp rows
+    assert "Partial progress:" in report and "| variant | grasps (gripper shut) |" in report
     assert "pooled over 1 training seed(s) x 1 episodes = 1 episodes per cell" in report
     rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
     assert len(rows) == len(VARIANTS) * 2
@@ -67,3 +67,24 @@ def test_compare_rejects_unknown_variants():
     CompareConfig(
         dataset="x", finetune_mode="frozen", variants=("single_stage", "apt_frozen", "token_insertion")
     )
+
+
+def test_grasp_table_counts_shut_grasps_and_wrong_objects():
+    from apt_training.compare import _grasp_table
+
+    cc = CompareConfig(
+        dataset="x", variants=("single_stage", "apt_frozen", "token_insertion"), finetune_mode="frozen"
+    )
+    base = dict(split="in_distribution", seed=0, instruction="pick up the red cube", family="pick",
+                success=False, steps=10, subtasks_done=0)  # fmt: skip
+    rows = [
+        dict(base, variant="single_stage", grasp_offset=0.01, wrong_object=False, lifted=True),
+        dict(base, variant="single_stage", grasp_offset=0.20, wrong_object=True),
+        dict(base, variant="single_stage", grasp_offset=0.15, wrong_object=True),
+        dict(base, variant="single_stage"),  # never shut (a push, or a grasp that never closed)
+        dict(base, variant="apt_frozen"),  # cached before grasps were measured: no offset at all
+    ]
+    lines = _grasp_table(cc, rows).splitlines()
+    assert lines[2] == "| single_stage | 3 | 2/3 (67%) | 15.0 cm | 1/4 |"
+    assert lines[3] == "| apt_frozen | 0 | n/a | n/a | 0/1 |"
+    assert len(lines) == 4  # token_insertion has no episodes: no row

@@ -22,9 +22,12 @@ import csv
 import hashlib
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
@@ -155,8 +158,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def render_report(
     cc: CompareConfig, rows: list[dict], seconds: float, done: tuple[int, int] | None = None
 ) -> str:
-    """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals, and
-    the same table for reaching the task object (partial progress, apt_core.sim.evaluate)."""
+    """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals, the
+    same table for reaching the task object (partial progress, apt_core.sim.evaluate), and one
+    row per variant on its grasps (where the gripper shut, and whether it lifted)."""
     success, reached = _table(cc, rows, "success"), _table(cc, rows, "reached")
     cmd = (
         f"apt-compare --recipe {cc.recipe} --dataset {cc.dataset} --out-dir {cc.out_dir} "
@@ -186,6 +190,11 @@ def render_report(
         f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object (or that succeeded), with 95% "
         "Wilson intervals.\n\n"
         + reached
+        + "\n\nGrasps, pooled over splits and seeds: episodes whose first subtask is a grasp and "
+        "whose gripper was commanded shut; how often another object was nearer the TCP than the named "
+        "one at that moment (a grounding error, not an imprecise reach), the median TCP-to-object "
+        "distance then, and the episodes that lifted the named object.\n\n"
+        + _grasp_table(cc, rows)
         + "\n\nWhat the training runs behind these numbers measured, and why success is low at this "
         "scale: `docs/experiments.md`.\n"
     )
@@ -202,6 +211,8 @@ def _recipe_line(recipe: str) -> str:
         parts.append(f"vision tokens {r['vision_tokens']}")
     if r.get("vision_grid"):
         parts.append(f"vision grid {r['vision_grid']}")
+    if r.get("grounded_keypoints", -1) > 0:
+        parts.append(f"{r['grounded_keypoints']} grounded keypoints")
     return f"Recipe `{recipe}` at the time: {', '.join(parts)} (apt_training/config.py)."
 
 
@@ -221,6 +232,29 @@ def _table(cc: CompareConfig, rows: list[dict], measure: str) -> str:
             rates.append(k / s.n)
             cells.append(f"{k / s.n:.2f} [{lo:.2f}, {hi:.2f}]")
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {sum(rates) / len(rates):.2f} |")
+    return "\n".join(lines)
+
+
+def _grasp_table(cc: CompareConfig, rows: list[dict]) -> str:
+    """One markdown row per variant: grasps, shut nearer another object, median offset, lifted."""
+    lines = [
+        "| variant | grasps (gripper shut) | shut nearer another object | median grasp offset | lifted |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for variant in cc.variants:
+        eps = [_episode(r) for r in rows if r["variant"] == variant]
+        if not eps:
+            continue
+        shut = [e for e in eps if not math.isnan(e.grasp_offset)]
+        if not shut:  # no grasp shut, or episodes cached before grasps were measured
+            lines.append(f"| {variant} | 0 | n/a | n/a | {sum(e.lifted for e in eps)}/{len(eps)} |")
+            continue
+        wrong = sum(e.wrong_object for e in shut)
+        offset = 100 * float(np.median([e.grasp_offset for e in shut]))
+        lines.append(
+            f"| {variant} | {len(shut)} | {wrong}/{len(shut)} ({100 * wrong / len(shut):.0f}%) "
+            f"| {offset:.1f} cm | {sum(e.lifted for e in eps)}/{len(eps)} |"
+        )
     return "\n".join(lines)
 
 
