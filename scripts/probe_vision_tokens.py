@@ -46,13 +46,17 @@ MODES = {  # name -> backbone overrides
     "pooled 8x8 (recipe before)": {"vision_tokens": "pooled", "vision_grid": 8},
     "keypoints 32 (recipe now)": {"vision_tokens": "keypoints", "keypoints": 32},
 }
-NAMED_MODES = {  # --named: stage-2 backbones (grounded keypoints exist only there)
-    "keypoints 32 + instruction tokens": {"vision_tokens": "keypoints", "keypoints": 32},
-    "the same + 4 grounded keypoints": {
-        "vision_tokens": "keypoints",
-        "keypoints": 32,
-        "grounded_keypoints": 4,
-    },
+NAMED_MODES = {  # --named: name -> (stage-2 backbone overrides, the probe reads the instruction tokens)
+    "keypoints 32 + instruction tokens": ({"vision_tokens": "keypoints", "keypoints": 32}, True),
+    "the same + 4 grounded keypoints": (
+        {"vision_tokens": "keypoints", "keypoints": 32, "grounded_keypoints": 4},
+        True,
+    ),
+    # the instruction reaches this probe only through the grounded keypoints
+    "keypoints 32 + 4 grounded, no instruction tokens": (
+        {"vision_tokens": "keypoints", "keypoints": 32, "grounded_keypoints": 4},
+        False,
+    ),
 }
 
 
@@ -135,9 +139,12 @@ def probe(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: i
     }
 
 
-def probe_named(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: int, seed: int) -> dict:
+def probe_named(
+    mode: dict, read_text: bool, images: np.ndarray, xy: np.ndarray, n_train: int, steps: int, seed: int
+) -> dict:
     """Train the neck + a one-query probe to locate the object an instruction names; test on every
-    object of the held-out scenes."""
+    object of the held-out scenes. Without `read_text` the probe sees the vision and grounded
+    tokens only."""
     torch.manual_seed(seed)
     cfg = get_preset("cpu-demo", stage=2, backbone=mode)
     backbone = APTPolicy(cfg).backbone
@@ -158,8 +165,9 @@ def probe_named(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, st
         }
         b = proc.process_batch(raw, train=False)
         out = backbone(b["images"], b["lang_ids"], b["lang_mask"])
-        tokens = torch.cat([out.features[j] for j in taps], 1)  # vision, grounded, instruction
-        padding = ~torch.cat([out.valid_mask] * len(taps), 1)
+        n = out.valid_mask.shape[1] if read_text else backbone.n_vis + backbone.n_cams * backbone.n_ground
+        tokens = torch.cat([out.features[j][:, :n] for j in taps], 1)  # vision, grounded, instruction
+        padding = ~torch.cat([out.valid_mask[:, :n]] * len(taps), 1)
         return head(tokens, padding)[:, 0]
 
     def evaluate(scenes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +208,10 @@ def probe_named(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, st
 
 def main_named(args: argparse.Namespace, images: np.ndarray, xy: np.ndarray, n_train: int) -> None:
     rows = []
-    for name, mode in NAMED_MODES.items():
-        r = probe_named(mode, images, xy, n_train, args.steps, args.seed)
+    for name, (mode, read_text) in NAMED_MODES.items():
+        if args.only and args.only not in name:
+            continue
+        r = probe_named(mode, read_text, images, xy, n_train, args.steps, args.seed)
         print(f"{name}: {r}", flush=True)
         rows.append(
             [name, r["tokens"], f"{r['test_median']:.1f}", f"{r['test_p90']:.1f}", f"{100 * r['wrong']:.0f}%",
@@ -214,8 +224,8 @@ def main_named(args: argparse.Namespace, images: np.ndarray, xy: np.ndarray, n_t
     )  # fmt: skip
     body = (
         f"`python scripts/probe_vision_tokens.py --named --scenes {args.scenes} --steps {args.steps}`: "
-        f"the neck + a one-query attention probe that reads the vision tokens and the instruction's "
-        f'tokens, trained to locate the object named by "pick up the <colour> <kind>" in {n_train} '
+        f"the neck + a one-query attention probe that reads the vision tokens and (except in the last "
+        f"row) the instruction's tokens, trained to locate the object named by "pick up the <colour> <kind>" in {n_train} '
         f"rendered scenes (a random one of the 4 per sample), tested on all 4 objects of "
         f'{args.scenes - n_train} others. "Nearer another object": the prediction is closer to one '
         f"of the 3 other objects than to the named one (guessing: 75%). Grounded keypoints are "
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     ap.add_argument("--named", action="store_true", help="the grounding probe (locate the named object)")
+    ap.add_argument("--only", default="", help="--named: run only the modes whose name contains this")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
