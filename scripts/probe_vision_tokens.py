@@ -225,7 +225,8 @@ def main_named(args: argparse.Namespace, images: np.ndarray, xy: np.ndarray, n_t
     body = (
         f"`python scripts/probe_vision_tokens.py --named --scenes {args.scenes} --steps {args.steps}`: "
         f"the neck + a one-query attention probe that reads the vision tokens and (except in the last "
-        f"row) the instruction's tokens, trained to locate the object named by "pick up the <colour> <kind>" in {n_train} '
+        f"row) the instruction's tokens, trained to locate the object named by "
+        f'"pick up the <colour> <kind>" in {n_train} '
         f"rendered scenes (a random one of the 4 per sample), tested on all 4 objects of "
         f'{args.scenes - n_train} others. "Nearer another object": the prediction is closer to one '
         f"of the 3 other objects than to the named one (guessing: 75%). Grounded keypoints are "

@@ -43,9 +43,11 @@ def test_node_runs_a_real_checkpoint(processes, client: Client, tmp_path: Path) 
     # A loaded machine can delay a camera frame past max_skew_s, and the node then holds for a
     # tick (that guard is tested in test_policy_node.py); here we need it running, eventually.
     client.wait_for(
-        lambda: (st := client.last_status()) is not None
-        and st.state == PolicyStatus.STATE_RUNNING
-        and st.last_inference_latency > 0,
+        lambda: (
+            (st := client.last_status()) is not None
+            and st.state == PolicyStatus.STATE_RUNNING
+            and st.last_inference_latency > 0
+        ),
         10,
         "a running status with an inference latency",
     )
