@@ -43,16 +43,25 @@ def _obs(cfg, rng: np.random.Generator) -> Observation:
 def bench_rows(
     preset: str, stage: int, repeats: int, rows: list[tuple[str, int, str]], tmp: Path
 ) -> list[list[object]]:
-    """rows: (objective, denoising steps, vision tokens: pooled | keypoints (minilm_effnet only))."""
+    """rows: (objective, denoising steps, vision tokens: pooled | keypoints | keypoints + N grounded
+    (minilm_effnet only; grounded keypoints exist in stage 2))."""
     out = []
     rng = np.random.default_rng(0)
     for objective, steps, tokens in rows:
-        over = {"backbone": {"vision_tokens": tokens}} if preset == "cpu-demo" else {}
+        over = {}
+        if preset == "cpu-demo":
+            kind, _, grounded = tokens.partition(" + ")  # e.g. "keypoints + 4 grounded"
+            over = {
+                "backbone": {
+                    "vision_tokens": kind,
+                    "grounded_keypoints": int(grounded.split()[0]) if grounded else 0,
+                }
+            }
         cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps}, **over)
         torch.manual_seed(0)
         policy = APTPolicy(cfg)
         ck = save_checkpoint(
-            tmp / f"{preset}-{objective}-{steps}-{tokens}",
+            tmp / f"{preset}-{objective}-{steps}-{tokens.replace(' ', '')}",
             policy,
             Processor.from_stats(cfg, placeholder_stats(cfg.state_dim)),
             {},
@@ -116,6 +125,7 @@ def main() -> None:
         ("ddim", 10, "pooled"),
         ("flow", 10, "pooled"),
         ("flow", 10, "keypoints"),
+        ("flow", 10, "keypoints + 4 grounded"),
         ("flow", 5, "keypoints"),
     ]
     rows = []
