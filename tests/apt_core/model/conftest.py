@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from apt_core.model.config import get_preset
+from apt_core.model.policy import APTPolicy
+from apt_core.model.processor import Processor
+
 J, H = 7, 16
 
 
@@ -72,3 +76,15 @@ def _threads() -> None:
 @pytest.fixture
 def stats() -> dict:
     return make_stats()
+
+
+# a small keypoint config of the cpu-demo backbone (8 keypoints per tap), for its tests
+KP = {"vision_tokens": "keypoints", "keypoints": 8}
+
+
+@pytest.fixture(scope="module")
+def kp_stage1():
+    """A stage-1 cpu-demo policy with keypoint tokens and its processor (one per test module)."""
+    torch.manual_seed(0)
+    cfg = get_preset("cpu-demo", backbone=KP)
+    return APTPolicy(cfg), Processor.from_stats(cfg, make_stats())

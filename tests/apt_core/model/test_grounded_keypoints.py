@@ -11,24 +11,14 @@ import torch
 from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import ConfigError, get_preset
 from apt_core.model.policy import APTPolicy
-from apt_core.model.processor import Processor
 from apt_core.model.stages import expand_to_stage2
 
-from .conftest import make_raw_batch, make_stats
-
-KP = {"vision_tokens": "keypoints", "keypoints": 8}
+from .conftest import KP, make_raw_batch
 
 
 @pytest.fixture(scope="module")
-def stage1():
-    torch.manual_seed(0)
-    cfg = get_preset("cpu-demo", backbone=KP)
-    return APTPolicy(cfg), Processor.from_stats(cfg, make_stats())
-
-
-@pytest.fixture(scope="module")
-def stage2(stage1):
-    p1, proc = stage1
+def stage2(kp_stage1):
+    p1, proc = kp_stage1
     return expand_to_stage2(p1, p1.cfg.replace(stage=2, backbone={"grounded_keypoints": 3})), proc
 
 
@@ -121,8 +111,8 @@ def test_grounded_tokens_read_the_instruction_but_not_its_padding(stage2):
         torch.testing.assert_close(f[:, n_vis : n_vis + n_g], f3[:, n_vis : n_vis + n_g])
 
 
-def test_stage1_has_none_and_expansion_starts_them_fresh(stage1, stage2, tmp_path):
-    p1, proc = stage1
+def test_stage1_has_none_and_expansion_starts_them_fresh(kp_stage1, stage2, tmp_path):
+    p1, proc = kp_stage1
     p2, _ = stage2
     assert p1.backbone.n_ground == 0 and not any("ground" in n for n, _ in p1.backbone.named_parameters())
     # a stage-1 config asking for them builds none either: they read the instruction

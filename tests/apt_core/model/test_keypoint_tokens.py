@@ -10,19 +10,9 @@ import torch
 from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import ConfigError, PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
-from apt_core.model.processor import Processor
 from apt_core.model.stages import expand_to_stage2
 
-from .conftest import check_stage1_ignores_language_and_backprops, make_stats
-
-KP = {"vision_tokens": "keypoints", "keypoints": 8}
-
-
-@pytest.fixture(scope="module")
-def kp_stage1():
-    torch.manual_seed(0)
-    cfg = get_preset("cpu-demo", backbone=KP)
-    return APTPolicy(cfg), Processor.from_stats(cfg, make_stats())
+from .conftest import check_stage1_ignores_language_and_backprops
 
 
 @pytest.fixture(autouse=True)
