@@ -241,9 +241,22 @@ class MiniLMEffNetBackbone(Backbone):
         ang = (xy[..., None] * octaves).flatten(-2)  # (n, K, 2 * KP_FREQS)
         return torch.cat([value, xy, ang.sin(), ang.cos()], -1)
 
-    def _keypoint_tokens(self, j: int, m: torch.Tensor) -> torch.Tensor:
-        """Tap j's stage map (n, C_s, h, w) -> keypoint tokens (n, K, 384), before the neck norm."""
-        return self.neck.proj[j](self._keypoint_features(*self._spatial_softmax(j, m)))  # (n, K, 384)
+    def _keypoint_tokens(
+        self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tap j's stage map (n, C_s, h, w) -> keypoint tokens (n, K, 384), before the neck norm, and
+        with grounded keypoints their tokens (B, C * G, 384), normed and position-embedded (else None).
+        Both kinds share one spatial softmax (one value map, one pixel grid) over K + G score maps."""
+        scores = self.neck.kp[j](m).flatten(2)  # (n, K, h*w)
+        K = scores.shape[1]
+        if self.n_ground:
+            scores = torch.cat([scores, self.grounded_scores(j, m, t, mask)], 1)  # (n, K + G, h*w)
+        feats = self._keypoint_features(*self._spatial_softmax(j, m, scores))
+        tokens = self.neck.proj[j](feats[:, :K])  # (n, K, 384)
+        if not self.n_ground:
+            return tokens, None
+        g = self.neck.ground_proj[j](feats[:, K:])  # (B*C, G, 384)
+        return tokens, self.neck.ground_norm[j](g.reshape(t.shape[0], -1, MINILM_WIDTH)) + self.neck.ground_pos
 
     def grounded_scores(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Instruction-queried score maps of tap j: (B*C, G, h*w) pixel logits for the stage maps m
@@ -258,12 +271,6 @@ class MiniLMEffNetBackbone(Backbone):
         q = self.neck.ground_q[j](pooled).repeat_interleave(m.shape[0] // t.shape[0], 0)  # (B*C, G, d)
         k = self.neck.ground_k[j](m).flatten(2)  # (B*C, d, h*w)
         return q @ k / GROUND_DIM**0.5
-
-    def _grounded_tokens(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tap j's grounded keypoint tokens (B, C * G, 384), normed and position-embedded."""
-        xy, value = self._spatial_softmax(j, m, self.grounded_scores(j, m, t, mask))
-        g = self.neck.ground_proj[j](self._keypoint_features(xy, value))  # (B*C, G, 384)
-        return self.neck.ground_norm[j](g.reshape(t.shape[0], -1, MINILM_WIDTH)) + self.neck.ground_pos
 
     def _pooled_vision(self, x: torch.Tensor, grad: bool) -> list[torch.Tensor]:
         """_pool(x), through the memo when it is enabled and the vision encoder is frozen."""
@@ -299,10 +306,13 @@ class MiniLMEffNetBackbone(Backbone):
             v, t = pooled[j], hs[layer]
             if insulate:
                 v, t = v.detach(), t.detach()
-            ground = [self._grounded_tokens(j, v, t, lang_mask)] if self.n_ground else []  # (B, C*G, 384)
-            v = self._keypoint_tokens(j, v) if self.keypoints else self.neck.proj[j](v)  # (B*C, P, 384)
+            ground = None  # grounded keypoint tokens (B, C*G, 384), keypoint mode only
+            if self.keypoints:
+                v, ground = self._keypoint_tokens(j, v, t, lang_mask)  # (B*C, P, 384)
+            else:
+                v = self.neck.proj[j](v)  # (B*C, P, 384)
             v = self.neck.norm[j](v.reshape(B, self.n_vis, -1)) + self.neck.pos  # (B, Nv, 384)
-            feats.append(torch.cat([v, *ground, t], 1))  # (B, N, 384)
+            feats.append(torch.cat([v, t] if ground is None else [v, ground, t], 1))  # (B, N, 384)
         L, Ng = lang_ids.shape[1], self.n_cams * self.n_ground
         lang = torch.cat(
             [torch.zeros(B, self.n_vis, dtype=torch.bool), torch.ones(B, Ng + L, dtype=torch.bool)], 1
