@@ -256,7 +256,9 @@ class MiniLMEffNetBackbone(Backbone):
         if not self.n_ground:
             return tokens, None
         g = self.neck.ground_proj[j](feats[:, K:])  # (B*C, G, 384)
-        return tokens, self.neck.ground_norm[j](g.reshape(t.shape[0], -1, MINILM_WIDTH)) + self.neck.ground_pos
+        return tokens, self.neck.ground_norm[j](
+            g.reshape(t.shape[0], -1, MINILM_WIDTH)
+        ) + self.neck.ground_pos
 
     def grounded_scores(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Instruction-queried score maps of tap j: (B*C, G, h*w) pixel logits for the stage maps m
