@@ -89,43 +89,72 @@ class Probe(nn.Module):
         return self.head(h + h2)  # (B, n_objects, 2)
 
 
+TAPS = [1, 3, 5]  # the taps stage 1's three expert layers read (stage 2 adds the others)
+
+
+class _Setup:
+    """What both probes train: the cpu-demo backbone of `mode` (its neck trains, its frozen encoders
+    are memoised), a Probe head with `n_out` queries, and one AdamW over the neck and the head."""
+
+    def __init__(self, mode: dict, stage: int, n_out: int, images: np.ndarray, seed: int) -> None:
+        torch.manual_seed(seed)
+        cfg = get_preset("cpu-demo", stage=stage, backbone=mode)
+        self.backbone = APTPolicy(cfg).backbone
+        self.backbone.enable_feature_cache(max_images=len(images))
+        self.proc = Processor.from_stats(cfg, placeholder_stats(7))
+        self.head = Probe(self.backbone.feature_dim, n_out)
+        params = [p for p in self.backbone.neck.parameters()] + list(self.head.parameters())
+        self.opt = torch.optim.AdamW(params, lr=1e-3)
+        self.images = images
+
+    def encode(self, idx: np.ndarray, tasks: list[str]):
+        """The backbone's output for the rendered scenes `idx` with one instruction each."""
+        raw = {
+            "observation.state": torch.zeros(len(idx), 7),
+            "task": tasks,
+            "observation.images.front": torch.from_numpy(self.images[idx].transpose(0, 3, 1, 2).copy()),
+        }
+        b = self.proc.process_batch(raw, train=False)
+        return self.backbone(b["images"], b["lang_ids"], b["lang_mask"])
+
+    def fill_memo(self, encode_batch) -> float:
+        """Run `encode_batch(idx)` over all scenes once without gradient (fills the memo outside the
+        timed steps); returns the seconds it took."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(self.images), 100):
+                encode_batch(np.arange(i, min(i + 100, len(self.images))))
+        return time.perf_counter() - t0
+
+    def train(self, loss_fn, steps: int) -> float:
+        """`steps` AdamW steps on `loss_fn()`; returns milliseconds per step."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = loss_fn()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return 1000 * (time.perf_counter() - t0) / steps
+
+
 def probe(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    cfg = get_preset("cpu-demo", backbone=mode)
-    backbone = APTPolicy(cfg).backbone
-    backbone.enable_feature_cache(max_images=len(images))
-    taps = [1, 3, 5]  # the taps stage 1's three expert layers read (stage 2 adds the others)
-    proc = Processor.from_stats(cfg, placeholder_stats(7))
-    head = Probe(backbone.feature_dim, xy.shape[1])
-    params = [p for p in backbone.neck.parameters()] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    su = _Setup(mode, 1, xy.shape[1], images, seed)
+    backbone, taps = su.backbone, TAPS
     target = torch.from_numpy(xy)
 
     def predict(idx: np.ndarray) -> torch.Tensor:
-        raw = {
-            "observation.state": torch.zeros(len(idx), 7),
-            "task": ["locate the objects"] * len(idx),
-            "observation.images.front": torch.from_numpy(images[idx].transpose(0, 3, 1, 2).copy()),
-        }
-        b = proc.process_batch(raw, train=False)
-        out = backbone(b["images"], b["lang_ids"], b["lang_mask"])
+        out = su.encode(idx, ["locate the objects"] * len(idx))
         vis = torch.cat([out.features[j][:, : backbone.n_vis] for j in taps], 1)  # (B, 3 * P, 384)
-        return head(vis)
+        return su.head(vis)
 
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    with torch.no_grad():  # fill the memo once, outside the timed training steps' first epoch
-        for i in range(0, len(images), 100):
-            predict(np.arange(i, min(i + 100, len(images))))
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         idx = rng.integers(0, n_train, 64)
-        loss = (predict(idx) - target[idx]).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    train_s = time.perf_counter() - t0
+        return (predict(idx) - target[idx]).pow(2).sum(-1).mean()
+
+    warm = su.fill_memo(predict)
+    step_ms = su.train(loss, steps)
     with torch.no_grad():
         test = (predict(np.arange(n_train, len(images))) - target[n_train:]).norm(dim=-1) * 100
         train = (predict(np.arange(0, min(n_train, 300))) - target[: min(n_train, 300)]).norm(dim=-1) * 100
@@ -134,7 +163,7 @@ def probe(mode: dict, images: np.ndarray, xy: np.ndarray, n_train: int, steps: i
         "test_median": float(test.median()),
         "test_p90": float(test.quantile(0.9)),
         "train_median": float(train.median()),
-        "step_ms": 1000 * train_s / steps,
+        "step_ms": step_ms,
         "warm_s": warm,
     }
 
@@ -145,30 +174,17 @@ def probe_named(
     """Train the neck + a one-query probe to locate the object an instruction names; test on every
     object of the held-out scenes. Without `read_text` the probe sees the vision and grounded
     tokens only."""
-    torch.manual_seed(seed)
-    cfg = get_preset("cpu-demo", stage=2, backbone=mode)
-    backbone = APTPolicy(cfg).backbone
-    backbone.enable_feature_cache(max_images=len(images))
-    taps = [1, 3, 5]  # as in probe(): the taps stage 1 reads
-    proc = Processor.from_stats(cfg, placeholder_stats(7))
-    head = Probe(backbone.feature_dim, 1)
-    params = [p for p in backbone.neck.parameters()] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    su = _Setup(mode, 2, 1, images, seed)  # stage 2: grounded keypoints exist only there
+    backbone, taps = su.backbone, TAPS
     target = torch.from_numpy(xy)  # (n, 4, 2)
     words = [f"pick up the {e.colour} {e.kind}" for e in T.OBJECTS.values()]
 
     def predict(idx: np.ndarray, obj: np.ndarray) -> torch.Tensor:  # (B, 2) table (x, y)
-        raw = {
-            "observation.state": torch.zeros(len(idx), 7),
-            "task": [words[o] for o in obj],
-            "observation.images.front": torch.from_numpy(images[idx].transpose(0, 3, 1, 2).copy()),
-        }
-        b = proc.process_batch(raw, train=False)
-        out = backbone(b["images"], b["lang_ids"], b["lang_mask"])
+        out = su.encode(idx, [words[o] for o in obj])
         n = out.valid_mask.shape[1] if read_text else backbone.n_vis + backbone.n_cams * backbone.n_ground
         tokens = torch.cat([out.features[j][:, :n] for j in taps], 1)  # vision, grounded, instruction
         padding = ~torch.cat([out.valid_mask[:, :n]] * len(taps), 1)
-        return head(tokens, padding)[:, 0]
+        return su.head(tokens, padding)[:, 0]
 
     def evaluate(scenes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Per (scene, object): error [cm], and whether another object is nearer the prediction."""
@@ -180,19 +196,13 @@ def probe_named(
         return own * 100, (dist.argmin(-1) != torch.from_numpy(obj)).float()
 
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    with torch.no_grad():  # fill the memo once
-        for i in range(0, len(images), 100):
-            predict(np.arange(i, min(i + 100, len(images))), np.zeros(min(100, len(images) - i), int))
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         idx, obj = rng.integers(0, n_train, 64), rng.integers(0, 4, 64)
-        loss = (predict(idx, obj) - target[idx, obj]).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    train_s = time.perf_counter() - t0
+        return (predict(idx, obj) - target[idx, obj]).pow(2).sum(-1).mean()
+
+    warm = su.fill_memo(lambda idx: predict(idx, np.zeros(len(idx), int)))
+    step_ms = su.train(loss, steps)
     test, wrong = evaluate(np.arange(n_train, len(images)))
     train, _ = evaluate(np.arange(0, min(n_train, 150)))
     return {
@@ -201,7 +211,7 @@ def probe_named(
         "test_p90": float(test.quantile(0.9)),
         "wrong": float(wrong.mean()),
         "train_median": float(train.median()),
-        "step_ms": 1000 * train_s / steps,
+        "step_ms": step_ms,
         "warm_s": warm,
     }
 
