@@ -191,7 +191,9 @@ def test_watchdog_holds_on_stale_camera(processes, client: Client, tmp_path: Pat
     import yaml
 
     contract.write_text(yaml.safe_dump(d))
-    start_policy(processes, f"contract:={contract}", "min_subtask_s:=60.0")  # stays running
+    # stays running; the start-jump check (tested below) is relaxed: on a loaded machine a starved joint
+    # state can trip it first, which ends the task before the camera goes stale
+    start_policy(processes, f"contract:={contract}", "min_subtask_s:=60.0", "max_start_jump:=10.0")
     client.wait_ready()
     assert client.instruct("left").accepted
     client.wait_for(
