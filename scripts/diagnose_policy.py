@@ -8,7 +8,10 @@ Prints, on frames drawn from DATASET (normally its training data):
   nothing about where to go;
 - how much the chunk changes when the camera image is swapped for another frame's, and when the
   instruction is swapped for another one [rad]: near zero means the input is ignored;
-- the sampler's error in normalised action units against predicting zeros (the data mean).
+- the sampler's error in normalised action units against predicting zeros (the data mean);
+- for a policy trained with a grounding loss (`--goal-weight`, a goal head): how far its predicted
+  goal (the tool position at the next gripper event) lies from the demonstrated one [cm], against
+  predicting the mean goal, and how far it moves when the instruction is swapped.
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
@@ -31,6 +34,8 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--goal-urdf", default="", help="URDF for the goal targets; empty = the sim arm's")
+    ap.add_argument("--goal-link", default="tcp")
     a = ap.parse_args()
     policy, processor, meta = load_checkpoint(a.checkpoint)
     policy.eval()
@@ -75,6 +80,33 @@ def main() -> None:
     print(f"| change when the instruction is swapped [rad] | {np.mean(lang_swap):.3f} |")
     print(f"| sampler error, normalised units | {float((sampled - x0).abs().mean()):.3f} |")
     print(f"| predicting zeros instead, normalised | {float(x0.abs().mean()):.3f} |")
+    if policy.cfg.goal_dim:
+        goal_rows(policy, processor, ds, idx, a)
+
+
+def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
+    from apt_core.data.goals import dataset_goals
+    from apt_core.sim.env import URDF_PATH
+
+    goals, valid, _ = dataset_goals(ds, a.goal_urdf or URDF_PATH, tip_link=a.goal_link)
+    idx = [i for i in idx if valid[i]]
+    raw = collate([ds[i] for i in idx])
+    k = ds.task_index[idx]
+    swapped = dict(raw, task=[ds.tasks[(int(j) + 1) % len(ds.tasks)] for j in k])
+    g = torch.Generator().manual_seed(a.seed)
+    pred = policy.predict_goal(processor.process_batch(raw), generator=g).numpy()
+    pred_swap = policy.predict_goal(processor.process_batch(swapped), generator=g).numpy()
+    want = goals[idx]
+    mean = goals[valid].mean(0)
+    cm = 100.0
+    print(f"| goal error, median [cm] | {np.median(np.linalg.norm(pred - want, axis=1)) * cm:.1f} |")
+    print(
+        f"| predicting the mean goal instead [cm] | {np.median(np.linalg.norm(want - mean, axis=1)) * cm:.1f} |"
+    )
+    print(
+        f"| goal change when the instruction is swapped, median [cm] | "
+        f"{np.median(np.linalg.norm(pred - pred_swap, axis=1)) * cm:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -177,6 +177,39 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
     assert load_checkpoint(final)[0].cfg.n_action_history == 2  # the preset's default
 
 
+def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
+    """--goal-weight: targets from forward kinematics of the recorded joints, a goal head started at
+    their mean, the loss logged, the head saved; stage 1 refuses it and it defines the run."""
+    s1 = stage1.main(
+        train_preset("debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=2, **FAST)
+    )
+    cfg = train_preset(
+        "debug",
+        dataset=str(tiny_dataset),
+        out_dir=str(tmp_path / "s2"),
+        steps=3,
+        stage=2,
+        init_from=str(s1),
+        goal_weight=0.5,
+        **FAST,
+    )
+    final = stage2.main(cfg)
+    assert "gripper events in 3 episodes" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["goal_loss"] > 0 and 0 < r["goal_err_cm"] < 100 and r["goal_frac"] == 1.0 for r in rows)
+    policy, _, _ = load_checkpoint(final, expect={"stage": 2})
+    assert policy.cfg.goal_dim == 3 and policy.goal_head[-1].bias.abs().sum() > 0  # the mean target
+    # from scratch too (the single-stage baseline), and the weight is part of the run's identity
+    scratch = stage2.main(cfg.replace(variant="single_stage", init_from="", out_dir=str(tmp_path / "ss")))
+    assert load_checkpoint(scratch)[0].cfg.goal_dim == 3
+    with pytest.raises(TrainConfigError, match=r"holds another run \(goal_weight: 0.5 there, 1.0 now"):
+        train_or_reuse(cfg.replace(goal_weight=1.0))
+    with pytest.raises(TrainConfigError, match="goal_weight trains a grounding target"):
+        train_preset("debug", dataset=str(tiny_dataset), goal_weight=1.0)
+    with pytest.raises(TrainConfigError, match="goal_weight must be >= 0"):
+        cfg.replace(goal_weight=-1.0)
+
+
 def test_vision_token_overrides_reach_the_policy_config(tiny_dataset):
     from apt_core.data.dataset import DemoDataset
     from apt_training.loop import policy_config_for

@@ -52,6 +52,12 @@ class TrainConfig:
     # instruction-queried keypoints per camera and tap (cpu-demo backbone, stage 2; docs/model.md);
     # -1 keeps the preset's (stage 2 from a checkpoint: the stage-1 checkpoint's, i.e. none)
     grounded_keypoints: int = -1
+    # auxiliary grounding loss (stage 2): the expert also predicts where the tool will be at the next
+    # gripper event, from forward kinematics of the recorded joints (apt_core.data.goals,
+    # docs/training.md); this weight x its Huber loss is added to the action loss. 0 disables
+    goal_weight: float = 0.0
+    goal_urdf: str = ""  # URDF for the goal's forward kinematics; empty = the simulated arm's
+    goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -82,6 +88,12 @@ class TrainConfig:
         check(
             self.stage == 2 or self.grounded_keypoints <= 0,
             "grounded_keypoints read the instruction, so they are a stage-2 option (stage 1 is language-free)",
+        )
+        check(self.goal_weight >= 0, f"goal_weight must be >= 0, got {self.goal_weight}")
+        check(
+            self.stage == 2 or self.goal_weight == 0,
+            "goal_weight trains a grounding target that depends on the instruction, so it is a stage-2 "
+            "option (stage 1 is language-free)",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

@@ -67,8 +67,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-        return self.policy.compute_loss(batch, generator=generator)
+    def forward(self, batch: dict[str, torch.Tensor], goal_weight: float = 0.0):
+        return self.policy.compute_loss(batch, goal_weight=goal_weight)
 
 
 def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
@@ -99,6 +99,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         overrides["objective"] = {"kind": cfg.objective, "inference_steps": 10}
     if cfg.n_action_history >= 0:
         overrides["n_action_history"] = cfg.n_action_history
+    if cfg.goal_weight > 0:
+        overrides["goal_dim"] = 3
     return get_preset(cfg.preset, **overrides)
 
 
@@ -196,11 +198,35 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
             backbone["grounded_keypoints"] = cfg.grounded_keypoints
         if backbone:
             changes["backbone"] = backbone
+        if cfg.goal_weight > 0:
+            changes["goal_dim"] = 3
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
-        return policy, processor
-    pcfg = policy_config_for(cfg, dataset)
-    processor = Processor.from_stats(pcfg, dataset.stats)
-    return APTPolicy(pcfg), processor
+    else:
+        pcfg = policy_config_for(cfg, dataset)
+        processor = Processor.from_stats(pcfg, dataset.stats)
+        policy = APTPolicy(pcfg)
+    if policy.cfg.goal_dim and dataset.goals is not None:
+        # start the goal head at the mean target, so its first gradients are about the scene and
+        # not about the offset of the robot's workspace from its base
+        with torch.no_grad():
+            mean = torch.from_numpy(dataset.goals[dataset.goal_valid].mean(0))
+            policy.goal_head[-1].bias.copy_(mean / policy.GOAL_SCALE)
+    return policy, processor
+
+
+def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
+    """Compute the dataset's grounding targets (cfg.goal_weight > 0) and attach them; returns the
+    summary line for the log."""
+    from apt_core.data.goals import dataset_goals
+
+    urdf = cfg.goal_urdf
+    if not urdf:
+        from apt_core.sim.env import URDF_PATH
+
+        urdf = str(URDF_PATH)
+    goals, valid, info = dataset_goals(dataset, urdf, tip_link=cfg.goal_link)
+    dataset.set_goals(goals, valid)
+    return f"goals ({Path(urdf).name}, link {cfg.goal_link}): {info.line()}"
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -229,6 +255,10 @@ def train(cfg: TrainConfig) -> Path:
         n_action_history=n_hist,
         augment=cfg.augment,
     )
+    if cfg.goal_weight > 0:
+        line = attach_goals(cfg, dataset)
+        if d.main:
+            print(f"train: {line}")
     policy, processor = build_models(cfg, dataset)
     step, epoch, batch_idx = 0, 0, 0
     resume = _latest(ckpt_root)
@@ -274,7 +304,7 @@ def train(cfg: TrainConfig) -> Path:
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, info = model(batch)
+            loss, info = model(batch, cfg.goal_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
@@ -366,6 +396,9 @@ RUN_FIELDS = (
     "vision_grid",
     "vision_tokens",
     "grounded_keypoints",
+    "goal_weight",
+    "goal_urdf",
+    "goal_link",
 )
 
 

@@ -11,6 +11,7 @@ Sample for frame t of an episode of length N (H = chunk_length, J joints):
                                                  (only when n_action_history > 0)
     task                        str
     episode_index, frame_index  int
+    goal, goal_valid            float32 (3,), bool   only after set_goals (apt_core.data.goals)
 
 All numeric columns are loaded into numpy once (a few MB); images stay encoded in memory and are
 decoded per sample, which costs ~0.1 ms for 128x128 PNG, so workers are rarely needed on CPU.
@@ -57,10 +58,12 @@ class DemoDataset(Dataset):
             )
         apt_meta = self.root / "meta" / "apt.json"
         default_h = 16
+        self.contract: dict[str, Any] = {}  # the robot contract apt-convert recorded (empty: none)
         if apt_meta.is_file():
             import json
 
-            default_h = int(json.loads(apt_meta.read_text())["contract"]["control"]["chunk_length"])
+            self.contract = json.loads(apt_meta.read_text())["contract"]
+            default_h = int(self.contract["control"]["chunk_length"])
         self.chunk_length = int(chunk_length or default_h)
         if self.chunk_length < 1:
             raise ValueError(f"chunk_length must be >= 1, got {chunk_length}")
@@ -80,6 +83,16 @@ class DemoDataset(Dataset):
         eps = ds.episodes.to_pydict()
         self.ep_from = np.asarray(eps["dataset_from_index"], np.int64)
         self.ep_to = np.asarray(eps["dataset_to_index"], np.int64)
+        self.goals: np.ndarray | None = None  # (N, 3) grounding targets (apt_core.data.goals)
+        self.goal_valid: np.ndarray | None = None  # (N,)
+
+    def set_goals(self, goals: np.ndarray, valid: np.ndarray) -> None:
+        """Attach per-frame grounding targets; samples then carry `goal` (3,) and `goal_valid`."""
+        if goals.shape != (len(self), 3) or valid.shape != (len(self),):
+            raise ValueError(
+                f"goals {goals.shape} / valid {valid.shape} do not fit {len(self)} frames (N, 3) / (N,)"
+            )
+        self.goals, self.goal_valid = goals.astype(np.float32), valid.astype(bool)
 
     def __len__(self) -> int:
         return len(self.episode_index)
@@ -106,6 +119,9 @@ class DemoDataset(Dataset):
         if self.n_action_history:
             hist = np.maximum(i - self.n_action_history + np.arange(self.n_action_history), lo)
             sample["observation.action_history"] = torch.from_numpy(self.action[hist])  # (n, J)
+        if self.goals is not None and self.goal_valid is not None:
+            sample["goal"] = torch.from_numpy(self.goals[i].copy())
+            sample["goal_valid"] = torch.tensor(bool(self.goal_valid[i]))
         sample["task"] = self.tasks[int(self.task_index[i])]
         sample["episode_index"] = e
         sample["frame_index"] = int(self.frame_index[i])

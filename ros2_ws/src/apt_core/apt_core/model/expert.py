@@ -234,10 +234,13 @@ class ActionExpert(nn.Module):
         prefix: torch.Tensor,  # (B, T - H, W)
         masks: dict[str, torch.Tensor],  # from build_masks (once per chunk)
         ctx: list[tuple[torch.Tensor, torch.Tensor]],  # per layer keys/values
+        hidden: list[torch.Tensor] | None = None,  # when given, receives the last layer's tokens (B, T, W)
     ) -> torch.Tensor:
         mods = self.time_conditioning(t) if isinstance(t, torch.Tensor) else t
         a = self.action_in(noisy) + self.pos[self.n_hist + 1 :]  # (B, H, W)
         x = torch.cat([prefix, a], 1)  # (B, T, W)
         for layer, c, m in zip(self.layers, ctx, mods, strict=False):
             x = layer(x, m, c, masks)
+        if hidden is not None:
+            hidden.append(x)
         return self.head(self.final_norm(x[:, -self.H :], mods[-1][0]))  # (B, H, A)

@@ -37,6 +37,13 @@ class APTPolicy(nn.Module):
         self.layer_taps = list(range(K)) if cfg.stage == 2 else [2 * i + 1 for i in range(K // 2)]
         self.expert = ActionExpert(cfg, self.backbone.feature_dim, len(self.layer_taps))
         self.objective = build_objective(cfg.objective)
+        if cfg.goal_dim:
+            # auxiliary grounding head on the expert's state token (apt_core.data.goals); it is a
+            # training signal only: sampling never runs it
+            W = cfg.expert.width
+            self.goal_head = nn.Sequential(
+                nn.LayerNorm(W), nn.Linear(W, W), nn.GELU(), nn.Linear(W, cfg.goal_dim)
+            )
         if cfg.backbone_mode == "lora":
             inject_lora(
                 self.backbone,
@@ -81,14 +88,25 @@ class APTPolicy(nn.Module):
         masks = self.expert.build_masks(ctx_allowed, self_allowed, prefix.dtype)
         return {"ctx": ctx, "masks": masks, "prefix": prefix}
 
-    def _denoise(self, enc: dict[str, object], x_t: torch.Tensor, t: torch.Tensor | list) -> torch.Tensor:
-        return self.expert(x_t, t, enc["prefix"], enc["masks"], enc["ctx"])
+    def _denoise(
+        self,
+        enc: dict[str, object],
+        x_t: torch.Tensor,
+        t: torch.Tensor | list,
+        hidden: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        return self.expert(x_t, t, enc["prefix"], enc["masks"], enc["ctx"], hidden)
 
     # ---- training ------------------------------------------------------------------------------
     def compute_loss(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        goal_weight: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Denoising loss on the normalised action chunk, ignoring padded steps. Returns (loss, info)."""
+        """Denoising loss on the normalised action chunk, ignoring padded steps, plus `goal_weight`
+        x the grounding loss when the policy has a goal head and the batch carries `goal`.
+        Returns (loss, info)."""
         if "actions" not in batch:
             raise KeyError("processed batch is missing 'actions' (training batches need them)")
         x0 = batch["actions"]  # (B, H, A)
@@ -96,13 +114,53 @@ class APTPolicy(nn.Module):
         enc = self.encode(batch)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t, t, target = self.objective.training_pair(x0, noise, generator)
-        pred = self._denoise(enc, x_t, t)
+        use_goal = goal_weight > 0 and self.cfg.goal_dim > 0 and "goal" in batch
+        hidden: list[torch.Tensor] | None = [] if use_goal else None
+        pred = self._denoise(enc, x_t, t, hidden)
         err = (pred - target).pow(2).mean(-1)  # (B, H)
         pad = batch.get("action_is_pad")
         w = (~pad).float() if pad is not None else torch.ones_like(err)
         loss = (err * w).sum() / w.sum().clamp(min=1.0)
         gates = torch.cat([layer.gate().detach().flatten() for layer in self.expert.layers])
-        return loss, {"loss": float(loss.detach()), "gate_mean": float(gates.mean())}
+        info = {"loss": float(loss.detach()), "gate_mean": float(gates.mean())}
+        if hidden:
+            state_tok = hidden[0][:, enc["prefix"].shape[1] - 1]  # (B, W): the last prefix token
+            g_loss, g_info = self.goal_loss(state_tok, batch["goal"], batch["goal_valid"])
+            loss = loss + goal_weight * g_loss
+            info.update(g_info)
+        return loss, info
+
+    GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
+
+    def goal_loss(
+        self, state_tok: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Huber loss (in units of GOAL_SCALE) between the goal head's prediction and the target
+        position, over the samples that have one; info holds the mean error in cm."""
+        pred = self.goal_head(state_tok) * self.GOAL_SCALE  # (B, 3) [m]
+        v = valid.float()
+        per = nn.functional.smooth_l1_loss(pred / self.GOAL_SCALE, goal / self.GOAL_SCALE, reduction="none")
+        g_loss = (per.sum(-1) * v).sum() / v.sum().clamp(min=1.0)
+        dist = (pred.detach() - goal).norm(dim=-1)
+        n = int(v.sum())
+        err_cm = float((dist * v).sum() / n * 100) if n else float("nan")
+        return g_loss, {"goal_loss": float(g_loss.detach()), "goal_err_cm": err_cm, "goal_frac": n / len(v)}
+
+    @torch.no_grad()
+    def predict_goal(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, 3) the goal head's position [m] for a processed batch (a diagnostic). The head reads
+        the state token, which never sees the noisy actions but is modulated by the denoising time;
+        training drew that time at random, this uses t = 0.5."""
+        if not self.cfg.goal_dim:
+            raise ValueError("this policy has no goal head (goal_dim 0)")
+        enc = self.encode(batch)
+        B = batch["state"].shape[0]
+        x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
+        hidden: list[torch.Tensor] = []
+        self._denoise(enc, x.to(batch["state"]), torch.full((B,), 0.5), hidden)
+        return self.goal_head(hidden[0][:, enc["prefix"].shape[1] - 1]) * self.GOAL_SCALE
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()

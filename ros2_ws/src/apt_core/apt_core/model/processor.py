@@ -213,6 +213,14 @@ class Processor:
                     f"action_is_pad has shape {tuple(pad.shape)}, expected ({B}, {cfg.chunk_length})"
                 )
             out["action_is_pad"] = pad
+        if "goal" in raw:  # grounding targets [m] (apt_core.data.goals), passed through unnormalised
+            goal = torch.as_tensor(raw["goal"]).float()
+            valid = torch.as_tensor(raw.get("goal_valid", torch.ones(B, dtype=torch.bool))).bool()
+            if tuple(goal.shape) != (B, 3) or tuple(valid.shape) != (B,):
+                raise ProcessorError(
+                    f"goal / goal_valid have shapes {tuple(goal.shape)} / {tuple(valid.shape)}, expected ({B}, 3) / ({B},)"
+                )
+            out["goal"], out["goal_valid"] = goal, valid
         return out
 
     def _to_model_space(self, act: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""Grounding targets taken from the demonstrations themselves: where the tool was at the next
+gripper event (or at the end of the episode).
+
+A pick-and-place demo closes the gripper on the object the instruction names and opens it where
+the instruction says to put it. So the tool position (forward kinematics of the recorded joints)
+at the frame where the commanded gripper next changes state tells where, in the scene, the words
+point. Training can ask the expert to predict it from the frame it is at (an auxiliary loss,
+`TrainConfig.goal_weight`), which rewards reading the instruction against the image instead of
+following the layout. Nothing here is sim-specific: it needs a URDF, the tool link and the
+gripper joint, which a real robot's demonstrations have too.
+
+    goals, valid, info = dataset_goals(dataset, urdf, tip_link="tcp")
+
+Frame t of an episode gets the position at its first key frame at or after t. Key frames are the
+gripper events and the episode's last frame: that is where a push ends, and the gripper of a push
+may never change state. An event is a frame whose commanded gripper value is on the other side of
+`threshold` (default: the middle of the dataset's gripper range) from the frame before it. `valid`
+is False only for a frame whose episode is too short to have a key frame after its first frame
+(a one-frame episode); it is kept so a caller can mask targets it does not trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apt_core.runtime.ik import UrdfChain
+
+
+class GoalError(ValueError):
+    """Grounding targets cannot be computed for this dataset; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class GoalInfo:
+    episodes: int  # episodes in the dataset
+    events: int  # gripper events found over all episodes
+    episodes_without: int  # episodes with no event (their only key frame is their last frame)
+    valid_frames: int  # frames with a target
+    frames: int  # all frames
+    threshold: float  # gripper command value that separates open from closed
+
+    def line(self) -> str:
+        return (
+            f"{self.events} gripper events in {self.episodes} episodes "
+            f"({self.episodes_without} without one); {self.valid_frames} of {self.frames} frames "
+            f"have a target (threshold {self.threshold:.4g})"
+        )
+
+
+def gripper_events(command: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices t >= 1 of one episode where `command[t]` is on the other side of `threshold` from
+    `command[t - 1]` (closing or opening)."""
+    shut = np.asarray(command, np.float64) < threshold
+    return np.flatnonzero(shut[1:] != shut[:-1]) + 1
+
+
+def next_event_goals(
+    positions: np.ndarray,  # (N, 3) tool position per frame
+    command: np.ndarray,  # (N,) commanded gripper value per frame
+    ep_from: np.ndarray,  # (E,) first frame of each episode
+    ep_to: np.ndarray,  # (E,) one past the last frame of each episode
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(goals (N, 3), valid (N,), events, episodes without an event); see the module docstring."""
+    n = len(positions)
+    goals = np.zeros((n, 3), np.float32)
+    valid = np.zeros(n, bool)
+    events = without = 0
+    for lo, hi in zip(ep_from.tolist(), ep_to.tolist(), strict=True):
+        ev = gripper_events(command[lo:hi], threshold) + lo
+        events += len(ev)
+        without += len(ev) == 0
+        if hi - lo < 2:
+            continue
+        keys = np.append(ev, hi - 1) if (len(ev) == 0 or ev[-1] != hi - 1) else ev
+        frames = np.arange(lo, hi)
+        k = np.searchsorted(keys, frames, side="left")  # the first key frame at or after each frame
+        goals[frames] = positions[keys[k]]
+        valid[frames] = True
+    return goals, valid, events, without
+
+
+def tool_positions(state: np.ndarray, joint_names: tuple[str, ...], chain: UrdfChain) -> np.ndarray:
+    """(N, 3) position of the chain's tip for each row of `state` (columns in `joint_names`)."""
+    missing = [j for j in chain.joint_names if j not in joint_names]
+    if missing:
+        raise GoalError(
+            f"the URDF chain {chain.base_link} -> {chain.tip_link} moves joints {missing} that the "
+            f"dataset does not record (it has {list(joint_names)})"
+        )
+    cols = [joint_names.index(j) for j in chain.joint_names]
+    return np.stack([chain.forward(q)[0][:3, 3] for q in state[:, cols].astype(np.float64)]).astype(
+        np.float32
+    )
+
+
+def dataset_goals(
+    dataset,  # apt_core.data.dataset.DemoDataset
+    urdf: str | Path,
+    tip_link: str,
+    base_link: str = "base_link",
+    gripper_joint: str = "",
+    threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, GoalInfo]:
+    """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,)).
+
+    `gripper_joint` defaults to the dataset contract's `action.gripper_joint`; its commanded value
+    (the action column) marks the events, and the measured joints (observation.state) give the
+    tool position at them."""
+    names = tuple(dataset.meta["features"]["observation.state"]["names"])
+    if not gripper_joint:
+        gripper_joint = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
+        if not gripper_joint:
+            raise GoalError(
+                f"{dataset.root}: the dataset's contract names no action.gripper_joint; pass the gripper joint"
+            )
+    if gripper_joint not in names:
+        raise GoalError(f"gripper joint {gripper_joint!r} is not among the dataset's joints {list(names)}")
+    chain = UrdfChain.from_urdf(urdf, base_link, tip_link)
+    command = dataset.action[:, names.index(gripper_joint)]
+    if threshold is None:
+        threshold = float(0.5 * (command.min() + command.max()))
+    positions = tool_positions(dataset.state, names, chain)
+    goals, valid, events, without = next_event_goals(
+        positions, command, dataset.ep_from, dataset.ep_to, threshold
+    )
+    info = GoalInfo(
+        episodes=len(dataset.ep_from),
+        events=events,
+        episodes_without=without,
+        valid_frames=int(valid.sum()),
+        frames=len(valid),
+        threshold=threshold,
+    )
+    if info.events == 0:
+        raise GoalError(
+            f"{dataset.root}: the gripper joint {gripper_joint!r} never changes state (threshold "
+            f"{threshold:.4g}); the targets would only be where episodes end"
+        )
+    return goals, valid, info

@@ -1,0 +1,141 @@
+"""Grounding targets from demonstrations (apt_core.data.goals): key frames, forward kinematics on
+the sim arm's URDF, and the targets of a scripted demo pointing at the objects its instruction names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from apt_core.contract import load_contract
+from apt_core.data.convert import convert
+from apt_core.data.dataset import DemoDataset, collate
+from apt_core.data.goals import GoalError, dataset_goals, gripper_events, next_event_goals, tool_positions
+from apt_core.data.synthetic import write_synthetic_bag
+from apt_core.runtime.ik import UrdfChain
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+from apt_core.sim import tasks as T
+from apt_core.sim.env import JOINT_NAMES, URDF_PATH, TabletopEnv
+from apt_core.sim.expert import ScriptedExpert
+
+
+def test_key_frames_are_the_gripper_events_and_the_episode_end() -> None:
+    assert gripper_events(np.array([0.08, 0.08, 0.0, 0.0, 0.08]), 0.04).tolist() == [2, 4]
+    assert gripper_events(np.zeros(5), 0.04).tolist() == []  # shut throughout (a push)
+    pos = np.arange(12 * 3, dtype=np.float32).reshape(12, 3)
+    # episode 0 (frames 0-6): shuts at 2, opens at 5; episode 1 (7-10): never changes;
+    # episode 2 (11): a single frame
+    cmd = np.array([0.08, 0.08, 0.0, 0.0, 0.0, 0.08, 0.08, 0.0, 0.0, 0.0, 0.0, 0.08])
+    goals, valid, events, without = next_event_goals(
+        pos, cmd, np.array([0, 7, 11]), np.array([7, 11, 12]), threshold=0.04
+    )
+    want = [2, 2, 2, 5, 5, 5, 6, 10, 10, 10, 10]  # the key frame each frame points at
+    np.testing.assert_array_equal(goals[:11], pos[want])
+    assert valid[:11].all() and not valid[11]
+    assert (events, without) == (2, 2)
+
+
+def _demo(seed: int, split: str = "in_distribution", max_steps: int = 150):
+    """One scripted demo in process at the contract rate: (env task, object positions at the start,
+    measured joints (T, 7), commanded joints (T, 7))."""
+    env = TabletopEnv()
+    try:
+        env.reset(seed, split)
+        expert = ScriptedExpert(env)
+        start = {o: env.body_position(o) for o in env.scene_state().positions}
+        states, actions = [], []
+        for _ in range(max_steps):
+            obs = env.observation()
+            act = expert.predict(obs, env.task.instruction)[0]
+            states.append(obs.joint_positions.copy())
+            actions.append(act)
+            env.step(act)
+            if env.success():
+                break
+        assert env.success(), f"the scripted expert failed seed {seed}"
+        return env.task, start, np.array(states), np.array(actions)
+    finally:
+        env.close()
+
+
+def test_targets_of_a_scripted_demo_point_at_the_named_objects() -> None:
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    seen = set()
+    for seed in range(20):
+        task, start, states, actions = _demo(seed)
+        (sub,) = task.subtasks
+        if sub.family in seen:
+            continue
+        seen.add(sub.family)
+        pos = tool_positions(states, JOINT_NAMES, chain)
+        goals, valid, events, _ = next_event_goals(
+            pos, actions[:, 6], np.array([0]), np.array([len(pos)]), threshold=0.04
+        )
+        assert valid.all()
+
+        def dist(p: np.ndarray, name: str, start: dict = start) -> float:
+            return float(np.linalg.norm(p[:2] - start[name][:2]))
+
+        if sub.family == "push":  # the gripper stays shut: the target is where the push ends
+            assert events == 0 and dist(goals[0], sub.target) < 0.12, task.instruction
+            continue
+        ev = gripper_events(actions[:, 6], 0.04)
+        assert len(ev) == events >= 2
+        grasp, release = goals[0], goals[ev[0] + 1]
+        np.testing.assert_array_equal(grasp, pos[ev[0]])
+        np.testing.assert_array_equal(release, pos[ev[1]])
+        # the grasp is on the named object, nearer it than any other object; the release is over
+        # the named target
+        assert dist(grasp, sub.obj) < 0.02, (task.instruction, dist(grasp, sub.obj))
+        assert all(dist(grasp, sub.obj) < dist(grasp, o) for o in T.OBJECTS if o != sub.obj)
+        assert dist(release, sub.target) < 0.05, (task.instruction, dist(release, sub.target))
+        if len(seen) == 3:
+            break
+    assert seen == {"pick_place", "push", "stack"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("goal_ds")
+    c = load_contract()
+    for i in range(2):
+        write_synthetic_bag(tmp / "bags" / f"e{i}", c, 40, "pick up the red cube", seed=i)
+    convert(tmp / "bags", tmp / "ds", c)
+    return tmp / "ds"
+
+
+def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) -> None:
+    ds = DemoDataset(tiny, chunk_length=4)
+    goals, valid, info = dataset_goals(ds, URDF_PATH, tip_link="tcp")
+    assert info.episodes == 2 and info.events > 0 and info.frames == len(ds) == valid.sum()
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    cmd = ds.action[:, JOINT_NAMES.index("gripper")]
+    ev = gripper_events(cmd[ds.ep_from[0] : ds.ep_to[0]], info.threshold)
+    # the first frame's target is the tool position measured at the episode's first event
+    np.testing.assert_allclose(
+        goals[0], chain.forward(ds.state[ev[0]][:6].astype(float))[0][:3, 3], atol=1e-5
+    )
+    assert "goal" not in ds[0]
+    ds.set_goals(goals, valid)
+    b = collate([ds[0], ds[1]])
+    assert b["goal"].shape == (2, 3) and b["goal"].dtype == torch.float32 and b["goal_valid"].all()
+    with pytest.raises(ValueError, match="do not fit"):
+        ds.set_goals(goals[:-1], valid[:-1])
+
+
+def test_goal_errors_name_what_is_missing(tiny: Path, tmp_path: Path) -> None:
+    ds = DemoDataset(tiny, chunk_length=4)
+    with pytest.raises(GoalError, match="'hand_cam' is not among the dataset's joints"):
+        dataset_goals(ds, URDF_PATH, "tcp", gripper_joint="hand_cam")
+    with pytest.raises(GoalError, match="never changes state"):
+        dataset_goals(ds, URDF_PATH, "tcp", threshold=10.0)
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    with pytest.raises(GoalError, match=r"moves joints \['shoulder_pan'\]"):
+        tool_positions(ds.state[:, 1:], JOINT_NAMES[1:], chain)
+    ds.contract = {}
+    with pytest.raises(GoalError, match="names no action.gripper_joint"):
+        dataset_goals(ds, URDF_PATH, "tcp")

@@ -1,0 +1,99 @@
+"""The auxiliary grounding head (PolicyConfig.goal_dim): a training signal that leaves sampling alone,
+reaches the expert, and can only be fitted by reading the instruction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apt_core.model.config import ConfigError, get_preset
+from apt_core.model.policy import APTPolicy
+from apt_core.model.processor import Processor
+
+from .conftest import make_raw_batch
+
+torch.set_num_threads(1)
+
+
+def _policy(stats, **overrides) -> tuple[APTPolicy, Processor]:
+    cfg = get_preset("debug", stage=2, **overrides)
+    torch.manual_seed(0)
+    return APTPolicy(cfg), Processor.from_stats(cfg, stats)
+
+
+def _with_goals(raw: dict, goals: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+    return dict(
+        raw, goal=goals, goal_valid=torch.ones(len(goals), dtype=torch.bool) if valid is None else valid
+    )
+
+
+def test_goal_loss_adds_to_the_action_loss_and_sampling_ignores_the_head(stats) -> None:
+    plain, proc = _policy(stats)
+    p, _ = _policy(stats, goal_dim=3)
+    missing, unexpected = p.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("goal_head.") for k in missing)
+    raw = _with_goals(
+        make_raw_batch(4), torch.tensor([[0.4, 0.1, 0.03]] * 4), torch.tensor([1, 1, 1, 0]).bool()
+    )
+    batch = proc.process_batch(raw, train=True)
+
+    def loss(policy, w):
+        return policy.compute_loss(batch, generator=torch.Generator().manual_seed(5), goal_weight=w)
+
+    base, info0 = loss(plain, 1.0)  # no head: the goal is ignored
+    same, _ = loss(p, 0.0)
+    both, info = loss(p, 2.0)
+    assert "goal_loss" not in info0 and torch.equal(base, same)
+    assert info["goal_frac"] == 0.75 and info["goal_err_cm"] > 0
+    assert both.item() == pytest.approx(base.item() + 2.0 * info["goal_loss"], rel=1e-6)
+    # the masked sample does not count: changing its target leaves the loss unchanged
+    raw2 = dict(raw, goal=raw["goal"].clone())
+    raw2["goal"][3] = 5.0
+    b2 = proc.process_batch(raw2, train=True)
+    assert p.compute_loss(b2, generator=torch.Generator().manual_seed(5), goal_weight=2.0)[
+        0
+    ].item() == pytest.approx(both.item())
+    # gradients reach the head and the expert's fusion of the backbone tokens
+    p.zero_grad(set_to_none=True)
+    both.backward()
+    assert p.goal_head[-1].weight.grad.abs().sum() > 0
+    assert p.expert.layers[0].ctx_proj.weight.grad.abs().sum() > 0
+    # sampling never runs the head: the actions equal those of the same weights without one
+    p.eval(), plain.eval()
+    noise = torch.randn(4, 16, 7, generator=torch.Generator().manual_seed(1))
+    served = proc.process_batch(make_raw_batch(4))
+    assert torch.equal(p.sample_actions(served, noise=noise), plain.sample_actions(served, noise=noise))
+
+
+def test_goal_head_learns_a_target_only_the_instruction_tells(stats) -> None:
+    """Same image and state, two instructions, two targets 40 cm apart: the head can only fit both
+    by reading the words (the mean of the two would be 20 cm off each)."""
+    p, proc = _policy(stats, goal_dim=3)
+    raw = make_raw_batch(8, tasks=["pick up the red cube", "pick up the blue cube"] * 4)
+    for k in ("observation.images.front", "observation.state"):
+        raw[k] = raw[k][:1].expand(8, *raw[k].shape[1:]).clone()
+    goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
+    batch = proc.process_batch(_with_goals(raw, goals), train=True)
+    params = [q for q in p.parameters() if q.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss, info = p.compute_loss(batch, generator=g, goal_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p.eval()
+    pred = p.predict_goal(proc.process_batch(raw))
+    err = (pred - goals).norm(dim=-1)
+    assert err.max() < 0.05, err
+    assert info["goal_err_cm"] < 5
+
+
+def test_goal_dim_is_checked_and_needed_for_predictions(stats) -> None:
+    with pytest.raises(ConfigError, match="goal_dim must be 0"):
+        get_preset("debug", goal_dim=2)
+    p, proc = _policy(stats)
+    with pytest.raises(ValueError, match="no goal head"):
+        p.predict_goal(proc.process_batch(make_raw_batch(1)))
+    with pytest.raises(Exception, match=r"goal / goal_valid have shapes \(2, 2\)"):
+        proc.process_batch(_with_goals(make_raw_batch(2), torch.zeros(2, 2)))
