@@ -11,7 +11,10 @@ Prints, on frames drawn from DATASET (normally its training data):
 - the sampler's error in normalised action units against predicting zeros (the data mean);
 - for a policy trained with a grounding loss (`--goal-weight`, a goal head): how far its predicted
   goal (the tool position at the next gripper event) lies from the demonstrated one [cm], against
-  predicting the mean goal, and how far it moves when the instruction is swapped.
+  predicting the mean goal, and how far it moves when the instruction is swapped; with
+  `--sim-scenes N`, also on the first frame of N new simulator scenes (seeds from 1000, the six
+  evaluation splits in turn): how often the predicted grasp point is nearer the named object than
+  any other object, and how far from it it lies.
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--goal-urdf", default="", help="URDF for the goal targets; empty = the sim arm's")
     ap.add_argument("--goal-link", default="tcp")
+    ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N new sim scenes")
     a = ap.parse_args()
     policy, processor, meta = load_checkpoint(a.checkpoint)
     policy.eval()
@@ -82,6 +86,8 @@ def main() -> None:
     print(f"| predicting zeros instead, normalised | {float(x0.abs().mean()):.3f} |")
     if policy.cfg.goal_dim:
         goal_rows(policy, processor, ds, idx, a)
+        if a.sim_scenes:
+            goal_scene_rows(policy, processor, a.sim_scenes)
 
 
 def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
@@ -107,6 +113,36 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
         f"| goal change when the instruction is swapped, median [cm] | "
         f"{np.median(np.linalg.norm(pred - pred_swap, axis=1)) * cm:.1f} |"
     )
+
+
+def goal_scene_rows(policy, processor, n: int) -> None:
+    """The goal head on the first frame of new sim scenes: is the predicted grasp on the named object?"""
+    from apt_core.sim import tasks as T
+    from apt_core.sim.env import TabletopEnv
+
+    env = TabletopEnv()
+    named, right, push = [], [], []
+    try:
+        for i in range(n):
+            obs = env.reset(1000 + i, T.SPLITS[i % len(T.SPLITS)])
+            sub = env.task.subtasks[0]
+            pred = policy.predict_goal(processor.process_observation(obs, env.task.instruction))[0].numpy()
+
+            def xy(name: str, pred: np.ndarray = pred) -> float:
+                return float(np.linalg.norm(pred[:2] - env.body_position(name)[:2]))
+
+            if sub.family == "push":  # the key frame is where the push ends
+                push.append(xy(sub.target))
+                continue
+            named.append(xy(sub.obj))
+            right.append(min(T.OBJECTS, key=xy) == sub.obj)
+    finally:
+        env.close()
+    cm = 100.0
+    print(f"| new scenes: predicted grasp nearest the named object | {sum(right)} of {len(right)} |")
+    print(f"| new scenes: predicted grasp to the named object, median [cm] | {np.median(named) * cm:.1f} |")
+    if push:
+        print(f"| new scenes: predicted push end to the target, median [cm] | {np.median(push) * cm:.1f} |")
 
 
 if __name__ == "__main__":

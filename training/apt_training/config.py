@@ -58,6 +58,7 @@ class TrainConfig:
     goal_weight: float = 0.0
     goal_urdf: str = ""  # URDF for the goal's forward kinematics; empty = the simulated arm's
     goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
+    goal_min_distance: float = 0.0  # [m] no goal target for frames whose tool is already this close to it
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -90,6 +91,7 @@ class TrainConfig:
             "grounded_keypoints read the instruction, so they are a stage-2 option (stage 1 is language-free)",
         )
         check(self.goal_weight >= 0, f"goal_weight must be >= 0, got {self.goal_weight}")
+        check(self.goal_min_distance >= 0, f"goal_min_distance must be >= 0, got {self.goal_min_distance}")
         check(
             self.stage == 2 or self.goal_weight == 0,
             "goal_weight trains a grounding target that depends on the instruction, so it is a stage-2 "

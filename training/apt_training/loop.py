@@ -224,7 +224,9 @@ def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
         from apt_core.sim.env import URDF_PATH
 
         urdf = str(URDF_PATH)
-    goals, valid, info = dataset_goals(dataset, urdf, tip_link=cfg.goal_link)
+    goals, valid, info = dataset_goals(
+        dataset, urdf, tip_link=cfg.goal_link, min_distance=cfg.goal_min_distance
+    )
     dataset.set_goals(goals, valid)
     return f"goals ({Path(urdf).name}, link {cfg.goal_link}): {info.line()}"
 
@@ -399,6 +401,7 @@ RUN_FIELDS = (
     "goal_weight",
     "goal_urdf",
     "goal_link",
+    "goal_min_distance",
 )
 
 

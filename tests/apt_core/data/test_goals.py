@@ -125,6 +125,15 @@ def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) ->
     assert b["goal"].shape == (2, 3) and b["goal"].dtype == torch.float32 and b["goal_valid"].all()
     with pytest.raises(ValueError, match="do not fit"):
         ds.set_goals(goals[:-1], valid[:-1])
+    # min_distance drops exactly the frames whose tool is already that close to its target
+    pos = tool_positions(ds.state, JOINT_NAMES, chain)
+    dist = np.linalg.norm(goals - pos, axis=1)
+    far, fvalid, finfo = dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=float(np.median(dist)))
+    np.testing.assert_array_equal(far, goals)
+    np.testing.assert_array_equal(fvalid, dist >= np.median(dist))
+    assert 0 < finfo.valid_frames < info.valid_frames
+    with pytest.raises(GoalError, match="no frame's tool is 100.0 m or more"):
+        dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=100.0)
 
 
 def test_goal_errors_name_what_is_missing(tiny: Path, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ Frame t of an episode gets the position at its first key frame at or after t. Ke
 gripper events and the episode's last frame: that is where a push ends, and the gripper of a push
 may never change state. An event is a frame whose commanded gripper value is on the other side of
 `threshold` (default: the middle of the dataset's gripper range) from the frame before it. `valid`
-is False only for a frame whose episode is too short to have a key frame after its first frame
-(a one-frame episode); it is kept so a caller can mask targets it does not trust.
+is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
+already that close to its target.
 """
 
 from __future__ import annotations
@@ -104,12 +104,15 @@ def dataset_goals(
     base_link: str = "base_link",
     gripper_joint: str = "",
     threshold: float | None = None,
+    min_distance: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, GoalInfo]:
     """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,)).
 
     `gripper_joint` defaults to the dataset contract's `action.gripper_joint`; its commanded value
     (the action column) marks the events, and the measured joints (observation.state) give the
-    tool position at them."""
+    tool position at them. `min_distance` [m] drops the target of frames whose tool is already
+    that close to it: late in a reach the target is about where the tool is, which the joint state
+    alone tells, so only the earlier frames ask where the words point."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
     if not gripper_joint:
         gripper_joint = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
@@ -127,6 +130,8 @@ def dataset_goals(
     goals, valid, events, without = next_event_goals(
         positions, command, dataset.ep_from, dataset.ep_to, threshold
     )
+    if min_distance > 0:
+        valid &= np.linalg.norm(goals - positions, axis=1) >= min_distance
     info = GoalInfo(
         episodes=len(dataset.ep_from),
         events=events,
@@ -135,6 +140,8 @@ def dataset_goals(
         frames=len(valid),
         threshold=threshold,
     )
+    if info.valid_frames == 0:
+        raise GoalError(f"{dataset.root}: no frame's tool is {min_distance} m or more from its target")
     if info.events == 0:
         raise GoalError(
             f"{dataset.root}: the gripper joint {gripper_joint!r} never changes state (threshold "
