@@ -12,9 +12,10 @@ Prints, on frames drawn from DATASET (normally its training data):
 - for a policy trained with a grounding loss (`--goal-weight`, a goal head): how far its predicted
   goal (the tool position at the next gripper event) lies from the demonstrated one [cm], against
   predicting the mean goal, and how far it moves when the instruction is swapped; with
-  `--sim-scenes N`, also on the first frame of N new simulator scenes (seeds from 1000, the six
-  evaluation splits in turn): how often the predicted grasp point is nearer the named object than
-  any other object, and how far from it it lies.
+  `--sim-scenes N`, also on the first frame of N simulator scenes (`--sim-seed`, default 1000: new
+  scenes; 0 with `--sim-split in_distribution`: the pipeline's training scenes; the six evaluation
+  splits in turn unless `--sim-split` names one): how often the predicted grasp point is nearer the
+  named object than any other object, and how far from it it lies.
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
@@ -39,7 +40,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--goal-urdf", default="", help="URDF for the goal targets; empty = the sim arm's")
     ap.add_argument("--goal-link", default="tcp")
-    ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N new sim scenes")
+    ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N sim scenes")
+    ap.add_argument("--sim-seed", type=int, default=1000, help="first scene seed (0: the training scenes)")
+    ap.add_argument("--sim-split", default="", help="one split for every scene (default: all in turn)")
     a = ap.parse_args()
     policy, processor, meta = load_checkpoint(a.checkpoint)
     policy.eval()
@@ -87,7 +90,7 @@ def main() -> None:
     if policy.cfg.goal_dim:
         goal_rows(policy, processor, ds, idx, a)
         if a.sim_scenes:
-            goal_scene_rows(policy, processor, a.sim_scenes)
+            goal_scene_rows(policy, processor, a.sim_scenes, a.sim_seed, a.sim_split)
 
 
 def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
@@ -115,8 +118,8 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
     )
 
 
-def goal_scene_rows(policy, processor, n: int) -> None:
-    """The goal head on the first frame of new sim scenes: is the predicted grasp on the named object?"""
+def goal_scene_rows(policy, processor, n: int, seed: int, split: str) -> None:
+    """The goal head on the first frame of sim scenes: is the predicted grasp on the named object?"""
     from apt_core.sim import tasks as T
     from apt_core.sim.env import TabletopEnv
 
@@ -124,7 +127,7 @@ def goal_scene_rows(policy, processor, n: int) -> None:
     named, right, push = [], [], []
     try:
         for i in range(n):
-            obs = env.reset(1000 + i, T.SPLITS[i % len(T.SPLITS)])
+            obs = env.reset(seed + i, split or T.SPLITS[i % len(T.SPLITS)])
             sub = env.task.subtasks[0]
             pred = policy.predict_goal(processor.process_observation(obs, env.task.instruction))[0].numpy()
 
@@ -138,11 +141,11 @@ def goal_scene_rows(policy, processor, n: int) -> None:
             right.append(min(T.OBJECTS, key=xy) == sub.obj)
     finally:
         env.close()
-    cm = 100.0
-    print(f"| new scenes: predicted grasp nearest the named object | {sum(right)} of {len(right)} |")
-    print(f"| new scenes: predicted grasp to the named object, median [cm] | {np.median(named) * cm:.1f} |")
+    cm, where = 100.0, f"scenes {seed}-{seed + n - 1} ({split or 'all splits'})"
+    print(f"| {where}: predicted grasp nearest the named object | {sum(right)} of {len(right)} |")
+    print(f"| {where}: predicted grasp to the named object, median [cm] | {np.median(named) * cm:.1f} |")
     if push:
-        print(f"| new scenes: predicted push end to the target, median [cm] | {np.median(push) * cm:.1f} |")
+        print(f"| {where}: predicted push end to the target, median [cm] | {np.median(push) * cm:.1f} |")
 
 
 if __name__ == "__main__":
