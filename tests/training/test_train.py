@@ -136,19 +136,26 @@ def test_killed_run_resumes_with_identical_losses(tiny_dataset, tmp_path):
     assert (run / "final" / "meta.json").exists()
 
 
-def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tmp_path):
+def _stage1_and_stage2_config(dataset: Path, tmp_path: Path, s1_steps: int, **stage2):
+    """A trained stage-1 run (tmp_path/s1) and a 3-step stage-2 config expanding it (tmp_path/s2)."""
     s1 = stage1.main(
-        train_preset("debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=3, **FAST)
+        train_preset("debug", dataset=str(dataset), out_dir=str(tmp_path / "s1"), steps=s1_steps, **FAST)
     )
     cfg2 = train_preset(
         "debug",
-        dataset=str(tiny_dataset),
+        dataset=str(dataset),
         out_dir=str(tmp_path / "s2"),
         steps=3,
         stage=2,
         init_from=str(s1),
+        **stage2,
         **FAST,
     )
+    return s1, cfg2
+
+
+def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tmp_path):
+    _, cfg2 = _stage1_and_stage2_config(tiny_dataset, tmp_path, 3)
     final = stage2.main(cfg2)
     policy, _, meta = load_checkpoint(final, expect={"stage": 2})
     assert meta["variant"] == "apt" and policy.cfg.language_visible
@@ -180,19 +187,7 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
 def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
     """--goal-weight: targets from forward kinematics of the recorded joints, a goal head started at
     their mean, the loss logged, the head saved; stage 1 refuses it and it defines the run."""
-    s1 = stage1.main(
-        train_preset("debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s1"), steps=2, **FAST)
-    )
-    cfg = train_preset(
-        "debug",
-        dataset=str(tiny_dataset),
-        out_dir=str(tmp_path / "s2"),
-        steps=3,
-        stage=2,
-        init_from=str(s1),
-        goal_weight=0.5,
-        **FAST,
-    )
+    _, cfg = _stage1_and_stage2_config(tiny_dataset, tmp_path, 2, goal_weight=0.5)
     final = stage2.main(cfg)
     assert "gripper events in 3 episodes" in capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
