@@ -47,9 +47,9 @@ def _is_hold(tr: dict) -> bool:
 # KNOWN INTERMITTENT (issue #6/#7 notes, sessions 3 and 11): on this 2-core machine this test fails
 # in roughly 1 run in 3 (session 11, idle machine). Most failures are "status rate 4.x Hz": while an
 # /apt/execute goal runs, the policy node's whole Python process stalls for 0.2-0.6 s at a time
-# (a watchdog thread measured it; faulthandler dumps show the executor's main thread inside the
-# action server waitable's get_num_entities, in C, holding the GIL), so the 10 Hz status timer
-# misses ticks. Its own callback group did not help; the cause inside rclpy's action server is not
+# (a watchdog thread measured it; faulthandler dumps during the stalls show the executor's main
+# thread at the action server waitable's get_num_entities call and every other Python thread
+# asleep), so the 10 Hz status timer misses ticks. Its own callback group did not help; the cause inside rclpy's action server is not
 # found yet. Earlier failures: a plan arriving ~0.1 s after the previous one ended. Reruns keep CI
 # meaningful meanwhile; the assertions are unchanged.
 @pytest.mark.flaky(reruns=3)
