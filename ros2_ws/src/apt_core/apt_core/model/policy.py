@@ -124,24 +124,27 @@ class APTPolicy(nn.Module):
         gates = torch.cat([layer.gate().detach().flatten() for layer in self.expert.layers])
         info = {"loss": float(loss.detach()), "gate_mean": float(gates.mean())}
         if hidden:
-            state_tok = hidden[0][:, enc["prefix"].shape[1] - 1]  # (B, W): the last prefix token
-            g_loss, g_info = self.goal_loss(state_tok, batch["goal"], batch["goal_valid"])
+            g_loss, g_info = self.goal_loss(self._goal_units(enc, hidden), batch["goal"], batch["goal_valid"])
             loss = loss + goal_weight * g_loss
             info.update(g_info)
         return loss, info
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
 
+    def _goal_units(self, enc: dict[str, object], hidden: list[torch.Tensor]) -> torch.Tensor:
+        """The goal head on the state token (the last prefix token) of the expert's last layer:
+        (B, 3) in units of GOAL_SCALE."""
+        return self.goal_head(hidden[0][:, enc["prefix"].shape[1] - 1])
+
     def goal_loss(
-        self, state_tok: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor
+        self, units: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Huber loss (in units of GOAL_SCALE) between the goal head's prediction and the target
-        position, over the samples that have one; info holds the mean error in cm."""
-        pred = self.goal_head(state_tok) * self.GOAL_SCALE  # (B, 3) [m]
+        """Huber loss (in units of GOAL_SCALE) between the goal head's output `units` and the target
+        position [m], over the samples that have one; info holds the mean error in cm."""
         v = valid.float()
-        per = nn.functional.smooth_l1_loss(pred / self.GOAL_SCALE, goal / self.GOAL_SCALE, reduction="none")
+        per = nn.functional.smooth_l1_loss(units, goal / self.GOAL_SCALE, reduction="none")
         g_loss = (per.sum(-1) * v).sum() / v.sum().clamp(min=1.0)
-        dist = (pred.detach() - goal).norm(dim=-1)
+        dist = (units.detach() * self.GOAL_SCALE - goal).norm(dim=-1)
         n = int(v.sum())
         err_cm = float((dist * v).sum() / n * 100) if n else float("nan")
         return g_loss, {"goal_loss": float(g_loss.detach()), "goal_err_cm": err_cm, "goal_frac": n / len(v)}
@@ -160,7 +163,7 @@ class APTPolicy(nn.Module):
         x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
         hidden: list[torch.Tensor] = []
         self._denoise(enc, x.to(batch["state"]), torch.full((B,), 0.5), hidden)
-        return self.goal_head(hidden[0][:, enc["prefix"].shape[1] - 1]) * self.GOAL_SCALE
+        return self._goal_units(enc, hidden) * self.GOAL_SCALE
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
