@@ -155,9 +155,13 @@ def test_stop_cancel_fault_and_bad_instruction() -> None:
     ok, _, msg = rt.instruct("\x07", append=False)
     assert not ok and "non-printable" in msg
     _, tid, _ = rt.instruct("left", append=False)
-    q, _ = _simulate(rt, clock, 0.6, np.zeros(3))
+    q, results = _simulate(rt, clock, 0.6, np.zeros(3))
     hold = rt.stop("stop service")
-    assert hold is not None and np.allclose(hold.positions[0], q)
+    # the arm is moving: the hold starts where it is at the hold's start (the newest joint state
+    # advanced along the executing plan), not at the joint state itself, which it has passed
+    executing = [r.plan for r in results if r.plan is not None][-1]
+    assert hold is not None and np.allclose(hold.positions[0], executing.sample(hold.start)[0])
+    assert np.abs(hold.positions[0] - q).max() > 0.01
     st = rt.status()
     assert st.state == HOLDING and st.fault == "stop service" and rt.find_task(tid).outcome == "canceled"
     rt.set_fault("checkpoint mismatch")
@@ -284,6 +288,9 @@ def test_start_jump_ends_the_task_instead_of_retrying() -> None:
         clock.t += 0.02
     kinds = [r.kind for r in results]
     assert kinds.count("hold") == 1 and "start jump" in results[kinds.index("hold")].reason
+    # held at the measured state: the arm does not follow, so where its commands would have put it
+    # (the estimate other holds use) is somewhere it cannot get to
+    assert np.allclose(results[kinds.index("hold")].plan.positions, 0.0, atol=1e-12)
     assert kinds[kinds.index("hold") + 1 :] and set(kinds[kinds.index("hold") + 1 :]) == {"idle"}
     assert rt.find_task(tid).outcome.startswith("fault: start jump")
     st = rt.status()

@@ -198,18 +198,24 @@ class PolicyRuntime:
             self._stopped_reason = ""
             return True, task.task_id, msg
 
-    def stop(self, reason: str = "stopped", outcome: str = "canceled") -> Trajectory | None:
-        """End every task and hold the measured position. Returns the hold trajectory (None if no state)."""
+    def stop(
+        self, reason: str = "stopped", outcome: str = "canceled", measured: bool = False
+    ) -> Trajectory | None:
+        """End every task and hold where the arm is (`_estimate`). Returns the hold trajectory (None
+        if no state). measured: hold at the newest joint state itself, for an arm known not to follow
+        its commands (the start-jump fault), which the estimate would push on."""
         with self._lock:
             self.queue.cancel_all(outcome)
             self._stopped_reason = reason
+            t_hold = self.clock() + self.cfg.lead_time_s
+            at = None if self._joints is None else self._joints[0] if measured else self._estimate(t_hold)
             self.stitcher.reset()
             self._plans.clear()
             self.completion.reset()
             self._active_id = ""
-            if self._joints is None:
+            if at is None:
                 return None
-            hold = hold_trajectory(self.clock() + self.cfg.lead_time_s, self._joints[0])
+            hold = hold_trajectory(t_hold, at)
             self.stitcher.set_plan(hold)
             self._plans.append(hold)
             self.holds += 1
@@ -262,7 +268,7 @@ class PolicyRuntime:
         return Observation(images=imgs, joint_positions=q.copy(), stamp=now), []
 
     def _hold(self, now: float, reason: str, stale: bool = False) -> StepResult:
-        """Enter HOLDING (publish one hold at the measured position); later calls just wait.
+        """Enter HOLDING (publish one hold where the arm is, `_estimate`); later calls just wait.
 
         stale: the inputs are missing/old (resume as soon as they are fresh). Otherwise the model or
         the safety filter refused a chunk: keep holding, and retry each step until a plan passes."""
@@ -273,7 +279,7 @@ class PolicyRuntime:
         self._holding, self._hold_reason = True, reason
         self.stitcher.reset()
         if first and self._joints is not None:
-            hold = hold_trajectory(now + self.cfg.lead_time_s, self._joints[0])
+            hold = hold_trajectory(now + self.cfg.lead_time_s, self._estimate(now + self.cfg.lead_time_s))
             self.stitcher.set_plan(hold)
             self._plans.append(hold)
             self.holds += 1
@@ -328,7 +334,7 @@ class PolicyRuntime:
                 res.events, res.task_id = events, task.task_id
                 return res
             if self._holding and self._hold_stale:
-                # inputs are fresh again: restart from the measured state (what was planned before
+                # inputs are fresh again: restart from where the arm is (what was planned before
                 # the gap no longer describes the arm)
                 events.append(f"resumed after: {self._hold_reason}")
                 self._holding, self._hold_reason = False, ""
@@ -356,16 +362,17 @@ class PolicyRuntime:
                 chunk = self._to_joint_chunk(raw, obs.joint_positions)
                 self.stitcher.add_chunk(t_obs, chunk)
                 t0 = self.clock() + self.cfg.lead_time_s
-                # with nothing executing (first plan, after a hold) start where the arm is now: the
-                # newest joint state, not the older one paired with the image for the model
-                now_q = self._joints[0] if self._joints is not None else obs.joint_positions
+                # with nothing executing (first plan, after a hold) start where the arm is at t0: the
+                # newest joint state advanced along what was commanded since (not the older one
+                # paired with the image for the model)
+                now_q = self._estimate(t0) if self._joints is not None else obs.joint_positions
                 plan = self.stitcher.stitch(t0, measured=now_q)
                 expected, ref = self._expected_position(t0, obs.joint_positions, plan.positions[0])
                 safe, report = self.safety.apply(plan, expected, v_start=plan.velocities[0], reference=ref)
             except StartJumpViolation as e:
-                # Retrying would start the next plan at the hold, i.e. at the measured state, and
+                # Retrying would start the next plan at the hold, i.e. where the arm is, and
                 # command the blocked arm again and again: end the task, hold, let the user decide.
-                hold = self.stop(f"task {task_id} ended: {e}", outcome=f"fault: {e}")
+                hold = self.stop(f"task {task_id} ended: {e}", outcome=f"fault: {e}", measured=True)
                 self._next_step = self.clock() + self.cfg.dt
                 return StepResult("hold", plan=hold, reason=str(e), task_id=task_id, events=events)
             except (SafetyViolation, IKError, ValueError) as e:
@@ -401,33 +408,48 @@ class PolicyRuntime:
                 return plan.sample(t)[0]
         return None
 
+    def _estimate(self, t: float) -> np.ndarray:
+        """Where the arm is at absolute time t if it follows its commands: the newest joint state
+        (q at its stamp t_js) plus what the kept plans commanded between t_js and t.
+
+        Holds and plans that start from the arm's state start here, not at q itself: q can be
+        hundreds of ms old (a process stall, a backlog of joint states being drained), and a moving
+        arm is no longer there. A hold at q would command it back; a plan starting at q would
+        jump. With fresh joint states the two differ by a few ms of motion. The watchdog
+        (joint_state_timeout_s) bounds the span."""
+        assert self._joints is not None
+        q, t_js = self._joints
+        if not self._plans:
+            return q.copy()
+        # before the oldest kept plan: its first point (a first plan starts where the arm rests)
+        rest = self._plans[0].positions[0]
+        c_js, c_t = self._commanded(t_js), self._commanded(t)
+        c_js = rest if c_js is None else c_js
+        c_t = rest if c_t is None else c_t
+        return q + (c_t - c_js)
+
     def _expected_position(
         self, t0: float, fallback: np.ndarray, first: np.ndarray
     ) -> tuple[np.ndarray, str]:
         """Where the arm should be at t0, for the start-jump check, and how that was obtained (for
         the joint farthest from the plan's first point `first`, the one the check reports).
 
-        The newest joint state (q at its stamp t_js) plus what the executing plan commanded
-        between t_js and t0. The check then measures the follow error at t_js, which is what it is
-        for: an arm that does not follow its commands (blocked, pushed, controller off). Comparing
-        the plan's first point with q itself instead would also count the plan's own motion since
-        t_js, and that grows with the joint state's age: on a loaded machine a joint state 0.2 s
-        old at 1.5 rad/s looked like a 0.3 rad jump, and a following arm was faulted. The
-        watchdog (joint_state_timeout_s) bounds that age, so the prediction spans at most it.
+        The estimate (`_estimate`): the newest joint state plus what was commanded since. The
+        check then measures the follow error at the joint state's stamp, which is what it is for:
+        an arm that does not follow its commands (blocked, pushed, controller off). Comparing the
+        plan's first point with the joint state itself instead would also count the plan's own
+        motion since then, and that grows with the joint state's age: on a loaded machine a joint
+        state 0.2 s old at 1.5 rad/s looked like a 0.3 rad jump, and a following arm was faulted.
         """
         if self._joints is None:
             return np.asarray(fallback, dtype=np.float64), "measured"
         q, t_js = self._joints
         if not self._plans:
             return q.copy(), "measured"
-        # before the oldest kept plan: its first point (a first plan starts where the arm rests)
-        rest = self._plans[0].positions[0]
-        c_js, c_t0 = self._commanded(t_js), self._commanded(t0)
-        c_js = rest if c_js is None else c_js
-        c_t0 = rest if c_t0 is None else c_t0
-        moved = c_t0 - c_js
-        j = int(np.argmax(np.abs(first - (q + moved))))
-        return q + moved, (
+        expected = self._estimate(t0)
+        moved = expected - q
+        j = int(np.argmax(np.abs(first - expected)))
+        return expected, (
             f"expected from a joint state {t0 - t_js:.3f} s old, {self.joint_names[j]!r} measured "
             f"{q[j]:.3f} + commanded since {moved[j]:+.3f}, over {len(self._plans)} kept plan(s)"
         )
