@@ -205,6 +205,36 @@ def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
         cfg.replace(goal_weight=-1.0)
 
 
+def test_frame_stride_observes_every_kth_frame_at_per_episode_offsets(tiny_dataset, tmp_path, capsys):
+    """--frame-stride k: the loop draws only every k-th frame of each episode as an observation, at
+    an offset that differs per episode (so every phase is trained on), keeps whole-episode action
+    chunks, and the stride defines the run."""
+    from apt_core.data.dataset import DemoDataset
+    from apt_training.loop import Dist, iterate, observed_frames
+
+    ds = DemoDataset(tiny_dataset)
+    frames = observed_frames(ds, 3)
+    ep, fr = ds.episode_index[frames], ds.frame_index[frames]
+    assert ((fr - ep) % 3 == 0).all() and 0.3 < len(frames) / len(ds) < 0.37
+    assert set(ep.tolist()) == set(ds.episode_index.tolist())  # every episode contributes
+    assert {int(f % 3) for f in fr} == {0, 1, 2}  # and together they cover every phase
+    assert len(observed_frames(ds, 1)) == len(ds)
+    cfg = train_preset(
+        "debug", dataset=str(tiny_dataset), out_dir=str(tmp_path / "s"), steps=2, frame_stride=3, **FAST
+    )
+    data = iterate(ds, cfg, Dist(), 0, 0)
+    drawn = [next(data)[2] for _ in range(len(frames) // cfg.batch_size)]  # one epoch
+    pairs = {(int(e), int(f)) for b in drawn for e, f in zip(b["episode_index"], b["frame_index"])}
+    assert all((f - e) % 3 == 0 for e, f in pairs) and len(pairs) == len(drawn) * cfg.batch_size
+    assert all(b["action"].shape[1] == ds.chunk_length for b in drawn)
+    stage1.main(cfg)
+    assert f"({len(frames)} observed, frame stride 3)" in capsys.readouterr().out
+    with pytest.raises(TrainConfigError, match=r"holds another run \(frame_stride: 3 there, 2 now"):
+        train_or_reuse(cfg.replace(frame_stride=2))
+    with pytest.raises(TrainConfigError, match="frame_stride must be >= 1"):
+        cfg.replace(frame_stride=0)
+
+
 def test_vision_token_overrides_reach_the_policy_config(tiny_dataset):
     from apt_core.data.dataset import DemoDataset
     from apt_training.loop import policy_config_for

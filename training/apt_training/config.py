@@ -59,6 +59,10 @@ class TrainConfig:
     goal_urdf: str = ""  # URDF for the goal's forward kinematics; empty = the simulated arm's
     goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
     goal_min_distance: float = 0.0  # [m] no goal target for frames whose tool is already this close to it
+    # observe every k-th frame of each episode (at an offset that differs per episode, so every
+    # phase is covered); action chunks still come from every frame. The frozen-encoder memo grows
+    # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
+    frame_stride: int = 1
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
@@ -91,6 +95,7 @@ class TrainConfig:
             "grounded_keypoints read the instruction, so they are a stage-2 option (stage 1 is language-free)",
         )
         check(self.goal_weight >= 0, f"goal_weight must be >= 0, got {self.goal_weight}")
+        check(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
         check(self.goal_min_distance >= 0, f"goal_min_distance must be >= 0, got {self.goal_min_distance}")
         check(
             self.stage == 2 or self.goal_weight == 0,

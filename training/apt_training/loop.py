@@ -118,13 +118,25 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def epoch_batches(n: int, cfg: TrainConfig, epoch: int, d: Dist) -> list[list[int]]:
-    """This rank's batches of one epoch: a seeded permutation, split across ranks, full batches only."""
+def observed_frames(dataset: DemoDataset, stride: int) -> np.ndarray:
+    """Indices of the frames trained on as observations: every frame, or with stride k every k-th
+    frame of each episode, starting at offset (episode index mod k)."""
+    if stride == 1:
+        return np.arange(len(dataset))
+    keep = (dataset.frame_index - dataset.episode_index) % stride == 0
+    return np.flatnonzero(keep)
+
+
+def epoch_batches(frames: np.ndarray, cfg: TrainConfig, epoch: int, d: Dist) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation of `frames` (dataset indices), split
+    across ranks, full batches only."""
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()[d.rank :: d.world]
+    perm = frames[torch.randperm(len(frames), generator=g).numpy()].tolist()[d.rank :: d.world]
     nb = len(perm) // cfg.batch_size
     if nb == 0:
-        raise ValueError(f"dataset has {n} samples, fewer than one batch of {cfg.batch_size} per process")
+        raise ValueError(
+            f"{len(frames)} frames to train on, fewer than one batch of {cfg.batch_size} per process"
+        )
     return [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(nb)]
 
 
@@ -132,8 +144,9 @@ def iterate(
     dataset, cfg: TrainConfig, d: Dist, epoch: int, batch_idx: int
 ) -> Iterator[tuple[int, int, dict]]:
     """Yields (epoch, index of the next batch, raw batch) forever, starting at (epoch, batch_idx)."""
+    frames = observed_frames(dataset, cfg.frame_stride)
     while True:
-        batches = epoch_batches(len(dataset), cfg, epoch, d)
+        batches = epoch_batches(frames, cfg, epoch, d)
         # An explicit generator keeps the DataLoader from drawing on the global torch RNG, which
         # holds the diffusion noise stream that resuming must reproduce exactly.
         loader = torch.utils.data.DataLoader(
@@ -267,9 +280,10 @@ def train(cfg: TrainConfig) -> Path:
     if resume is not None:
         policy, processor, _ = load_checkpoint(resume)
     policy.to(cfg.device).train()
+    n_obs = len(observed_frames(dataset, cfg.frame_stride))
     if cfg.cache_features and hasattr(policy.backbone, "enable_feature_cache"):
         # Frozen encoders see each frame every epoch: compute them once (exact; see the backbone).
-        policy.backbone.enable_feature_cache(max_images=len(dataset) * len(policy.cfg.camera_names))
+        policy.backbone.enable_feature_cache(max_images=n_obs * len(policy.cfg.camera_names))
     optimizer = torch.optim.AdamW(_param_groups(policy, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     if resume is not None:
         progress = load_train_state(resume, optimizer)
@@ -285,7 +299,8 @@ def train(cfg: TrainConfig) -> Path:
         print(
             f"train: stage {cfg.stage} variant {cfg.variant} preset {cfg.preset}: "
             f"{policy.num_parameters() / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable), "
-            f"{len(dataset)} samples, {cfg.steps} steps x batch {cfg.batch_size} x {d.world} process(es)"
+            f"{len(dataset)} samples ({n_obs} observed, frame stride {cfg.frame_stride}), "
+            f"{cfg.steps} steps x batch {cfg.batch_size} x {d.world} process(es)"
         )
     bar = None
     if cfg.progress and d.main:
@@ -402,6 +417,7 @@ RUN_FIELDS = (
     "goal_urdf",
     "goal_link",
     "goal_min_distance",
+    "frame_stride",
 )
 
 
