@@ -15,7 +15,9 @@ Prints, on frames drawn from DATASET (normally its training data):
   `--sim-scenes N`, also on the first frame of N simulator scenes (`--sim-seed`, default 1000: new
   scenes; 0 with `--sim-split in_distribution`: the pipeline's training scenes; the six evaluation
   splits in turn unless `--sim-split` names one): how often the predicted grasp point is nearer the
-  named object than any other object, and how far from it it lies.
+  named object than any other object, and how far from it it lies; with `--sim-episodes CSV` (an
+  evaluation's episodes.csv), for each of its episodes whose gripper shut, the head's answer on that
+  scene's first frame against where the closed-loop grasp went (a 2x2 table).
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
@@ -43,6 +45,11 @@ def main() -> None:
     ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N sim scenes")
     ap.add_argument("--sim-seed", type=int, default=1000, help="first scene seed (0: the training scenes)")
     ap.add_argument("--sim-split", default="", help="one split for every scene (default: all in turn)")
+    ap.add_argument(
+        "--sim-episodes",
+        default="",
+        help="an evaluation's episodes.csv: join the head's answer on each grasp scene with the closed-loop grasp",
+    )
     a = ap.parse_args()
     policy, processor, meta = load_checkpoint(a.checkpoint)
     policy.eval()
@@ -91,6 +98,8 @@ def main() -> None:
         goal_rows(policy, processor, ds, idx, a)
         if a.sim_scenes:
             goal_scene_rows(policy, processor, a.sim_scenes, a.sim_seed, a.sim_split)
+        if a.sim_episodes:
+            goal_vs_grasp_rows(policy, processor, a.sim_episodes)
 
 
 def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
@@ -118,6 +127,18 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
     )
 
 
+def _head_on_first_frame(policy, processor, env, seed: int, split: str) -> tuple[object, dict[str, float]]:
+    """Reset `env` to the scene (seed, split); returns its first subtask and the xy distance [m] of
+    the goal head's prediction on the first frame to every object and target."""
+    from apt_core.sim import tasks as T
+
+    obs = env.reset(seed, split)
+    pred = policy.predict_goal(processor.process_observation(obs, env.task.instruction))[0].numpy()
+    sub = env.task.subtasks[0]
+    names = set(T.OBJECTS) | ({sub.target} if sub.family == "push" else set())
+    return sub, {k: float(np.linalg.norm(pred[:2] - env.body_position(k)[:2])) for k in names}
+
+
 def goal_scene_rows(policy, processor, n: int, seed: int, split: str) -> None:
     """The goal head on the first frame of sim scenes: is the predicted grasp on the named object?"""
     from apt_core.sim import tasks as T
@@ -127,18 +148,14 @@ def goal_scene_rows(policy, processor, n: int, seed: int, split: str) -> None:
     named, right, push = [], [], []
     try:
         for i in range(n):
-            obs = env.reset(seed + i, split or T.SPLITS[i % len(T.SPLITS)])
-            sub = env.task.subtasks[0]
-            pred = policy.predict_goal(processor.process_observation(obs, env.task.instruction))[0].numpy()
-
-            def xy(name: str, pred: np.ndarray = pred) -> float:
-                return float(np.linalg.norm(pred[:2] - env.body_position(name)[:2]))
-
+            sub, dist = _head_on_first_frame(
+                policy, processor, env, seed + i, split or T.SPLITS[i % len(T.SPLITS)]
+            )
             if sub.family == "push":  # the key frame is where the push ends
-                push.append(xy(sub.target))
+                push.append(dist[sub.target])
                 continue
-            named.append(xy(sub.obj))
-            right.append(min(T.OBJECTS, key=xy) == sub.obj)
+            named.append(dist[sub.obj])
+            right.append(min(T.OBJECTS, key=dist.__getitem__) == sub.obj)
     finally:
         env.close()
     cm, where = 100.0, f"scenes {seed}-{seed + n - 1} ({split or 'all splits'})"
@@ -146,6 +163,34 @@ def goal_scene_rows(policy, processor, n: int, seed: int, split: str) -> None:
     print(f"| {where}: predicted grasp to the named object, median [cm] | {np.median(named) * cm:.1f} |")
     if push:
         print(f"| {where}: predicted push end to the target, median [cm] | {np.median(push) * cm:.1f} |")
+
+
+def goal_vs_grasp_rows(policy, processor, episodes_csv: str) -> None:
+    """Does the closed-loop grasp go where the goal head points? For each episode of an evaluation
+    (`python -m apt_core.sim.evaluate ... --out DIR`: DIR/episodes.csv) whose gripper shut, the
+    head's answer on the scene's first frame (nearest the named object or not) against the grasp's
+    (`wrong_object`: another object was nearer the TCP when the gripper shut)."""
+    import csv
+
+    from apt_core.sim import tasks as T
+    from apt_core.sim.env import TabletopEnv
+
+    with open(episodes_csv) as f:
+        rows = [r for r in csv.DictReader(f) if r["grasp_offset"] not in ("", "nan")]
+    table = {(h, g): 0 for h in (True, False) for g in (True, False)}
+    env = TabletopEnv()
+    try:
+        for r in rows:
+            sub, dist = _head_on_first_frame(policy, processor, env, int(r["seed"]), r["split"])
+            head_right = min(T.OBJECTS, key=dist.__getitem__) == sub.obj
+            table[head_right, r["wrong_object"] != "True"] += 1
+    finally:
+        env.close()
+    where = f"{len(rows)} closed-loop grasps of {episodes_csv}"
+    for h, g in table:
+        head = "head nearest the named object" if h else "head nearest another object"
+        grasp = "grasp at the named object" if g else "grasp at another object"
+        print(f"| {where}: {head}, {grasp} | {table[h, g]} |")
 
 
 if __name__ == "__main__":
