@@ -29,6 +29,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         record_workers=2,  # two recorder processes, each in its own ROS domain
         train_scene_episodes=1,
         record_disturbance=0.02,  # DART-style recording noise, through the recorder to the sim node
+        stage2_set=("frame_stride=2",),  # a training option passed through to stage 2 only
     )
     report = run(pc).read_text()
     run_dir = tmp_path / "run"
@@ -44,6 +45,9 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     info = json.loads((run_dir / "dataset" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
+    stage_cfg = {k: json.loads((run_dir / f"stage{k}" / "train_config.json").read_text()) for k in (1, 2)}
+    assert stage_cfg[1]["frame_stride"] == 1 and stage_cfg[2]["frame_stride"] == 2
+    assert "--stage2-set frame_stride=2" in report
     assert "| in_distribution | 1 |" in report and "| chain | 1 |" in report
     # the memorisation check: the same policy on the recorded layouts (scene seed 0)
     trained = report.split("training scenes (scene seeds 0..0)")[1]
@@ -90,6 +94,26 @@ def test_seed_ranges_split_the_seeds_without_gaps():
         PipelineConfig(episodes=3, train_scene_episodes=4)
     with pytest.raises(ValueError, match="record_disturbance"):
         PipelineConfig(record_disturbance=-0.1)
+
+
+def test_stage_options_are_typed_and_checked_by_name():
+    pc = PipelineConfig(stage2_set=("goal_weight=0.5", "augment=false", "eval_splits=paraphrase,chain"))
+    assert pc.stage_overrides(2) == {
+        "goal_weight": 0.5,
+        "augment": False,
+        "eval_splits": ("paraphrase", "chain"),
+    }
+    assert pc.stage_overrides(1) == {}
+    with pytest.raises(ValueError, match="--stage2-set 'goal_weight': expected NAME=VALUE"):
+        PipelineConfig(stage2_set=("goal_weight",))
+    with pytest.raises(ValueError, match="'goal_wieght' is not a training option"):
+        PipelineConfig(stage2_set=("goal_wieght=0.5",))
+    with pytest.raises(ValueError, match="--stage1-set 'steps=5': 'steps' .* the pipeline sets it"):
+        PipelineConfig(stage1_set=("steps=5",))
+    with pytest.raises(ValueError, match="'x' is not a valid float"):
+        PipelineConfig(stage2_set=("goal_weight=x",))
+    with pytest.raises(ValueError, match="'maybe' is not a valid bool"):
+        PipelineConfig(stage2_set=("augment=maybe",))
 
 
 def test_process_ends_finds_each_training_process_in_the_metrics():

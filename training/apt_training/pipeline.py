@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fing
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
-from .config import TRAIN_PRESETS, train_preset
+from .config import TRAIN_PRESETS, TrainConfig, train_preset
 from .loop import final_step, train_or_reuse
 from .plots import read_metrics
 
@@ -55,6 +56,10 @@ class PipelineConfig:
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
     train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
     record_disturbance: float = 0.0  # DART-style recording noise [rad] (apt_core.sim.disturbance)
+    # further training options per stage, as NAME=VALUE of a TrainConfig field (the flags of
+    # apt-train-stage1/2 without the dashes), e.g. goal_weight=0.5 frame_stride=4
+    stage1_set: tuple[str, ...] = ()
+    stage2_set: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.recipe not in TRAIN_PRESETS:
@@ -73,6 +78,37 @@ class PipelineConfig:
             )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
+        for stage in (1, 2):
+            self.stage_overrides(stage)  # raises on a malformed or unknown NAME=VALUE
+
+    def stage_overrides(self, stage: int) -> dict[str, object]:
+        """The TrainConfig fields that --stage{1,2}-set NAME=VALUE pairs set for `stage`, typed."""
+        hints = typing.get_type_hints(TrainConfig)
+        fixed = {"dataset", "out_dir", "stage", "steps", "seed", "init_from", "threads"}
+        out: dict[str, object] = {}
+        for item in self.stage1_set if stage == 1 else self.stage2_set:
+            name, eq, value = item.partition("=")
+            flag = f"--stage{stage}-set {item!r}"
+            if not eq or not name:
+                raise ValueError(f"{flag}: expected NAME=VALUE, e.g. goal_weight=0.5")
+            if name not in hints or name in fixed:
+                known = "; the pipeline sets it" if name in fixed else "; see apt-train-stage2 --help"
+                raise ValueError(f"{flag}: {name!r} is not a training option it can set{known}")
+            typ = hints[name]
+            try:
+                if typ is bool:
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(value)
+                    out[name] = value.lower() in ("true", "1")
+                elif typing.get_origin(typ) is tuple:
+                    out[name] = tuple(v for v in value.split(",") if v)
+                else:
+                    out[name] = typ(value)
+            except ValueError:
+                raise ValueError(
+                    f"{flag}: {value!r} is not a valid {getattr(typ, '__name__', typ)}"
+                ) from None
+        return out
 
 
 # splits that keep a training scene's layout (the memorisation check, --train-scene-episodes)
@@ -215,8 +251,8 @@ def run(pc: PipelineConfig) -> Path:
         timings[f"stage{stage}"] = time.monotonic() - t
         return final
 
-    s1 = train_stage(1, pc.stage1_steps or recipe["steps"])
-    s2 = train_stage(2, pc.stage2_steps or recipe["steps"], init_from=str(s1))
+    s1 = train_stage(1, pc.stage1_steps or recipe["steps"], **pc.stage_overrides(1))
+    s2 = train_stage(2, pc.stage2_steps or recipe["steps"], init_from=str(s1), **pc.stage_overrides(2))
 
     t = time.monotonic()
     _log(f"evaluating {s2} on {len(pc.eval_splits)} splits x {pc.eval_episodes} episodes")
@@ -298,6 +334,8 @@ def render_report(
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
         + (f" --record-disturbance {pc.record_disturbance:g}" if pc.record_disturbance else "")
+        + (f" --stage1-set {' '.join(pc.stage1_set)}" if pc.stage1_set else "")
+        + (f" --stage2-set {' '.join(pc.stage2_set)}" if pc.stage2_set else "")
     )
     times = ", ".join(
         f"{k} {'done in an earlier run' if k in reused else f'{v / 60:.1f} min'}" for k, v in timings.items()
@@ -351,8 +389,7 @@ def main(argv: list[str] | None = None) -> Path:
             p.add_argument(flag, nargs="+", default=list(value))
         else:
             p.add_argument(flag, type=type(value), default=value)
-    a = vars(p.parse_args(argv))
-    a["eval_splits"] = tuple(a["eval_splits"])
+    a = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(p.parse_args(argv)).items()}
     return run(PipelineConfig(**a))
 
 
