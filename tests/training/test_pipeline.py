@@ -114,6 +114,11 @@ def test_stage_options_are_typed_and_checked_by_name():
         PipelineConfig(stage2_set=("goal_weight=x",))
     with pytest.raises(ValueError, match="'maybe' is not a valid bool"):
         PipelineConfig(stage2_set=("augment=maybe",))
+    # well-typed but invalid for the stage: TrainConfig's own check, named with the flag
+    with pytest.raises(ValueError, match="--stage1-set goal_weight=0.5: .*goal_weight trains a grounding"):
+        PipelineConfig(stage1_set=("goal_weight=0.5",))
+    with pytest.raises(ValueError, match="--stage2-set frame_stride=0: .*frame_stride must be >= 1"):
+        PipelineConfig(stage2_set=("frame_stride=0",))
 
 
 def test_process_ends_finds_each_training_process_in_the_metrics():

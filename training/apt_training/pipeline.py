@@ -35,7 +35,7 @@ from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fing
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
-from .config import TRAIN_PRESETS, TrainConfig, train_preset
+from .config import TRAIN_PRESETS, TrainConfig, TrainConfigError, train_preset
 from .loop import final_step, train_or_reuse
 from .plots import read_metrics
 
@@ -78,8 +78,13 @@ class PipelineConfig:
             )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
-        for stage in (1, 2):
-            self.stage_overrides(stage)  # raises on a malformed or unknown NAME=VALUE
+        for stage in (1, 2):  # refuse a malformed, unknown or invalid NAME=VALUE before recording
+            overrides = self.stage_overrides(stage)
+            try:
+                train_preset(self.recipe, stage=stage, **overrides)
+            except TrainConfigError as e:
+                flag = f"--stage{stage}-set {' '.join(self.stage1_set if stage == 1 else self.stage2_set)}"
+                raise ValueError(f"{flag}: {e}") from None
 
     def stage_overrides(self, stage: int) -> dict[str, object]:
         """The TrainConfig fields that --stage{1,2}-set NAME=VALUE pairs set for `stage`, typed."""
@@ -92,7 +97,7 @@ class PipelineConfig:
             if not eq or not name:
                 raise ValueError(f"{flag}: expected NAME=VALUE, e.g. goal_weight=0.5")
             if name not in hints or name in fixed:
-                known = "; the pipeline sets it" if name in fixed else "; see apt-train-stage2 --help"
+                known = "; the pipeline sets it" if name in fixed else f"; see apt-train-stage{stage} --help"
                 raise ValueError(f"{flag}: {name!r} is not a training option it can set{known}")
             typ = hints[name]
             try:
