@@ -185,3 +185,31 @@ def test_a_hold_in_a_backlog_starts_where_the_moving_arm_is() -> None:
     assert np.allclose(res.plan.positions[0], where, atol=1e-6)
     # the old joint state is far behind: holding there would have sent the arm back
     assert np.abs(arm(t_backlog) - where).max() > 0.1
+
+
+def test_a_watchdog_hold_reaches_at_most_the_joint_state_timeout_past_the_last_state() -> None:
+    """Joint states stop while a plan commands motion: the hold starts at the last joint state
+    advanced along the plan by at most joint_state_timeout_s (past it nothing says the arm still
+    follows; a blocked arm would be commanded to where it cannot be). Regression: the policy-node
+    test of a blocked arm saw a hold 0.228 rad from the arm after a 0.53 s joint-state gap."""
+    clock = Clock()
+    cfg = RuntimeConfig(dt=0.1, chunk_length=16, joint_state_timeout_s=0.25, image_timeout_s=1.0)
+    rt = PolicyRuntime(
+        GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock
+    )
+    rt.instruct("left", append=False)
+    img = np.zeros((8, 8, 3), np.uint8)
+    plans: list[Trajectory] = []
+    while clock.t < 100.5:  # the arm is blocked at 0; its joint states are fresh
+        rt.on_joint_state(np.zeros(3), clock.t)
+        rt.on_image("front", img, clock.t)
+        if clock.t >= rt.next_step_time():
+            res = rt.step()
+            plans += [res.plan] if res.plan is not None else []
+        clock.t += 0.02
+    clock.t += 0.6  # then no joint state for 0.6 s
+    rt.on_image("front", img, clock.t)
+    res = rt.step()
+    assert res.kind == "hold" and "joint_states" in res.reason
+    reach = np.abs(res.plan.positions[0]).max()
+    assert 0.0 < reach <= 0.04 * 10 * 0.25 + 1e-9  # 0.4 rad/s for at most the 0.25 s timeout

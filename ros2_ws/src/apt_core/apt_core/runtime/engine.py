@@ -208,7 +208,7 @@ class PolicyRuntime:
             self.queue.cancel_all(outcome)
             self._stopped_reason = reason
             t_hold = self.clock() + self.cfg.lead_time_s
-            at = None if self._joints is None else self._joints[0] if measured else self._estimate(t_hold)
+            at = None if self._joints is None else self._joints[0] if measured else self._start_point(t_hold)
             self.stitcher.reset()
             self._plans.clear()
             self.completion.reset()
@@ -279,7 +279,7 @@ class PolicyRuntime:
         self._holding, self._hold_reason = True, reason
         self.stitcher.reset()
         if first and self._joints is not None:
-            hold = hold_trajectory(now + self.cfg.lead_time_s, self._estimate(now + self.cfg.lead_time_s))
+            hold = hold_trajectory(now + self.cfg.lead_time_s, self._start_point(now + self.cfg.lead_time_s))
             self.stitcher.set_plan(hold)
             self._plans.append(hold)
             self.holds += 1
@@ -365,7 +365,7 @@ class PolicyRuntime:
                 # with nothing executing (first plan, after a hold) start where the arm is at t0: the
                 # newest joint state advanced along what was commanded since (not the older one
                 # paired with the image for the model)
-                now_q = self._estimate(t0) if self._joints is not None else obs.joint_positions
+                now_q = self._start_point(t0) if self._joints is not None else obs.joint_positions
                 plan = self.stitcher.stitch(t0, measured=now_q)
                 expected, ref = self._expected_position(t0, obs.joint_positions, plan.positions[0])
                 safe, report = self.safety.apply(plan, expected, v_start=plan.velocities[0], reference=ref)
@@ -408,7 +408,14 @@ class PolicyRuntime:
                 return plan.sample(t)[0]
         return None
 
-    def _estimate(self, t: float) -> np.ndarray:
+    def _start_point(self, t: float) -> np.ndarray:
+        """Where holds and plans that start from the arm's state start: the estimate at t, its
+        reach capped at joint_state_timeout_s after the joint state's stamp. A watchdog hold comes
+        when the joint state is older than that; past it nothing says the arm still follows (a
+        blocked arm would be commanded to where it cannot be)."""
+        return self._estimate(t, span=self.cfg.joint_state_timeout_s)
+
+    def _estimate(self, t: float, span: float | None = None) -> np.ndarray:
         """Where the arm is at absolute time t if it follows its commands: the newest joint state
         (q at its stamp t_js) plus what the kept plans commanded between t_js and t.
 
@@ -421,6 +428,8 @@ class PolicyRuntime:
         q, t_js = self._joints
         if not self._plans:
             return q.copy()
+        if span is not None:
+            t = min(t, t_js + span)
         # before the oldest kept plan: its first point (a first plan starts where the arm rests)
         rest = self._plans[0].positions[0]
         c_js, c_t = self._commanded(t_js), self._commanded(t)
