@@ -14,6 +14,8 @@ seed of 100 faults. The simulation is seeded and deterministic; the seeds below 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from apt_core.runtime.engine import HOLDING, PolicyRuntime, RuntimeConfig
@@ -25,6 +27,7 @@ from apt_core.types import Observation
 JOINTS = ("j0", "j1", "j2")
 GOALS = {"left": np.array([0.6, 0.2, -0.3]), "right": np.array([-0.5, 0.4, 0.1])}
 TICK = 0.005  # simulation step [s]
+IMG = np.zeros((8, 8, 3), np.uint8)
 DEPTH = 5  # queue depth of the policy node's sensor subscriptions (qos_profile_sensor_data)
 
 
@@ -95,7 +98,6 @@ def _run(seed: int, blocked: bool = False, seconds: float = 12.0) -> tuple[Polic
     rt = PolicyRuntime(GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(limits), clock=clock)
     _, task_id, _ = rt.instruct("left, then right", append=False)
     arm = Controller(blocked)
-    img = np.zeros((8, 8, 3), np.uint8)
     inbox: list[tuple[float, str, object]] = []  # to the runtime: (arrival, kind, payload)
     wire: list[tuple[float, Trajectory]] = []  # to the controller
     stalled_until, next_js, next_img = 0.0, clock.t, clock.t
@@ -124,7 +126,7 @@ def _run(seed: int, blocked: bool = False, seconds: float = 12.0) -> tuple[Polic
                 if kind == "js":
                     rt.on_joint_state(*payload)
                 else:
-                    rt.on_image("front", img, payload)
+                    rt.on_image("front", IMG, payload)
                 if rng.random() < 0.3:
                     break  # the worker runs between callbacks of the backlog
             if t >= rt.next_step_time():
@@ -152,30 +154,36 @@ def test_a_blocked_arm_is_still_faulted_through_stalls() -> None:
         assert rt.status().state == HOLDING and np.allclose(arm.q, 0.0)
 
 
-def test_a_hold_in_a_backlog_starts_where_the_moving_arm_is() -> None:
-    """The newest joint state processed is 0.4 s old (a backlog) when the camera goes stale: the
-    hold starts at that state advanced along the executing plan, which the arm follows."""
+def _moving(cfg: RuntimeConfig, blocked: bool) -> tuple[PolicyRuntime, Clock, Callable]:
+    """'left' for 0.5 s with fresh inputs; the arm follows the newest plan that has started (an
+    ideal follower) or, blocked, stays at 0. Returns the runtime, its clock and arm(t)."""
     clock = Clock()
-    cfg = RuntimeConfig(dt=0.1, chunk_length=16, image_timeout_s=0.3, joint_state_timeout_s=1.0)
     rt = PolicyRuntime(
         GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock
     )
     rt.instruct("left", append=False)
-    img = np.zeros((8, 8, 3), np.uint8)
     plans: list[Trajectory] = []
 
-    def arm(t: float) -> np.ndarray:  # an ideal follower: the newest plan that has started
+    def arm(t: float) -> np.ndarray:
         started = [p for p in plans if p.start <= t]
-        return started[-1].sample(t)[0] if started else np.zeros(3)
+        return started[-1].sample(t)[0] if started and not blocked else np.zeros(3)
 
-    while clock.t < 100.5:  # start moving: fresh inputs
+    while clock.t < 100.5:
         rt.on_joint_state(arm(clock.t), clock.t)
-        rt.on_image("front", img, clock.t)
+        rt.on_image("front", IMG, clock.t)
         if clock.t >= rt.next_step_time():
             res = rt.step()
             plans += [res.plan] if res.plan is not None else []
         clock.t += 0.02
     assert plans
+    return rt, clock, arm
+
+
+def test_a_hold_in_a_backlog_starts_where_the_moving_arm_is() -> None:
+    """The newest joint state processed is 0.4 s old (a backlog) when the camera goes stale: the
+    hold starts at that state advanced along the executing plan, which the arm follows."""
+    cfg = RuntimeConfig(dt=0.1, chunk_length=16, image_timeout_s=0.3, joint_state_timeout_s=1.0)
+    rt, clock, arm = _moving(cfg, blocked=False)
     t_backlog = clock.t - 0.4  # then only a 0.4 s old joint state gets through; images stop
     rt.on_joint_state(arm(t_backlog), t_backlog)
     clock.t += 0.35
@@ -192,23 +200,10 @@ def test_a_watchdog_hold_reaches_at_most_the_joint_state_timeout_past_the_last_s
     advanced along the plan by at most joint_state_timeout_s (past it nothing says the arm still
     follows; a blocked arm would be commanded to where it cannot be). Regression: the policy-node
     test of a blocked arm saw a hold 0.228 rad from the arm after a 0.53 s joint-state gap."""
-    clock = Clock()
     cfg = RuntimeConfig(dt=0.1, chunk_length=16, joint_state_timeout_s=0.25, image_timeout_s=1.0)
-    rt = PolicyRuntime(
-        GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock
-    )
-    rt.instruct("left", append=False)
-    img = np.zeros((8, 8, 3), np.uint8)
-    plans: list[Trajectory] = []
-    while clock.t < 100.5:  # the arm is blocked at 0; its joint states are fresh
-        rt.on_joint_state(np.zeros(3), clock.t)
-        rt.on_image("front", img, clock.t)
-        if clock.t >= rt.next_step_time():
-            res = rt.step()
-            plans += [res.plan] if res.plan is not None else []
-        clock.t += 0.02
+    rt, clock, _ = _moving(cfg, blocked=True)  # the arm is blocked at 0; its joint states are fresh
     clock.t += 0.6  # then no joint state for 0.6 s
-    rt.on_image("front", img, clock.t)
+    rt.on_image("front", IMG, clock.t)
     res = rt.step()
     assert res.kind == "hold" and "joint_states" in res.reason
     reach = np.abs(res.plan.positions[0]).max()
