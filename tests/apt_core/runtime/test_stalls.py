@@ -208,3 +208,42 @@ def test_a_watchdog_hold_reaches_at_most_the_joint_state_timeout_past_the_last_s
     assert res.kind == "hold" and "joint_states" in res.reason
     reach = np.abs(res.plan.positions[0]).max()
     assert 0.0 < reach <= 0.04 * 10 * 0.25 + 1e-9  # 0.4 rad/s for at most the 0.25 s timeout
+
+
+def test_a_stall_during_inference_holds_instead_of_publishing_on_an_old_joint_state() -> None:
+    """The process stalls for 1 s while the model runs: no joint state arrives meanwhile. The
+    start-jump check measures the follow error at the newest joint state's stamp, so with a state
+    1 s old a blocked arm would get a plan starting 0.4 rad/s x 1 s along the commanded path from
+    it. The runtime holds (a watchdog hold, which resumes) instead. Regression: the policy-node test
+    of a blocked arm saw a plan start 0.366 rad from the arm after a 1.28 s stall."""
+    clock = Clock()
+    cfg = RuntimeConfig(dt=0.1, chunk_length=16, joint_state_timeout_s=0.25, image_timeout_s=1.0)
+    policy = GoalPolicy()
+    rt = PolicyRuntime(
+        policy, JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock
+    )
+    rt.instruct("left", append=False)
+    stall = {"s": 0.0}
+    predict = policy.predict
+
+    def stalling(obs: Observation, instruction: str) -> np.ndarray:
+        clock.t += stall["s"]
+        return predict(obs, instruction)
+
+    policy.predict = stalling
+    kinds, reasons = [], []
+    for stall["s"] in (0.0, 1.0, 0.0):  # the arm is blocked at 0; its joint states are fresh
+        while True:
+            rt.on_joint_state(np.zeros(3), clock.t)
+            rt.on_image("front", IMG, clock.t)
+            if clock.t >= rt.next_step_time():
+                break
+            clock.t += 0.02
+        res = rt.step()
+        kinds.append(res.kind)
+        reasons.append(res.reason)
+        if res.plan is not None:  # nothing published starts far from the arm
+            assert np.abs(res.plan.positions[0]).max() <= 0.25 + 0.4 * (0.25 + cfg.lead_time_s) + 1e-9
+    assert kinds == ["plan", "hold", "plan"], kinds  # the hold was stale: fresh states resume
+    assert "joint_states is 1.0" in reasons[1] and "stamped 1.0" in reasons[1], reasons[1]
+    assert rt.status().fault == ""

@@ -358,6 +358,12 @@ class PolicyRuntime:
             self._last_latency = latency
             if self.queue.active is None or self.queue.active.task_id != task_id:
                 return StepResult("wait", reason="task changed during inference", events=events)
+            reasons = self._stale_for_plan(self.clock())
+            if reasons:
+                self._next_step = self.clock() + self.cfg.dt / 2
+                res = self._hold(self.clock(), "; ".join(reasons), stale=True)
+                res.task_id, res.events = task_id, events
+                return res
             try:
                 chunk = self._to_joint_chunk(raw, obs.joint_positions)
                 self.stitcher.add_chunk(t_obs, chunk)
@@ -399,6 +405,25 @@ class PolicyRuntime:
                 task_id=task_id,
                 events=events,
             )
+
+    def _stale_for_plan(self, now: float) -> list[str]:
+        """Why the plan just computed must not be published at `now` (empty: it may be).
+
+        The inputs were fresh when the observation was taken, but the process can stall while the
+        model runs, and then no joint state arrives. The start-jump check measures the follow
+        error at the newest joint state's stamp and trusts the plans for the rest: after a 1.28 s
+        stall a blocked arm got a plan starting 0.366 rad from it. So the watchdog is asked again,
+        and the joint state must also be stamped within joint_state_timeout_s (a backlog being
+        drained arrives fresh with old stamps). Unset stamps (0) are not judged by age."""
+        reasons = self.watchdog.stale(now)
+        if self._joints is not None:
+            age = now - self._joints[1]
+            if self._joints[1] > 0 and age > self.cfg.joint_state_timeout_s:
+                reasons.append(
+                    f"newest joint state stamped {age:.2f} s before the plan "
+                    f"(bound {self.cfg.joint_state_timeout_s:.2f} s)"
+                )
+        return reasons
 
     def _commanded(self, t: float) -> np.ndarray | None:
         """The commanded position at absolute time t: the newest published plan that had started
