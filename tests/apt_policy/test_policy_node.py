@@ -44,15 +44,10 @@ def _is_hold(tr: dict) -> bool:
     return bool(np.allclose(tr["pos"], tr["pos"][0]) and not np.any(tr["vel"]))
 
 
-# KNOWN INTERMITTENT (issue #6/#7 notes, sessions 3 and 11): on this 2-core machine this test fails
-# in roughly 1 run in 3 (session 11, idle machine). Most failures are "status rate 4.x Hz": while an
-# /apt/execute goal runs, the policy node's whole Python process stalls for 0.2-0.6 s at a time
-# (a watchdog thread measured it; faulthandler dumps during the stalls show the executor's main
-# thread at the action server waitable's get_num_entities call and every other Python thread
-# asleep), so the 10 Hz status timer misses ticks. Its own callback group did not help; the cause inside rclpy's action server is not
-# found yet. Earlier failures: a plan arriving ~0.1 s after the previous one ended. Reruns keep CI
-# meaningful meanwhile; the assertions are unchanged.
-@pytest.mark.flaky(reruns=3)
+# Was intermittent until session 13 ("status rate 3-5 Hz" in about half the runs): rclpy's
+# MultiThreadedExecutor resubmitted waiting callbacks on every pass until its list held thousands
+# and its loop held the GIL. The node now spins its sensors, timers and services on one thread and
+# /apt/execute on a node of its own (policy_node.main). No reruns: a slow status is a real failure.
 def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Client, tmp_path: Path) -> None:
     record = tmp_path / "traj.jsonl"
     robot = start_robot(processes, record=record)
@@ -131,10 +126,12 @@ def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Clien
     assert robot.poll() is None and policy.poll() is None
 
 
-# KNOWN INTERMITTENT (issue #6/#7 notes, session 3): about 1 run in 5 on this 2-core machine still
-# fails here: a plan arriving ~0.1 s after the previous one ended, or a plan recorded after the stop's
-# hold. The start-jump and resume-jump causes were fixed; these two are not yet understood. Reruns
-# keep CI meaningful meanwhile; the assertions are unchanged.
+# KNOWN INTERMITTENT (issue #6/#7 notes, session 3): about 1 run in 5 on this 2-core machine failed
+# here: a plan arriving ~0.1 s after the previous one ended, or a plan recorded after the stop's
+# hold. The start-jump and resume-jump causes were fixed. Session 13 found that the node's executor
+# stalled the whole process for 0.2-2 s at a time (see test_execute_chain_feedback_and_smooth_trajectories),
+# which probably explains the late plans; it has not failed since, but the reruns stay until that is
+# shown over more runs. The assertions are unchanged.
 @pytest.mark.flaky(reruns=2)
 def test_instruct_queue_cancel_and_stop(processes, client: Client, tmp_path: Path) -> None:
     record = tmp_path / "traj.jsonl"

@@ -11,8 +11,10 @@ A thin rclpy shell around `apt_core.runtime.engine.PolicyRuntime` (all logic liv
                                     /apt/predicted_path (MarkerArray), /diagnostics
 
 A dedicated worker thread runs inference (the model runs while the controller executes the previous
-plan); a MultiThreadedExecutor serves callbacks meanwhile. Every callback is guarded: a bad message
-is logged (throttled per kind) and dropped, never raised. Run: `apt-policy --ros-args -p checkpoint:=...`
+plan); a SingleThreadedExecutor serves the sensors, timers and services meanwhile. /apt/execute lives
+on a second node, `<name>_execute`, with its own executor and threads, because its execute callback
+blocks for the whole task (see `main`). Every callback is guarded: a bad message is logged (throttled
+per kind) and dropped, never raised. Run: `apt-policy --ros-args -p checkpoint:=...`
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -153,8 +155,6 @@ class PolicyNode(Node):
         if g("status_rate_hz") < 5.0:
             raise StartupError(f"status_rate_hz must be >= 5, got {g('status_rate_hz')}")
 
-        sensors = MutuallyExclusiveCallbackGroup()
-        serve = ReentrantCallbackGroup()
         for cam in c.cameras:
             msg_type = CompressedImage if cam.compressed else Image
             self.create_subscription(
@@ -162,14 +162,12 @@ class PolicyNode(Node):
                 cam.topic,
                 lambda m, n=cam.name: self._guard("image", self._on_image, n, m),
                 qos_profile_sensor_data,
-                callback_group=sensors,
             )
         self.create_subscription(
             JointState,
             c.joint_state_topic,
             lambda m: self._guard("joint_states", self._on_joint_state, m),
             qos_profile_sensor_data,
-            callback_group=sensors,
         )
         if c.success_topic and g("use_success_topic"):
             self.create_subscription(
@@ -177,7 +175,6 @@ class PolicyNode(Node):
                 c.success_topic,
                 lambda m: self._guard("success", self.rt.on_success, bool(m.data)),
                 10,
-                callback_group=sensors,
             )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._pub_lock = threading.Lock()  # orders stop holds and worker plans on the command topic
@@ -189,16 +186,24 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(ActionChunk, "/apt/action_chunk", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "/apt/predicted_path", 1)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(Instruct, "/apt/instruct", self._on_instruct, callback_group=serve)
-        self.create_service(Trigger, "/apt/stop", self._on_stop, callback_group=serve)
+        self.create_service(Instruct, "/apt/instruct", self._on_instruct)
+        self.create_service(Trigger, "/apt/stop", self._on_stop)
+        # its own node, spun by its own executor in main(): ignores the process's remappings
+        # (a launch file's __node:= would give both nodes one name)
+        self.execute_node = Node(
+            f"{self.get_name()}_execute",
+            namespace=self.get_namespace(),
+            context=self.context,
+            use_global_arguments=False,
+        )
         self._action = ActionServer(
-            self,
+            self.execute_node,
             Execute,
             "/apt/execute",
             execute_callback=self._execute,
             goal_callback=self._on_goal,
             cancel_callback=lambda _g: CancelResponse.ACCEPT,
-            callback_group=serve,
+            callback_group=ReentrantCallbackGroup(),
         )
         self.create_timer(1.0 / g("status_rate_hz"), lambda: self._guard("status", self._publish_status))
         self.create_timer(1.0, lambda: self._guard("diagnostics", self._publish_diagnostics))
@@ -540,6 +545,13 @@ def _last_link(urdf: str, base: str) -> str:
     return link
 
 
+def _spin(executor: MultiThreadedExecutor) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+
+
 def main(args: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` dumps every thread's stack: the first thing to look at if the node stalls.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -554,15 +566,27 @@ def main(args: list[str] | None = None) -> int:
         print(f"apt_policy: refusing to start: {type(e).__name__}: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
+    # Sensors, timers and services: one thread. rclpy 9's MultiThreadedExecutor resubmits every
+    # callback that waits for a free pool thread on each pass of its loop; under sensor load that
+    # list grew to thousands of entries, the loop held the GIL and /apt/status fell from 10 Hz to
+    # 3-5 Hz for whole runs (in about half the runs of test_execute_chain_feedback_and_smooth_trajectories).
+    # The execute callback blocks for the whole task, so /apt/execute gets a small pool of its own
+    # that only sees goal, cancel and result requests.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
+    execute_executor = MultiThreadedExecutor(num_threads=3)
+    execute_executor.add_node(node.execute_node)
+    execute_thread = threading.Thread(target=_spin, args=(execute_executor,), name="apt_execute", daemon=True)
+    execute_thread.start()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node.shutdown()
+        execute_executor.shutdown()
         executor.shutdown()
+        node.execute_node.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
