@@ -152,3 +152,39 @@ def test_follows_trajectories_and_rejects_bad_ones(probe) -> None:
     node.spin_until(lambda: False, 1.0)
     assert abs(node.q()[6] - 0.07) < 0.004 and sim.poll() is None
     assert processes.log_text(sim).count("rejected gripper command") == 2
+
+
+@pytest.mark.ros
+def test_real_time_stamps_stay_behind_the_clock_across_resets(processes, ros_env) -> None:
+    """At speed 1 a joint state is never stamped ahead of the receiver's clock, however many resets.
+    Each reset used to start the virtual clock one control period after the last stamp, which was
+    itself up to a period ahead: after the demo's four scenes the stamps ran 0.36 s ahead of the
+    policy node, and its start-jump check refused a plan of the two-step chain."""
+    processes.python("-m", "apt_sim.sim_node", "--ros-args", "-p", "speed:=1.0", name="sim")
+    rclpy.init()
+    node = Probe()
+    ahead: list[float] = []
+    node.create_subscription(  # (a separate list: Probe keeps the messages, this keeps receipt times)
+        JointState,
+        C.joint_state_topic,
+        lambda m: ahead.append(
+            m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 - node.get_clock().now().nanoseconds * 1e-9
+        ),
+        10,
+    )
+    try:
+        assert node.spin_until(lambda: len(node.js) > 2, 30), processes.dump_logs()
+        stamps = []
+        for seed in range(5):
+            assert node.reset(seed).success
+            ahead.clear()
+            node.spin_until(lambda: False, 1.0)
+            assert len(ahead) >= 5 and max(ahead) < 0.01, (
+                f"reset {seed}: stamps up to {max(ahead):.3f} s ahead"
+            )
+            stamps += [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in node.js]
+            node.js.clear()
+        assert np.all(np.diff(stamps) > 0), "stamps keep increasing across resets"
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()

@@ -65,7 +65,7 @@ class DemoClient:
     def __init__(self) -> None:
         import rclpy
         from rclpy.action import ActionClient
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
         from std_msgs.msg import Bool
@@ -85,7 +85,9 @@ class DemoClient:
         self.frame: np.ndarray | None = None
         self.node.create_subscription(Bool, c.success_topic, self._on_success, 10)
         self.node.create_subscription(Image, c.cameras[0].topic, self._on_image, qos_profile_sensor_data)
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        # one thread: no callback here blocks, and rclpy 9's MultiThreadedExecutor can spin on
+        # callbacks waiting for a pool thread (docs/runtime.md, "Threads")
+        self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()

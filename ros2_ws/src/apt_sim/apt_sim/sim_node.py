@@ -12,9 +12,10 @@ topic (JointTrajectory, ros2_control JTC semantics via apt_core.sim.jtc; the gri
 /apt_sim/pause (std_srvs/SetBool; recording uses it to start episodes cleanly).
 
 Timing: a wall-clock timer steps one control period of physics per tick, every dt / speed seconds
-(speed 0 = as fast as possible). No /clock: messages are stamped with a virtual clock that starts at
-the node's time and advances with simulated time, so at speed 1 it equals node time and faster runs
-produce bags with the same stamps a real-time run would have.
+(speed 0 = as fast as possible). No /clock: messages are stamped with a virtual clock that starts
+one control period before the node's time at each reset (`_origin`) and advances with simulated time,
+so at speed 1 it trails node time by less than a period and faster runs produce bags with the same
+stamps a real-time run would have.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class SimNode(Node):
         self.lock = threading.RLock()  # the recorder reads env state from its own node callbacks
         self.paused = bool(gp("start_paused").value)
         self.steps = 0
-        self._t0 = self._node_now()
+        self._t0 = self._origin(0.0)
         self.follower = TrajectoryFollower(self.contract.joint_names, np.zeros(7))
 
         c = self.contract
@@ -114,6 +115,18 @@ class SimNode(Node):
     # ----- time ----------------------------------------------------------------------------------
     def _node_now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _origin(self, last: float) -> float:
+        """The virtual clock's origin at a reset: one control period before node time, and after
+        `last`, the newest stamp sent, so that stamps keep increasing across resets even when
+        running faster than real time.
+
+        A tick simulates the period ahead and publishes its end, so at speed 1 a tick's state is
+        computed up to one period early; starting one period back keeps stamps from running
+        ahead of node time (a real robot's stamps lag). The origin used to be node time or the
+        last stamp plus a period: each reset then added up to a period of lead, and after the
+        demo's four scenes stamps ran 0.36 s ahead of the policy node's clock."""
+        return max(self._node_now() - self.contract.dt, last + 1e-3)
 
     def stamp_now(self) -> float:
         """Virtual time [s]: node time at the last reset + simulated time since."""
@@ -179,8 +192,7 @@ class SimNode(Node):
         with self.lock:
             last = self.stamp_now() if self.steps else 0.0
             self.env.reset(seed, split, instruction or None)  # raises before changing anything on bad input
-            # Keep stamps increasing across resets even when running faster than real time.
-            self._t0 = max(self._node_now(), last + self.contract.dt)
+            self._t0 = self._origin(last)
             self.follower.hold(self.env.joint_positions())
             self.pub_instr.publish(String(data=self.env.task.instruction))
             self._publish()
