@@ -247,3 +247,22 @@ def test_a_stall_during_inference_holds_instead_of_publishing_on_an_old_joint_st
     assert kinds == ["plan", "hold", "plan"], kinds  # the hold was stale: fresh states resume
     assert "joint_states is 1.0" in reasons[1] and "stamped 1.0" in reasons[1], reasons[1]
     assert rt.status().fault == ""
+
+
+def test_joint_states_stamped_in_the_future_hold_with_a_clock_message() -> None:
+    """The robot's clock runs 0.4 s ahead of the node's: no plan is published on those stamps, and
+    the hold names the clock disagreement."""
+    clock = Clock()
+    cfg = RuntimeConfig(dt=0.1, chunk_length=16, joint_state_timeout_s=0.25, image_timeout_s=1.0)
+    rt = PolicyRuntime(
+        GoalPolicy(), JOINTS, ("front",), cfg, SafetyFilter(SafetyLimits.uniform(JOINTS)), clock=clock
+    )
+    rt.instruct("left", append=False)
+    rt.on_joint_state(np.zeros(3), clock.t + 0.4)
+    rt.on_image("front", IMG, clock.t + 0.4)
+    res = rt.step()
+    assert res.kind == "hold" and "0.40 s ahead of this node's clock" in res.reason, res.reason
+    clock.t += 0.01  # the clocks agree again: the runtime resumes
+    rt.on_joint_state(np.zeros(3), clock.t)
+    rt.on_image("front", IMG, clock.t)
+    assert rt.step().kind == "plan"

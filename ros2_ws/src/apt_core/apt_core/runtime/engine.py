@@ -414,14 +414,20 @@ class PolicyRuntime:
         error at the newest joint state's stamp and trusts the plans for the rest: after a 1.28 s
         stall a blocked arm got a plan starting 0.366 rad from it. So the watchdog is asked again,
         and the joint state must also be stamped within joint_state_timeout_s (a backlog being
-        drained arrives fresh with old stamps). Unset stamps (0) are not judged by age."""
+        drained arrives fresh with old stamps). A stamp as far in the future means the robot's clock
+        and this node's disagree, and the check's arithmetic is meaningless (a simulator once ran
+        0.36 s ahead). Unset stamps (0) are not judged by age."""
         reasons = self.watchdog.stale(now)
-        if self._joints is not None:
-            age = now - self._joints[1]
-            if self._joints[1] > 0 and age > self.cfg.joint_state_timeout_s:
+        if self._joints is not None and self._joints[1] > 0:
+            age, bound = now - self._joints[1], self.cfg.joint_state_timeout_s
+            if age > bound:
                 reasons.append(
-                    f"newest joint state stamped {age:.2f} s before the plan "
-                    f"(bound {self.cfg.joint_state_timeout_s:.2f} s)"
+                    f"newest joint state stamped {age:.2f} s before the plan (bound {bound:.2f} s)"
+                )
+            elif age < -bound:
+                reasons.append(
+                    f"newest joint state stamped {-age:.2f} s ahead of this node's clock (bound {bound:.2f} s): "
+                    "are the robot's and this machine's clocks synchronised?"
                 )
         return reasons
 
