@@ -203,6 +203,12 @@ def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
         train_preset("debug", dataset=str(tiny_dataset), goal_weight=1.0)
     with pytest.raises(TrainConfigError, match="goal_weight must be >= 0"):
         cfg.replace(goal_weight=-1.0)
+    # --goal-input: the expanded policy gains the (zero-started) goal input and trains it
+    gi = stage2.main(cfg.replace(goal_input=True, out_dir=str(tmp_path / "gi")))
+    policy, _, _ = load_checkpoint(gi, expect={"stage": 2})
+    assert policy.cfg.goal_input and policy.expert.goal_in.weight.abs().sum() > 0
+    with pytest.raises(TrainConfigError, match="goal_input feeds the goal head's prediction"):
+        cfg.replace(goal_weight=0.0, goal_input=True)
 
 
 def test_frame_stride_observes_every_kth_frame_at_per_episode_offsets(tiny_dataset, tmp_path, capsys):

@@ -59,6 +59,9 @@ class TrainConfig:
     goal_urdf: str = ""  # URDF for the goal's forward kinematics; empty = the simulated arm's
     goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
     goal_min_distance: float = 0.0  # [m] no goal target for frames whose tool is already this close to it
+    # "predict where, then act" (stage 2, needs goal_weight > 0): the action tokens also get the goal,
+    # the recorded one in training and the goal head's prediction when the policy runs (docs/model.md)
+    goal_input: bool = False
     # observe every k-th frame of each episode (at an offset that differs per episode, so every
     # phase is covered); action chunks still come from every frame. The frozen-encoder memo grows
     # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
@@ -101,6 +104,10 @@ class TrainConfig:
             self.stage == 2 or self.goal_weight == 0,
             "goal_weight trains a grounding target that depends on the instruction, so it is a stage-2 "
             "option (stage 1 is language-free)",
+        )
+        check(
+            not self.goal_input or self.goal_weight > 0,
+            "goal_input feeds the goal head's prediction to the actions, so it needs goal_weight > 0",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

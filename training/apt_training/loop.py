@@ -101,6 +101,7 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         overrides["n_action_history"] = cfg.n_action_history
     if cfg.goal_weight > 0:
         overrides["goal_dim"] = 3
+        overrides["goal_input"] = cfg.goal_input
     return get_preset(cfg.preset, **overrides)
 
 
@@ -213,6 +214,7 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
             changes["backbone"] = backbone
         if cfg.goal_weight > 0:
             changes["goal_dim"] = 3
+            changes["goal_input"] = cfg.goal_input
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
     else:
         pcfg = policy_config_for(cfg, dataset)
@@ -417,6 +419,7 @@ RUN_FIELDS = (
     "goal_urdf",
     "goal_link",
     "goal_min_distance",
+    "goal_input",
     "frame_stride",
 )
 

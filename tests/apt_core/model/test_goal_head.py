@@ -97,3 +97,80 @@ def test_goal_dim_is_checked_and_needed_for_predictions(stats) -> None:
         p.predict_goal(proc.process_batch(make_raw_batch(1)))
     with pytest.raises(Exception, match=r"goal / goal_valid have shapes \(2, 2\)"):
         proc.process_batch(_with_goals(make_raw_batch(2), torch.zeros(2, 2)))
+
+
+def test_goal_input_is_teacher_forced_in_training_and_follows_the_head_when_sampling(stats) -> None:
+    """PolicyConfig.goal_input: starts as a no-op; the loss reads the recorded goal (also where its
+    loss target is masked); sampling feeds the goal head's own prediction to the action tokens."""
+    plain, proc = _policy(stats, goal_dim=3)
+    p, _ = _policy(stats, goal_dim=3, goal_input=True)
+    missing, unexpected = p.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["expert.goal_in.bias", "expert.goal_in.weight"]
+    p.eval(), plain.eval()
+    noise = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(1))
+    served = proc.process_batch(make_raw_batch(2))
+    assert torch.equal(p.sample_actions(served, noise=noise), plain.sample_actions(served, noise=noise))
+
+    with torch.no_grad():
+        p.expert.goal_in.weight.normal_(0, 0.5)
+    raw = _with_goals(make_raw_batch(2), torch.tensor([[0.4, 0.1, 0.03]] * 2), torch.tensor([1, 0]).bool())
+
+    def loss(goal_row0: list[float], goal_row1: list[float]) -> float:
+        r = dict(raw, goal=torch.tensor([goal_row0, goal_row1]))
+        b = proc.process_batch(r, train=True)
+        return p.compute_loss(b, generator=torch.Generator().manual_seed(5), goal_weight=0.0)[0].item()
+
+    base = loss([0.4, 0.1, 0.03], [0.4, 0.1, 0.03])
+    assert loss([0.4, -0.2, 0.03], [0.4, 0.1, 0.03]) != pytest.approx(base)  # the recorded goal counts
+    # also where the loss target is masked (a tool within goal_min_distance of it): the head
+    # answers for every frame when sampling
+    assert loss([0.4, 0.1, 0.03], [0.0, -0.3, 0.5]) != pytest.approx(base)
+    with pytest.raises(KeyError, match="goal_input needs the batch's 'goal'"):
+        p.compute_loss(proc.process_batch(make_raw_batch(2), train=True))
+
+    # sampling: the head's prediction is the input (moving the head's output moves the actions)
+    before = p.sample_actions(served, noise=noise)
+    with torch.no_grad():
+        p.goal_head[-1].bias.add_(torch.tensor([0.0, 3.0, 0.0]))
+    assert not torch.allclose(p.sample_actions(served, noise=noise), before)
+
+
+def test_goal_input_lets_the_actions_follow_the_predicted_goal(stats) -> None:
+    """Same image, state and instruction; two recorded goals, each with its own action chunk. Only
+    the goal input tells them apart, so after teacher-forced training the sampled chunk moves
+    towards the chunk of whichever goal the head predicts (200 steps get it part of the way)."""
+    p, proc = _policy(stats, goal_dim=3, goal_input=True)
+    raw = make_raw_batch(8, tasks=["pick up the cube"] * 8)
+    for k in ("observation.images.front", "observation.state"):
+        raw[k] = raw[k][:1].expand(8, *raw[k].shape[1:]).clone()
+    goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
+    acts = raw["action"][:2].clone()
+    acts[0], acts[1] = acts[0] + 0.5, acts[1] - 0.5
+    raw["action"] = acts.repeat(4, 1, 1)
+    batch = proc.process_batch(_with_goals(raw, goals), train=True)
+    opt = torch.optim.Adam([q for q in p.parameters() if q.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        loss, _ = p.compute_loss(batch, generator=g, goal_weight=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p.eval()
+    served = proc.process_batch({k: v[:1] for k, v in raw.items() if k not in ("action", "action_is_pad")})
+    noise = torch.randn(1, 16, 7, generator=torch.Generator().manual_seed(2))
+    out = []
+    for goal in goals[:2]:
+        with torch.no_grad():  # make the head answer `goal` whatever it sees
+            p.goal_head[-1].weight.zero_()
+            p.goal_head[-1].bias.copy_(goal / p.GOAL_SCALE)
+        out.append(p.sample_actions(served, noise=noise)[0])
+    # normalised, as sampled: the two goals' chunks differ by ~2.5 units per joint
+    d_want = (batch["actions"][0] - batch["actions"][1]).flatten()
+    d_out = (out[0] - out[1]).flatten()  # nothing else differs between the two samples
+    cos = float(d_out @ d_want / (d_out.norm() * d_want.norm()))
+    assert cos > 0.8 and d_out.norm() > 0.1 * d_want.norm(), (cos, float(d_out.norm() / d_want.norm()))
+
+
+def test_goal_input_needs_the_goal_head(stats) -> None:
+    with pytest.raises(ConfigError, match="goal_input conditions the actions"):
+        get_preset("debug", goal_input=True)

@@ -178,6 +178,9 @@ class PolicyConfig:
     # auxiliary grounding head (training signal only; 0: none, 3: predicts the tool position at the
     # next gripper event from the expert's state token, apt_core.data.goals)
     goal_dim: int = 0
+    # "predict where, then act": the action tokens also see a goal position, the recorded one in
+    # training (teacher forcing) and the goal head's own prediction when sampling. Needs goal_dim 3
+    goal_input: bool = False
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be 1 or 2, got {self.stage!r}")
@@ -204,6 +207,10 @@ class PolicyConfig:
         _check(self.norm_mode in NORM_MODES, f"norm_mode {self.norm_mode!r} not one of {NORM_MODES}")
         _check(self.rate_hz > 0, f"rate_hz must be > 0, got {self.rate_hz}")
         _check(self.goal_dim in (0, 3), f"goal_dim must be 0 (no goal head) or 3 (xyz), got {self.goal_dim}")
+        _check(
+            not self.goal_input or self.goal_dim == 3,
+            "goal_input conditions the actions on the goal head's prediction, so it needs goal_dim 3",
+        )
         if self.action_space == "ee_pose":
             _check(
                 self.action_dim == EE_POSE_DIM,

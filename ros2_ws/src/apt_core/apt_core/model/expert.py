@@ -165,6 +165,12 @@ class ActionExpert(nn.Module):
         self.layers = nn.ModuleList(ExpertLayer(cfg, feature_dim) for _ in range(n_layers))
         self.final_norm = AdaRMSNorm(W)
         self.head = nn.Linear(W, cfg.action_dim)
+        if cfg.goal_input:
+            # goal position (units of APTPolicy.GOAL_SCALE) -> added to every action token; zero at
+            # first, so a policy that gains the input starts out acting as it did without it
+            self.goal_in = nn.Linear(cfg.goal_dim, W)
+            nn.init.zeros_(self.goal_in.weight)
+            nn.init.zeros_(self.goal_in.bias)
         self.token_insertion = cfg.variant == "token_insertion"
         if self.token_insertion:
             # language tokens (top tap) appended to the expert's own sequence instead of gated fusion
@@ -235,9 +241,12 @@ class ActionExpert(nn.Module):
         masks: dict[str, torch.Tensor],  # from build_masks (once per chunk)
         ctx: list[tuple[torch.Tensor, torch.Tensor]],  # per layer keys/values
         hidden: list[torch.Tensor] | None = None,  # when given, receives the last layer's tokens (B, T, W)
+        goal: torch.Tensor | None = None,  # (B, goal_dim) goal input (cfg.goal_input), GOAL_SCALE units
     ) -> torch.Tensor:
         mods = self.time_conditioning(t) if isinstance(t, torch.Tensor) else t
         a = self.action_in(noisy) + self.pos[self.n_hist + 1 :]  # (B, H, W)
+        if goal is not None:
+            a = a + self.goal_in(goal)[:, None]
         x = torch.cat([prefix, a], 1)  # (B, T, W)
         for layer, c, m in zip(self.layers, ctx, mods, strict=False):
             x = layer(x, m, c, masks)

@@ -95,7 +95,7 @@ class APTPolicy(nn.Module):
         t: torch.Tensor | list,
         hidden: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        return self.expert(x_t, t, enc["prefix"], enc["masks"], enc["ctx"], hidden)
+        return self.expert(x_t, t, enc["prefix"], enc["masks"], enc["ctx"], hidden, enc.get("goal_in"))
 
     # ---- training ------------------------------------------------------------------------------
     def compute_loss(
@@ -114,6 +114,8 @@ class APTPolicy(nn.Module):
         enc = self.encode(batch)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t, t, target = self.objective.training_pair(x0, noise, generator)
+        if self.cfg.goal_input:
+            enc["goal_in"] = self._teacher_goal(batch)
         use_goal = goal_weight > 0 and self.cfg.goal_dim > 0 and "goal" in batch
         hidden: list[torch.Tensor] | None = [] if use_goal else None
         pred = self._denoise(enc, x_t, t, hidden)
@@ -130,6 +132,16 @@ class APTPolicy(nn.Module):
         return loss, info
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
+
+    def _teacher_goal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The goal input in training (cfg.goal_input): the recorded goal, in GOAL_SCALE units, for
+        every frame, also those whose loss target `goal_valid` masks (a tool already within
+        goal_min_distance of it): when sampling, the head answers for every frame too. The state
+        token, which the goal head reads, never attends to the action tokens, so the head's own
+        prediction is not changed by this input and can replace it when sampling."""
+        if "goal" not in batch:
+            raise KeyError("goal_input needs the batch's 'goal' targets (train with goal_weight > 0)")
+        return batch["goal"] / self.GOAL_SCALE
 
     def _goal_units(self, enc: dict[str, object], hidden: list[torch.Tensor]) -> torch.Tensor:
         """The goal head on the state token (the last prefix token) of the expert's last layer:
@@ -158,7 +170,7 @@ class APTPolicy(nn.Module):
         training drew that time at random, this uses t = 0.5."""
         if not self.cfg.goal_dim:
             raise ValueError("this policy has no goal head (goal_dim 0)")
-        enc = self.encode(batch)
+        enc = self.encode(batch)  # (no goal input: the state token never sees the action tokens)
         B = batch["state"].shape[0]
         x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
         hidden: list[torch.Tensor] = []
@@ -183,6 +195,11 @@ class APTPolicy(nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
         noise = noise.to(batch["state"])
         enc = self.encode(batch)
+        if self.cfg.goal_input:
+            # predict where (one expert pass at t = 0.5, as predict_goal), then act towards it
+            hidden: list[torch.Tensor] = []
+            self._denoise(enc, noise, torch.full((B,), 0.5).to(noise), hidden)
+            enc["goal_in"] = self._goal_units(enc, hidden)
         steps = num_steps or self.cfg.objective.inference_steps
         times = self.objective.step_times(steps)
         # time conditioning of all steps in one batched pass; each step then only indexes it

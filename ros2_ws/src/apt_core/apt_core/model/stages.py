@@ -75,7 +75,8 @@ def expand_to_stage2(stage1: APTPolicy, stage2_cfg: PolicyConfig, seed: int | No
             s2.expert.layers[2 * i + 1].load_state_dict(layer.state_dict())
         shared = {k: v for k, v in stage1.expert.state_dict().items() if not k.startswith("layers.")}
         missing, unexpected = s2.expert.load_state_dict(shared, strict=False)
-        if unexpected or any(not k.startswith(("layers.", "lang_")) for k in missing):
+        # new in stage 2: the even layers, token insertion's lang_*, the goal input (goal_in)
+        if unexpected or any(not k.startswith(("layers.", "lang_", "goal_in.")) for k in missing):
             raise ExpansionError(
                 f"expert weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
