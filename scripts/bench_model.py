@@ -44,19 +44,19 @@ def bench_rows(
     preset: str, stage: int, repeats: int, rows: list[tuple[str, int, str]], tmp: Path
 ) -> list[list[object]]:
     """rows: (objective, denoising steps, vision tokens: pooled | keypoints | keypoints + N grounded
-    (minilm_effnet only; grounded keypoints exist in stage 2))."""
+    (minilm_effnet only; grounded keypoints exist in stage 2) | keypoints + goal input (the goal
+    head's prediction fed to the actions: one more expert pass per chunk))."""
     out = []
     rng = np.random.default_rng(0)
     for objective, steps, tokens in rows:
         over = {}
         if preset == "cpu-demo":
-            kind, _, grounded = tokens.partition(" + ")  # e.g. "keypoints + 4 grounded"
-            over = {
-                "backbone": {
-                    "vision_tokens": kind,
-                    "grounded_keypoints": int(grounded.split()[0]) if grounded else 0,
-                }
-            }
+            kind, _, extra = tokens.partition(" + ")  # e.g. "keypoints + 4 grounded"
+            goal_input = extra == "goal input"
+            grounded = int(extra.split()[0]) if extra and not goal_input else 0
+            over = {"backbone": {"vision_tokens": kind, "grounded_keypoints": grounded}}
+            if goal_input:
+                over.update(goal_dim=3, goal_input=True)
         cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps}, **over)
         torch.manual_seed(0)
         policy = APTPolicy(cfg)
@@ -126,6 +126,7 @@ def main() -> None:
         ("flow", 10, "pooled"),
         ("flow", 10, "keypoints"),
         ("flow", 10, "keypoints + 4 grounded"),
+        ("flow", 10, "keypoints + goal input"),
         ("flow", 5, "keypoints"),
     ]
     rows = []

@@ -174,3 +174,36 @@ def test_goal_input_lets_the_actions_follow_the_predicted_goal(stats) -> None:
 def test_goal_input_needs_the_goal_head(stats) -> None:
     with pytest.raises(ConfigError, match="goal_input conditions the actions"):
         get_preset("debug", goal_input=True)
+
+
+def test_a_given_goal_replaces_the_head_when_serving(stats) -> None:
+    """PolicyRunner: obs.extras["goal"] [m] (an oracle's, `evaluate --oracle-goal`) is the goal
+    input instead of the head's prediction; a policy without a goal input ignores it."""
+    import numpy as np
+
+    from apt_core.model.runner import PolicyRunner
+    from apt_core.types import Observation
+
+    p, proc = _policy(stats, goal_dim=3, goal_input=True)
+    with torch.no_grad():
+        p.expert.goal_in.weight.normal_(0, 0.5)
+        p.goal_head[-1].weight.zero_()
+        p.goal_head[-1].bias.copy_(torch.tensor([0.45, 0.2, 0.03]) / p.GOAL_SCALE)
+    rng = np.random.default_rng(0)
+    obs = Observation(
+        images={"front": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)},
+        joint_positions=rng.normal(0, 0.3, 7),
+        stamp=0.0,
+    )
+
+    def act(runner: PolicyRunner, goal: list[float] | None) -> np.ndarray:
+        runner.reset()
+        extras = {} if goal is None else {"goal": np.array(goal)}
+        return runner.predict(Observation(obs.images, obs.joint_positions, 0.0, extras), "pick up the cube")
+
+    runner = PolicyRunner(p, proc, {})
+    head = act(runner, None)
+    np.testing.assert_allclose(act(runner, [0.45, 0.2, 0.03]), head, atol=1e-5)  # the head's own answer
+    assert not np.allclose(act(runner, [0.45, -0.2, 0.03]), head, atol=1e-3)
+    plain = PolicyRunner(_policy(stats, goal_dim=3)[0], proc, {})
+    np.testing.assert_array_equal(act(plain, [0.45, -0.2, 0.03]), act(plain, None))

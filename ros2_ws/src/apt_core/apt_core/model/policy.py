@@ -195,7 +195,9 @@ class APTPolicy(nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
         noise = noise.to(batch["state"])
         enc = self.encode(batch)
-        if self.cfg.goal_input:
+        if self.cfg.goal_input and "goal_override" in batch:  # (B, 3) [m], e.g. an oracle's
+            enc["goal_in"] = batch["goal_override"].to(noise) / self.GOAL_SCALE
+        elif self.cfg.goal_input:
             # predict where (one expert pass at t = 0.5, as predict_goal), then act towards it
             hidden: list[torch.Tensor] = []
             self._denoise(enc, noise, torch.full((B,), 0.5).to(noise), hidden)

@@ -59,6 +59,11 @@ class PolicyRunner:
         batch = self.processor.process_observation(obs, instruction, action_history=hist)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         cfg = self.policy.cfg
+        goal = obs.extras.get("goal") if obs.extras else None
+        if goal is not None and cfg.goal_input:  # a given goal (an oracle) replaces the head's
+            batch["goal_override"] = (
+                torch.as_tensor(np.asarray(goal, np.float32)).reshape(1, 3).to(self.device)
+            )
         noise = torch.randn((1, cfg.chunk_length, cfg.action_dim), generator=self._gen)
         with torch.inference_mode():
             a = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps)

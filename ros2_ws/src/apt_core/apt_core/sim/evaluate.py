@@ -24,6 +24,7 @@ The end-to-end variant through the ROS nodes is `apt_sim.evaluate_ros` (same tab
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -36,7 +37,7 @@ import numpy as np
 from apt_core.fileio import atomic_write_text
 from apt_core.sim.env import GRIPPER_MAX, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS
-from apt_core.types import ChunkPolicy
+from apt_core.types import ChunkPolicy, Observation
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
@@ -179,6 +180,25 @@ def run_episode(
     )
 
 
+class OracleGoal:
+    """Wraps a ChunkPolicy: each observation carries the privileged goal (`expert.oracle_goal`) in
+    obs.extras["goal"], which a policy trained with a goal input uses instead of its goal head's."""
+
+    def __init__(self, policy: ChunkPolicy, env: TabletopEnv) -> None:
+        from apt_core.sim.expert import oracle_goal
+
+        self.policy, self.env, self._goal = policy, env, oracle_goal
+        self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
+        self.rate_hz = policy.rate_hz
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+        obs = dataclasses.replace(obs, extras={**obs.extras, "goal": self._goal(self.env)})
+        return self.policy.predict(obs, instruction)
+
+
 def evaluate(
     policy: ChunkPolicy,
     splits: Sequence[str] = SPLITS,
@@ -268,12 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--execute-steps", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--out", default="out/eval")
+    ap.add_argument(
+        "--oracle-goal",
+        action="store_true",
+        help="give a checkpoint trained with --goal-input the true goal instead of its goal head's (a diagnostic)",
+    )
     a = ap.parse_args(argv)
     env = TabletopEnv()
     if a.checkpoint:
         from apt_core.model.runner import load_runner  # imported lazily: torch is heavy
 
         policy = load_runner(a.checkpoint)
+        if a.oracle_goal:
+            if not policy.policy.cfg.goal_input:
+                ap.error(f"--oracle-goal: {a.checkpoint} was not trained with --goal-input")
+            policy = OracleGoal(policy, env)
+    elif a.oracle_goal:
+        ap.error("--oracle-goal needs --checkpoint (a policy trained with --goal-input)")
     else:
         from apt_core.sim.expert import ScriptedExpert
 

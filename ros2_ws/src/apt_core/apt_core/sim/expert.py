@@ -37,6 +37,28 @@ def _min_jerk(s: np.ndarray) -> np.ndarray:
     return 10 * s**3 - 15 * s**4 + 6 * s**5
 
 
+def oracle_goal(env: TabletopEnv) -> np.ndarray:
+    """Where the tool should be at the next gripper event of the current subtask, from privileged
+    state: the goal that `apt_core.data.goals` reads off the scripted demonstrations. Grasping
+    families: the grasp point until the named object is held, then the release point above the
+    target. Push: where the push ends. (3,) in the base frame [m]; a diagnostic for policies
+    trained with a goal input (`python -m apt_core.sim.evaluate --oracle-goal`)."""
+    task = env.task
+    if task is None:
+        raise RuntimeError("oracle_goal needs a reset environment")
+    sub = task.subtasks[min(env.subtask_progress(), len(task.subtasks) - 1)]
+    obj, tgt = env.body_position(sub.obj), env.body_position(sub.target)
+    if sub.family in ("pick_place", "stack"):
+        if sub.obj not in env.held_objects():
+            return np.array([obj[0], obj[1], max(obj[2], 0.022)])
+        z = T.BOWL_RIM_HEIGHT + 0.045 if sub.family == "pick_place" else tgt[2] + 2 * T.CUBE_HALF + 0.008
+        return np.array([tgt[0], tgt[1], z])
+    d = tgt[:2] - obj[:2]
+    u = d / max(float(np.linalg.norm(d)), 1e-6)
+    end = tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004) - u * 0.03  # the scripted push's last point
+    return np.array([end[0], end[1], SAFE_Z])
+
+
 class ScriptedExpert:
     """Privileged-state expert for TabletopEnv (implements apt_core.types.ChunkPolicy)."""
 
