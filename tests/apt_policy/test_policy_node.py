@@ -130,8 +130,8 @@ def test_execute_chain_feedback_and_smooth_trajectories(processes, client: Clien
 # here: a plan arriving ~0.1 s after the previous one ended, or a plan recorded after the stop's
 # hold. The start-jump and resume-jump causes were fixed. Session 13 found that the node's executor
 # stalled the whole process for 0.2-2 s at a time (see test_execute_chain_feedback_and_smooth_trajectories),
-# which probably explains the late plans; it has not failed since, but the reruns stay until that is
-# shown over more runs. The assertions are unchanged.
+# which probably explains the late plans; it has not failed since (11 runs without a rerun), but
+# the reruns stay until that holds over more runs. The assertions are unchanged.
 @pytest.mark.flaky(reruns=2)
 def test_instruct_queue_cancel_and_stop(processes, client: Client, tmp_path: Path) -> None:
     record = tmp_path / "traj.jsonl"
