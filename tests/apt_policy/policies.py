@@ -8,7 +8,8 @@ the environment variable APT_TEST_POLICY (JSON): {"latency_s": 0.05, "offset": 0
 Instruction words: a goal name ("left", "right", "home"); "wander" always heads for whichever of
 "left" and "right" is farther away, so it never settles (a task that stays active until stopped,
 for queueing tests without timing races); "nan" returns NaN; "crash" raises;
-"checkimage" asserts the camera image is the robot's 128x128 test pattern.
+"checkimage" asserts the camera image is the robot's 128x128 test pattern; "point" heads for home
+with shoulder_pan at the x coordinate of the external goal (obs.extras["goal"], /apt/goal), or home.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ GOALS = {
 
 
 class GoalPolicy:
+    accepts_goal = True  # "point" reads obs.extras["goal"]
+
     def __init__(self, joint_names: tuple[str, ...], chunk_length: int, rate_hz: float, opts: dict) -> None:
         self.joint_names, self.chunk_length, self.rate_hz = joint_names, chunk_length, rate_hz
         self.latency_s = float(opts.get("latency_s", 0.0))
@@ -56,6 +59,8 @@ class GoalPolicy:
             dist = {w: np.abs(np.array(GOALS[w])[: len(q)] - q).max() for w in ("left", "right")}
             word = max(dist, key=dist.get)
         goal = np.array(GOALS.get(word, GOALS["home"]))[: len(self.joint_names)]
+        if word == "point" and "goal" in obs.extras:
+            goal[0] = float(obs.extras["goal"][0])
         q = obs.joint_positions
         steps = np.arange(1, self.chunk_length + 1)[:, None] / self.rate_hz
         d = goal - q

@@ -17,6 +17,7 @@ from typing import Any
 import rclpy
 from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped
 from rclpy.action import ActionClient
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -74,6 +75,7 @@ class Client:
         n.create_subscription(ActionChunk, "/apt/action_chunk", lambda m: self._add(self.chunks, m), 50)
         n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diags, m), 10)
         n.create_subscription(MarkerArray, "/apt/predicted_path", lambda m: self._add(self.markers, m), 10)
+        self.goal_pub = n.create_publisher(PointStamped, "/apt/goal", 10)
         self.instruct_cli = n.create_client(Instruct, "/apt/instruct")
         self.stop_cli = n.create_client(Trigger, "/apt/stop")
         self.execute_cli = ActionClient(n, Execute, "/apt/execute")
@@ -81,6 +83,14 @@ class Client:
         self.executor.add_node(n)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def point(self, x: float, y: float, z: float, frame: str = "base_link") -> None:
+        """Publish an external goal on /apt/goal, once the policy node subscribes."""
+        self.wait_for(lambda: self.goal_pub.get_subscription_count() > 0, 15, "/apt/goal subscriber")
+        msg = PointStamped()
+        msg.header.frame_id = frame
+        msg.point.x, msg.point.y, msg.point.z = float(x), float(y), float(z)
+        self.goal_pub.publish(msg)
 
     def _spin(self) -> None:
         while self.ctx.ok():

@@ -224,6 +224,36 @@ def test_watchdog_holds_on_stale_camera(processes, client: Client, tmp_path: Pat
     assert len(_load(record)) == n, "no new chunks are published while the camera is stale"
 
 
+def test_an_external_goal_on_apt_goal_reaches_the_policy(processes, client: Client, tmp_path: Path) -> None:
+    """/apt/goal (PointStamped in the base frame) is passed to the policy with every observation
+    until replaced or cleared (NaN); a goal in another frame is refused with a log line and changes
+    nothing. The test policy's "point" puts shoulder_pan at the goal's x."""
+
+    def pan_target() -> float | None:
+        with client.lock:
+            plans = [m for _, m in client.trajs if len(m.points) > 1]
+        return plans[-1].points[-1].positions[0] if plans else None
+
+    start_robot(processes, record=tmp_path / "traj.jsonl")
+    policy = start_policy(processes)
+    client.wait_ready()
+    client.point(0.3, 0.0, 0.05)
+    time.sleep(0.5)  # (the goal is latched in the node before the task starts)
+    assert client.instruct("point").accepted
+    client.wait_for(lambda: pan_target() is not None and abs(pan_target() - 0.3) < 1e-6, 15, "pan to 0.3")
+    client.point(-0.2, 0.0, 0.05, frame="camera_link")  # refused: no TF in the node
+    time.sleep(1.0)
+    assert abs(pan_target() - 0.3) < 1e-6
+    client.point(-0.2, 0.0, 0.05)
+    client.wait_for(lambda: abs(pan_target() + 0.2) < 1e-6, 15, "pan to -0.2")
+    client.point(float("nan"), 0.0, 0.0)  # cleared: "point" heads home
+    client.wait_for(lambda: abs(pan_target()) < 1e-6, 15, "pan home")
+    log = processes.log_text(policy)
+    assert "goal in frame 'camera_link'; this node takes goals in 'base_link'" in log
+    assert "goal set: [0.3, 0.0, 0.05]" in log and "goal cleared" in log
+    assert policy.poll() is None
+
+
 def test_refuses_policy_for_another_robot(processes, ros_env) -> None:
     proc = start_policy(processes, "policy_factory:=policies:make_wrong_joints_policy")
     # the later -p overrides the earlier policy_factory

@@ -367,3 +367,28 @@ def test_late_joint_states_of_a_following_arm_do_not_trip_the_start_jump_check()
     # the same delay with a blocked arm still trips it: the follow error grows past 0.1 rad
     _, results, outcome = _run_with_late_joint_states(blocked=True)
     assert outcome.startswith("fault: start jump") and "expected from a joint state 0.4" in outcome
+
+
+def test_an_external_goal_rides_on_every_observation_until_cleared() -> None:
+    """set_goal (the node's /apt/goal): observations carry it as extras["goal"] until replaced or
+    cleared; the policy sees a copy (changing it does not change the runtime's)."""
+    rt, pol, clock = _make()
+    seen: list[np.ndarray | None] = []
+    predict = pol.predict
+
+    def recording(obs: Observation, instruction: str) -> np.ndarray:
+        seen.append(obs.extras.get("goal"))
+        if seen[-1] is not None:
+            seen[-1][0] = 99.0  # a policy scribbling on it must not change the next observation
+        return predict(obs, instruction)
+
+    pol.predict = recording
+    rt.set_goal(np.array([0.3, -0.1, 0.05]))
+    rt.instruct("left", append=False)
+    _simulate(rt, clock, 1.0, np.zeros(3))
+    assert rt.goal is not None and rt.goal[0] == 0.3  # the scribbles landed on copies
+    rt.set_goal(None)
+    n = len(seen)
+    _simulate(rt, clock, 1.0, np.zeros(3))
+    assert n >= 2 and all(g is not None and g[1] == -0.1 and g[0] == 99.0 for g in seen[:n])
+    assert rt.goal is None and len(seen) > n and all(g is None for g in seen[n:])

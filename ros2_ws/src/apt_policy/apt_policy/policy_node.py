@@ -3,7 +3,8 @@
 A thin rclpy shell around `apt_core.runtime.engine.PolicyRuntime` (all logic lives there, ROS-free):
 
   subscriptions (sensor-data QoS)   contract cameras (Image or CompressedImage), /joint_states,
-                                    success topic (std_msgs/Bool, when the contract names one)
+                                    success topic (std_msgs/Bool, when the contract names one);
+                                    /apt/goal (geometry_msgs/PointStamped, depth 10: an external goal)
   services                          /apt/instruct (apt_msgs/Instruct), /apt/stop (std_srvs/Trigger)
   action                            /apt/execute (apt_msgs/Execute)
   publications                      controller topic (trajectory_msgs/JointTrajectory, reliable),
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -176,6 +177,9 @@ class PolicyNode(Node):
                 lambda m: self._guard("success", self.rt.on_success, bool(m.data)),
                 10,
             )
+        self.create_subscription(
+            PointStamped, "/apt/goal", lambda m: self._guard("goal", self._on_goal_point, m), 10
+        )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._pub_lock = threading.Lock()  # orders stop holds and worker plans on the command topic
         self._stops = 0  # stops/cancels so far: a plan computed across one is dropped
@@ -296,6 +300,30 @@ class PolicyNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         q = joint_state_to_array(msg, self.contract.joint_names)
         self.rt.on_joint_state(q, time_to_seconds(msg.header.stamp), self.runtime_clock())
+
+    def _on_goal_point(self, msg: PointStamped) -> None:
+        """/apt/goal: where the next gripper event should happen, in the contract's base frame (RViz's
+        "Publish Point" tool sends these on /clicked_point: remap it). NaN coordinates clear it."""
+        p = np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64)
+        if np.isnan(p).any():
+            self.rt.set_goal(None)
+            self.get_logger().info("goal cleared: the policy uses its own estimate")
+            return
+        base = self.contract.base_frame
+        if msg.header.frame_id not in ("", base):
+            raise ConversionError(
+                f"goal in frame {msg.header.frame_id!r}; this node takes goals in {base!r} (no TF here)"
+            )
+        if not np.isfinite(p).all():
+            raise ConversionError(f"goal {p.tolist()} is not finite")
+        self.rt.set_goal(p)
+        if getattr(self.rt.policy, "accepts_goal", False):
+            self.get_logger().info(f"goal set: {np.round(p, 3).tolist()} m in {base!r}")
+        else:
+            self.get_logger().warning(
+                "goal set, but this policy was not trained with a goal input (apt-train-stage2 "
+                "--goal-input): it ignores the goal"
+            )
 
     def _on_image(self, name: str, msg: Image | CompressedImage) -> None:
         c = self.contract

@@ -42,6 +42,11 @@ class PolicyRunner:
         self.last_latency_s = float("nan")
         self.reset()
 
+    @property
+    def accepts_goal(self) -> bool:
+        """Whether an external goal in obs.extras["goal"] changes the actions (cfg.goal_input)."""
+        return bool(self.policy.cfg.goal_input)
+
     def reset(self) -> None:
         """Restart the noise generator (call at the start of every episode)."""
         self._gen = torch.Generator().manual_seed(self.seed)

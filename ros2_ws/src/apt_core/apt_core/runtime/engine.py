@@ -148,6 +148,7 @@ class PolicyRuntime:
         self.n_history = _history_len(policy) if cfg.action_space != "ee_pose" else 0
         self._images: dict[str, tuple[np.ndarray, float]] = {}
         self._success: bool | None = None  # None: no success signal wired / received
+        self._goal: np.ndarray | None = None  # an external goal (set_goal), passed to the policy
         self._holding = False
         self._hold_reason = ""
         self._hold_stale = False
@@ -173,6 +174,19 @@ class PolicyRuntime:
         with self._lock:
             self._images[camera] = (rgb, stamp)
             self.watchdog.feed(f"camera {camera}", self.clock() if now is None else now)
+
+    def set_goal(self, xyz: np.ndarray | None) -> None:
+        """Where the next gripper event should happen, (3,) in the robot's base frame [m], from
+        outside the policy (a detector, a person clicking in RViz); None clears it. Until replaced
+        or cleared, every observation carries it as `extras["goal"]`, which a policy trained with
+        a goal input acts on instead of its own estimate (docs/model.md, "Goal input")."""
+        with self._lock:
+            self._goal = None if xyz is None else np.asarray(xyz, dtype=np.float64).reshape(3).copy()
+
+    @property
+    def goal(self) -> np.ndarray | None:
+        with self._lock:
+            return None if self._goal is None else self._goal.copy()
 
     def on_success(self, value: bool) -> None:
         with self._lock:
@@ -265,7 +279,8 @@ class PolicyRuntime:
             if skew > self.cfg.max_skew_s:
                 return None, [f"camera/joint-state skew {skew:.3f} s > max_skew_s {self.cfg.max_skew_s} s"]
         imgs = {c: self._images[c][0] for c in self.camera_names}
-        return Observation(images=imgs, joint_positions=q.copy(), stamp=now), []
+        extras = {} if self._goal is None else {"goal": self._goal.copy()}
+        return Observation(images=imgs, joint_positions=q.copy(), stamp=now, extras=extras), []
 
     def _hold(self, now: float, reason: str, stale: bool = False) -> StepResult:
         """Enter HOLDING (publish one hold where the arm is, `_estimate`); later calls just wait.
