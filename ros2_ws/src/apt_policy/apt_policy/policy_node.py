@@ -316,7 +316,10 @@ class PolicyNode(Node):
             )
         if not np.isfinite(p).all():
             raise ConversionError(f"goal {p.tolist()} is not finite")
+        old = self.rt.goal
         self.rt.set_goal(p)
+        if old is not None and np.abs(old - p).max() < 0.01:
+            return  # (a detector streaming goals: log only moves of 1 cm or more)
         if getattr(self.rt.policy, "accepts_goal", False):
             self.get_logger().info(f"goal set: {np.round(p, 3).tolist()} m in {base!r}")
         else:
