@@ -173,9 +173,14 @@ class APTPolicy(nn.Module):
         enc = self.encode(batch)  # (no goal input: the state token never sees the action tokens)
         B = batch["state"].shape[0]
         x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
+        return self._head_units(enc, x.to(batch["state"])) * self.GOAL_SCALE
+
+    def _head_units(self, enc: dict[str, object], x: torch.Tensor) -> torch.Tensor:
+        """The goal head's answer (B, 3) in GOAL_SCALE units: one expert pass over actions `x` at
+        t = 0.5, whose state token (which never attends to `x`) the head reads."""
         hidden: list[torch.Tensor] = []
-        self._denoise(enc, x.to(batch["state"]), torch.full((B,), 0.5), hidden)
-        return self._goal_units(enc, hidden) * self.GOAL_SCALE
+        self._denoise(enc, x, torch.full((x.shape[0],), 0.5).to(x), hidden)
+        return self._goal_units(enc, hidden)
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -197,11 +202,8 @@ class APTPolicy(nn.Module):
         enc = self.encode(batch)
         if self.cfg.goal_input and "goal_override" in batch:  # (B, 3) [m], e.g. an oracle's
             enc["goal_in"] = batch["goal_override"].to(noise) / self.GOAL_SCALE
-        elif self.cfg.goal_input:
-            # predict where (one expert pass at t = 0.5, as predict_goal), then act towards it
-            hidden: list[torch.Tensor] = []
-            self._denoise(enc, noise, torch.full((B,), 0.5).to(noise), hidden)
-            enc["goal_in"] = self._goal_units(enc, hidden)
+        elif self.cfg.goal_input:  # predict where (as predict_goal), then act towards it
+            enc["goal_in"] = self._head_units(enc, noise)
         steps = num_steps or self.cfg.objective.inference_steps
         times = self.objective.step_times(steps)
         # time conditioning of all steps in one batched pass; each step then only indexes it
