@@ -27,6 +27,25 @@ def _with_goals(raw: dict, goals: torch.Tensor, valid: torch.Tensor | None = Non
     )
 
 
+def _one_scene(raw: dict) -> dict:
+    """raw with every sample's image and state replaced by the first sample's."""
+    for k in ("observation.images.front", "observation.state"):
+        raw[k] = raw[k][:1].expand(len(raw[k]), *raw[k].shape[1:]).clone()
+    return raw
+
+
+def _fit(p: APTPolicy, batch: dict, steps: int, goal_weight: float) -> dict[str, float]:
+    """Adam (lr 3e-3) on p's trainable parameters for `steps` steps; returns the last info."""
+    opt = torch.optim.Adam([q for q in p.parameters() if q.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        loss, info = p.compute_loss(batch, generator=g, goal_weight=goal_weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return info
+
+
 def test_goal_loss_adds_to_the_action_loss_and_sampling_ignores_the_head(stats) -> None:
     plain, proc = _policy(stats)
     p, _ = _policy(stats, goal_dim=3)
@@ -69,19 +88,10 @@ def test_goal_head_learns_a_target_only_the_instruction_tells(stats) -> None:
     """Same image and state, two instructions, two targets 40 cm apart: the head can only fit both
     by reading the words (the mean of the two would be 20 cm off each)."""
     p, proc = _policy(stats, goal_dim=3)
-    raw = make_raw_batch(8, tasks=["pick up the red cube", "pick up the blue cube"] * 4)
-    for k in ("observation.images.front", "observation.state"):
-        raw[k] = raw[k][:1].expand(8, *raw[k].shape[1:]).clone()
+    raw = _one_scene(make_raw_batch(8, tasks=["pick up the red cube", "pick up the blue cube"] * 4))
     goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
     batch = proc.process_batch(_with_goals(raw, goals), train=True)
-    params = [q for q in p.parameters() if q.requires_grad]
-    opt = torch.optim.Adam(params, lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        loss, info = p.compute_loss(batch, generator=g, goal_weight=1.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    info = _fit(p, batch, 150, goal_weight=1.0)
     p.eval()
     pred = p.predict_goal(proc.process_batch(raw))
     err = (pred - goals).norm(dim=-1)
@@ -140,21 +150,13 @@ def test_goal_input_lets_the_actions_follow_the_predicted_goal(stats) -> None:
     the goal input tells them apart, so after teacher-forced training the sampled chunk moves
     towards the chunk of whichever goal the head predicts (200 steps get it part of the way)."""
     p, proc = _policy(stats, goal_dim=3, goal_input=True)
-    raw = make_raw_batch(8, tasks=["pick up the cube"] * 8)
-    for k in ("observation.images.front", "observation.state"):
-        raw[k] = raw[k][:1].expand(8, *raw[k].shape[1:]).clone()
+    raw = _one_scene(make_raw_batch(8, tasks=["pick up the cube"] * 8))
     goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
     acts = raw["action"][:2].clone()
     acts[0], acts[1] = acts[0] + 0.5, acts[1] - 0.5
     raw["action"] = acts.repeat(4, 1, 1)
     batch = proc.process_batch(_with_goals(raw, goals), train=True)
-    opt = torch.optim.Adam([q for q in p.parameters() if q.requires_grad], lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        loss, _ = p.compute_loss(batch, generator=g, goal_weight=0.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(p, batch, 200, goal_weight=0.0)
     p.eval()
     served = proc.process_batch({k: v[:1] for k, v in raw.items() if k not in ("action", "action_is_pad")})
     noise = torch.randn(1, 16, 7, generator=torch.Generator().manual_seed(2))
