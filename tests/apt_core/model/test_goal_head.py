@@ -209,3 +209,42 @@ def test_a_given_goal_replaces_the_head_when_serving(stats) -> None:
     assert not np.allclose(act(runner, [0.45, -0.2, 0.03]), head, atol=1e-3)
     plain = PolicyRunner(_policy(stats, goal_dim=3)[0], proc, {})
     np.testing.assert_array_equal(act(plain, [0.45, -0.2, 0.03]), act(plain, None))
+
+
+def test_goal_pointer_needs_the_goal_input(stats) -> None:
+    with pytest.raises(ConfigError, match="goal_pointer supplies the goal input"):
+        get_preset("debug", goal_dim=3, goal_pointer=True)
+
+
+def test_goal_pointer_learns_the_instructions_target_and_is_what_sampling_acts_on(stats) -> None:
+    """PolicyConfig.goal_pointer: a second goal predictor on the backbone's tokens, trained on the
+    same targets as the head; when sampling, its answer (not the head's) is the goal input."""
+    p, proc = _policy(stats, goal_dim=3, goal_input=True, goal_pointer=True)
+    raw = _one_scene(make_raw_batch(8, tasks=["pick up the red cube", "pick up the blue cube"] * 4))
+    goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
+    batch = proc.process_batch(_with_goals(raw, goals), train=True)
+    loss, info = p.compute_loss(batch, generator=torch.Generator().manual_seed(0), goal_weight=1.0)
+    assert info["pointer_err_cm"] > 0 and info["goal_err_cm"] > 0
+    p.zero_grad(set_to_none=True)
+    loss.backward()
+    assert p.goal_pointer.head[-1].weight.grad.abs().sum() > 0
+    info = _fit(p, batch, 150, goal_weight=1.0)
+    p.eval()
+    served = proc.process_batch(raw)
+    pred = p.predict_goal(served)  # the pointer's: two targets only the words tell apart
+    err = (pred - goals).norm(dim=-1)
+    assert err.max() < 0.05, err
+    assert info["pointer_err_cm"] < 5
+    with torch.no_grad():
+        enc = p.encode(served)
+        want = p.goal_pointer(enc["features"], enc["lang"], enc["valid"], served["state"])
+    assert torch.allclose(pred, want * p.GOAL_SCALE)
+
+    noise = torch.randn(8, 16, 7, generator=torch.Generator().manual_seed(1))
+    before = p.sample_actions(served, noise=noise)
+    with torch.no_grad():
+        p.goal_head[-1].bias.add_(torch.tensor([0.0, 3.0, 0.0]))  # the head no longer matters
+    assert torch.equal(p.sample_actions(served, noise=noise), before)
+    with torch.no_grad():
+        p.goal_pointer.head[-1].bias.add_(torch.tensor([0.0, 3.0, 0.0]))
+    assert not torch.allclose(p.sample_actions(served, noise=noise), before)

@@ -181,6 +181,10 @@ class PolicyConfig:
     # "predict where, then act": the action tokens also see a goal position, the recorded one in
     # training (teacher forcing) and the goal head's own prediction when sampling. Needs goal_dim 3
     goal_input: bool = False
+    # where the goal input comes from when sampling: False, the goal head on the expert's state token;
+    # True, a separate pointer (model/pointer.py) that reads the backbone's vision and instruction
+    # tokens and the state directly. Needs goal_input
+    goal_pointer: bool = False
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be 1 or 2, got {self.stage!r}")
@@ -210,6 +214,10 @@ class PolicyConfig:
         _check(
             not self.goal_input or self.goal_dim == 3,
             "goal_input conditions the actions on the goal head's prediction, so it needs goal_dim 3",
+        )
+        _check(
+            not self.goal_pointer or self.goal_input,
+            "goal_pointer supplies the goal input when sampling, so it needs goal_input",
         )
         if self.action_space == "ee_pose":
             _check(

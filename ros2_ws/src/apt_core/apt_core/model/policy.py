@@ -24,6 +24,7 @@ from .config import PolicyConfig
 from .expert import ActionExpert
 from .lora import LoRALinear, inject_lora
 from .objectives import build_objective
+from .pointer import GoalPointer
 from .text import ByteTokenizer
 
 
@@ -43,6 +44,10 @@ class APTPolicy(nn.Module):
             W = cfg.expert.width
             self.goal_head = nn.Sequential(
                 nn.LayerNorm(W), nn.Linear(W, W), nn.GELU(), nn.Linear(W, cfg.goal_dim)
+            )
+        if cfg.goal_pointer:  # the goal input's source when sampling (model/pointer.py)
+            self.goal_pointer = GoalPointer(
+                self.backbone.feature_dim, cfg.state_dim, list(range(1, K, 2)), cfg.goal_dim
             )
         if cfg.backbone_mode == "lora":
             inject_lora(
@@ -86,7 +91,15 @@ class APTPolicy(nn.Module):
             raise KeyError("processed batch is missing 'action_history'")
         prefix, self_allowed = self.expert.prefix(batch["state"], hist, lang_tokens)
         masks = self.expert.build_masks(ctx_allowed, self_allowed, prefix.dtype)
-        return {"ctx": ctx, "masks": masks, "prefix": prefix}
+        return {
+            "ctx": ctx,
+            "masks": masks,
+            "prefix": prefix,
+            "features": out.features,
+            "lang": lang,
+            "valid": valid,
+            "state": batch["state"],
+        }
 
     def _denoise(
         self,
@@ -129,6 +142,12 @@ class APTPolicy(nn.Module):
             g_loss, g_info = self.goal_loss(self._goal_units(enc, hidden), batch["goal"], batch["goal_valid"])
             loss = loss + goal_weight * g_loss
             info.update(g_info)
+        if use_goal and self.cfg.goal_pointer:
+            p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], batch["goal_valid"])
+            loss = loss + goal_weight * p_loss
+            info.update(
+                {f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"}
+            )
         return loss, info
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
@@ -148,6 +167,10 @@ class APTPolicy(nn.Module):
         (B, 3) in units of GOAL_SCALE."""
         return self.goal_head(hidden[0][:, enc["prefix"].shape[1] - 1])
 
+    def _pointer_units(self, enc: dict[str, object]) -> torch.Tensor:
+        """The goal pointer on the backbone's tokens and the state: (B, 3) in units of GOAL_SCALE."""
+        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], enc["state"])
+
     def goal_loss(
         self, units: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -165,12 +188,15 @@ class APTPolicy(nn.Module):
     def predict_goal(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """(B, 3) the goal head's position [m] for a processed batch (a diagnostic). The head reads
-        the state token, which never sees the noisy actions but is modulated by the denoising time;
-        training drew that time at random, this uses t = 0.5."""
+        """(B, 3) the predicted goal position [m] for a processed batch (a diagnostic): the one
+        sampling acts on, so the goal pointer's when the policy has one. The head reads the state
+        token, which never sees the noisy actions but is modulated by the denoising time; training
+        drew that time at random, this uses t = 0.5."""
         if not self.cfg.goal_dim:
             raise ValueError("this policy has no goal head (goal_dim 0)")
         enc = self.encode(batch)  # (no goal input: the state token never sees the action tokens)
+        if self.cfg.goal_pointer:
+            return self._pointer_units(enc) * self.GOAL_SCALE
         B = batch["state"].shape[0]
         x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
         return self._head_units(enc, x.to(batch["state"])) * self.GOAL_SCALE
@@ -202,7 +228,9 @@ class APTPolicy(nn.Module):
         enc = self.encode(batch)
         if self.cfg.goal_input and "goal_override" in batch:  # (B, 3) [m], e.g. an oracle's
             enc["goal_in"] = batch["goal_override"].to(noise) / self.GOAL_SCALE
-        elif self.cfg.goal_input:  # predict where (as predict_goal), then act towards it
+        elif self.cfg.goal_pointer:  # predict where (as predict_goal), then act towards it
+            enc["goal_in"] = self._pointer_units(enc)
+        elif self.cfg.goal_input:
             enc["goal_in"] = self._head_units(enc, noise)
         steps = num_steps or self.cfg.objective.inference_steps
         times = self.objective.step_times(steps)

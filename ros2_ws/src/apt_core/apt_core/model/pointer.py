@@ -1,0 +1,59 @@
+"""GoalPointer: where the instruction's next gripper event is, pointed out on the backbone's tokens.
+
+The goal head (policy.goal_head) reads the expert's state token, which sits behind eight expert
+layers trained mostly by the action loss: on new layouts it memorises instead of grounding
+(docs/experiments.md items 16-18). In a demonstration every layout comes with one instruction, so
+the layout alone predicts the target, and a module that sees the image when it decides where to
+look can learn layout -> target. The pointer cannot: its question is built from the words and the
+state only, and the image enters only as the keys and values it points at.
+
+    query + Linear(state) ──> attention over the instruction tokens   (which words matter now)
+                          ──> attention over the vision tokens         (which of them match)
+                          ──> MLP(pointed-at tokens) + Linear(words)   goal (B, 3), GOAL_SCALE units
+
+Tokens are those of the backbone's odd taps. The state tells it the phase (before or after the
+grasp: the object's words or the target's); its map starts at zero. The second term lets the words
+move the goal away from what is pointed at (where a push ends); it starts at zero too. With
+cfg.goal_pointer the sampled actions are conditioned on its answer instead of the goal head's,
+which also saves the head's extra expert pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GoalPointer(nn.Module):
+    def __init__(self, dim: int, state_dim: int, taps: list[int], goal_dim: int = 3, heads: int = 4) -> None:
+        super().__init__()
+        if not taps:
+            raise ValueError("GoalPointer needs at least one backbone tap to read")
+        self.taps = list(taps)
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.state_in = nn.Linear(state_dim, dim)
+        self.read = nn.MultiheadAttention(dim, heads, batch_first=True)  # query -> words
+        self.point = nn.MultiheadAttention(dim, heads, batch_first=True)  # words -> vision tokens
+        self.head = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, goal_dim))
+        self.offset = nn.Linear(dim, goal_dim)
+        for layer in (self.state_in, self.offset):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, features: list[torch.Tensor], lang: torch.Tensor, valid: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """features: the backbone's taps, each (B, N, D); lang: (B, N) language tokens; valid: (B, N)
+        real tokens; state: (B, S) normalised. Returns (B, goal_dim)."""
+        if max(self.taps) >= len(features):
+            raise ValueError(f"GoalPointer reads taps {self.taps}, the backbone gave {len(features)}")
+        n = len(self.taps)
+        tokens = torch.cat([features[j] for j in self.taps], 1)  # (B, n * N, D)
+        lang, valid = torch.cat([lang] * n, 1), torch.cat([valid] * n, 1)
+        if not bool((valid & lang).any(1).all()) or not bool((valid & ~lang).any(1).all()):
+            raise ValueError("GoalPointer needs instruction tokens and vision tokens in every sample")
+        q = self.query.expand(tokens.shape[0], -1, -1) + self.state_in(state)[:, None]
+        words, _ = self.read(q, tokens, tokens, key_padding_mask=~(valid & lang), need_weights=False)
+        words = words + q
+        seen, _ = self.point(words, tokens, tokens, key_padding_mask=~(valid & ~lang), need_weights=False)
+        return (self.head(seen) + self.offset(words))[:, 0]
