@@ -209,6 +209,14 @@ def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
     assert policy.cfg.goal_input and policy.expert.goal_in.weight.abs().sum() > 0
     with pytest.raises(TrainConfigError, match="goal_input feeds the goal head's prediction"):
         cfg.replace(goal_weight=0.0, goal_input=True)
+    # --goal-pointer: a goal pointer, started at the mean target like the head, trained and saved
+    gp = stage2.main(cfg.replace(goal_input=True, goal_pointer=True, out_dir=str(tmp_path / "gp")))
+    rows = [json.loads(x) for x in (tmp_path / "gp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["pointer_loss"] > 0 and 0 < r["pointer_err_cm"] < 100 for r in rows)
+    policy, _, _ = load_checkpoint(gp, expect={"stage": 2})
+    assert policy.cfg.goal_pointer and policy.goal_pointer.head[-1].bias.abs().sum() > 0
+    with pytest.raises(TrainConfigError, match="goal_pointer supplies the goal input"):
+        cfg.replace(goal_pointer=True)
 
 
 def test_frame_stride_observes_every_kth_frame_at_per_episode_offsets(tiny_dataset, tmp_path, capsys):

@@ -62,6 +62,9 @@ class TrainConfig:
     # "predict where, then act" (stage 2, needs goal_weight > 0): the action tokens also get the goal,
     # the recorded one in training and the goal head's prediction when the policy runs (docs/model.md)
     goal_input: bool = False
+    # with goal_input: a separate goal pointer (model/pointer.py), trained on the same goal targets,
+    # supplies the goal when the policy runs, instead of the goal head on the expert's state token
+    goal_pointer: bool = False
     # observe every k-th frame of each episode (at an offset that differs per episode, so every
     # phase is covered); action chunks still come from every frame. The frozen-encoder memo grows
     # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
@@ -108,6 +111,10 @@ class TrainConfig:
         check(
             not self.goal_input or self.goal_weight > 0,
             "goal_input feeds the goal head's prediction to the actions, so it needs goal_weight > 0",
+        )
+        check(
+            not self.goal_pointer or self.goal_input,
+            "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

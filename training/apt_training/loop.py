@@ -102,6 +102,7 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
     if cfg.goal_weight > 0:
         overrides["goal_dim"] = 3
         overrides["goal_input"] = cfg.goal_input
+        overrides["goal_pointer"] = cfg.goal_pointer
     return get_preset(cfg.preset, **overrides)
 
 
@@ -215,6 +216,7 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
         if cfg.goal_weight > 0:
             changes["goal_dim"] = 3
             changes["goal_input"] = cfg.goal_input
+            changes["goal_pointer"] = cfg.goal_pointer
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
     else:
         pcfg = policy_config_for(cfg, dataset)
@@ -226,6 +228,8 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
         with torch.no_grad():
             mean = torch.from_numpy(dataset.goals[dataset.goal_valid].mean(0))
             policy.goal_head[-1].bias.copy_(mean / policy.GOAL_SCALE)
+            if policy.cfg.goal_pointer:
+                policy.goal_pointer.head[-1].bias.copy_(mean / policy.GOAL_SCALE)
     return policy, processor
 
 
@@ -420,6 +424,7 @@ RUN_FIELDS = (
     "goal_link",
     "goal_min_distance",
     "goal_input",
+    "goal_pointer",
     "frame_stride",
 )
 
