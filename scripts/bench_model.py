@@ -45,18 +45,19 @@ def bench_rows(
 ) -> list[list[object]]:
     """rows: (objective, denoising steps, vision tokens: pooled | keypoints | keypoints + N grounded
     (minilm_effnet only; grounded keypoints exist in stage 2) | keypoints + goal input (the goal
-    head's prediction fed to the actions: one more expert pass per chunk))."""
+    head's prediction fed to the actions: one more expert pass per chunk) | keypoints + goal
+    pointer (the goal pointer's prediction instead: no extra expert pass))."""
     out = []
     rng = np.random.default_rng(0)
     for objective, steps, tokens in rows:
         over = {}
         if preset == "cpu-demo":
             kind, _, extra = tokens.partition(" + ")  # e.g. "keypoints + 4 grounded"
-            goal_input = extra == "goal input"
+            goal_input = extra in ("goal input", "goal pointer")
             grounded = int(extra.split()[0]) if extra and not goal_input else 0
             over = {"backbone": {"vision_tokens": kind, "grounded_keypoints": grounded}}
             if goal_input:
-                over.update(goal_dim=3, goal_input=True)
+                over.update(goal_dim=3, goal_input=True, goal_pointer=extra == "goal pointer")
         cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps}, **over)
         torch.manual_seed(0)
         policy = APTPolicy(cfg)
@@ -127,6 +128,7 @@ def main() -> None:
         ("flow", 10, "keypoints"),
         ("flow", 10, "keypoints + 4 grounded"),
         ("flow", 10, "keypoints + goal input"),
+        ("flow", 10, "keypoints + goal pointer"),
         ("flow", 5, "keypoints"),
     ]
     rows = []

@@ -17,7 +17,9 @@ Prints, on frames drawn from DATASET (normally its training data):
   splits in turn unless `--sim-split` names one): how often the predicted grasp point is nearer the
   named object than any other object, and how far from it it lies; with `--sim-episodes CSV` (an
   evaluation's episodes.csv), for each of its episodes whose gripper shut, the head's answer on that
-  scene's first frame against where the closed-loop grasp went (a 2x2 table).
+  scene's first frame against where the closed-loop grasp went (a 2x2 table). For a policy with a
+  goal pointer (`--goal-pointer`), "head" means the pointer: `APTPolicy.predict_goal` answers with
+  the goal that sampling acts on.
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
