@@ -215,6 +215,7 @@ def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
     assert all(r["pointer_loss"] > 0 and 0 < r["pointer_err_cm"] < 100 for r in rows)
     policy, _, _ = load_checkpoint(gp, expect={"stage": 2})
     assert policy.cfg.goal_pointer and policy.goal_pointer.head[-1].bias.abs().sum() > 0
+    assert policy.cfg.goal_pointer_state == ("gripper",)  # the contract's gripper joint: the phase only
     with pytest.raises(TrainConfigError, match="goal_pointer supplies the goal input"):
         cfg.replace(goal_pointer=True)
 

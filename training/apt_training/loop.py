@@ -103,6 +103,7 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         overrides["goal_dim"] = 3
         overrides["goal_input"] = cfg.goal_input
         overrides["goal_pointer"] = cfg.goal_pointer
+        overrides["goal_pointer_state"] = pointer_state(cfg, dataset)
     return get_preset(cfg.preset, **overrides)
 
 
@@ -217,6 +218,7 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
             changes["goal_dim"] = 3
             changes["goal_input"] = cfg.goal_input
             changes["goal_pointer"] = cfg.goal_pointer
+            changes["goal_pointer_state"] = pointer_state(cfg, dataset)
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
     else:
         pcfg = policy_config_for(cfg, dataset)
@@ -231,6 +233,20 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
             if policy.cfg.goal_pointer:
                 policy.goal_pointer.head[-1].bias.copy_(mean / policy.GOAL_SCALE)
     return policy, processor
+
+
+def pointer_state(cfg: TrainConfig, dataset: DemoDataset) -> tuple[str, ...]:
+    """The state the goal pointer reads (cfg.goal_pointer): the contract's gripper joint only, which
+    tells the phase (before or after the grasp) without saying where the arm is heading."""
+    if not cfg.goal_pointer:
+        return ()
+    gripper = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
+    if gripper not in dataset_joint_names(dataset):
+        raise ValueError(
+            f"--goal-pointer reads the gripper joint, but the dataset's contract names {gripper!r}, "
+            f"not one of its joints {list(dataset_joint_names(dataset))}"
+        )
+    return (gripper,)
 
 
 def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:

@@ -214,6 +214,30 @@ def test_a_given_goal_replaces_the_head_when_serving(stats) -> None:
 def test_goal_pointer_needs_the_goal_input(stats) -> None:
     with pytest.raises(ConfigError, match="goal_pointer supplies the goal input"):
         get_preset("debug", goal_dim=3, goal_pointer=True)
+    with pytest.raises(ConfigError, match="goal_pointer_state is read by the goal pointer"):
+        get_preset("debug", goal_dim=3, goal_input=True, goal_pointer_state=("gripper",))
+    with pytest.raises(ConfigError, match=r"goal_pointer_state names \['claw'\], not among joint_names"):
+        get_preset("debug", goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_state=("claw",))
+
+
+def test_goal_pointer_reads_only_the_state_entries_it_is_given(stats) -> None:
+    """goal_pointer_state=("gripper",): the arm's joints (where it is heading) cannot reach the
+    pointer; the gripper (the phase) can."""
+    p, proc = _policy(stats, goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_state=("gripper",))
+    assert p.goal_pointer.state_in.in_features == 1 and p.pointer_state == [6]
+    with torch.no_grad():
+        p.goal_pointer.state_in.weight.normal_(0, 1.0)
+    p.eval()
+    raw = make_raw_batch(2)
+
+    def goal(joint: int) -> torch.Tensor:
+        r = dict(raw, **{"observation.state": raw["observation.state"].clone()})
+        r["observation.state"][:, joint] += 1.0
+        return p.predict_goal(proc.process_batch(r))
+
+    base = p.predict_goal(proc.process_batch(raw))
+    assert torch.equal(goal(0), base) and torch.equal(goal(3), base)
+    assert not torch.allclose(goal(6), base)
 
 
 def test_goal_pointer_learns_the_instructions_target_and_is_what_sampling_acts_on(stats) -> None:

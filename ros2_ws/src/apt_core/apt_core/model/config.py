@@ -185,6 +185,10 @@ class PolicyConfig:
     # True, a separate pointer (model/pointer.py) that reads the backbone's vision and instruction
     # tokens and the state directly. Needs goal_input
     goal_pointer: bool = False
+    # the state entries (joint names) the pointer reads to tell the phase; empty: the whole state.
+    # Training sets the gripper only: the arm's joints say where it is heading, a shortcut that
+    # fits mid-reach frames without reading the words (docs/experiments.md item 19)
+    goal_pointer_state: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be 1 or 2, got {self.stage!r}")
@@ -219,6 +223,13 @@ class PolicyConfig:
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when sampling, so it needs goal_input",
         )
+        if self.goal_pointer_state:
+            _check(self.goal_pointer, "goal_pointer_state is read by the goal pointer: set goal_pointer")
+            missing = [n for n in self.goal_pointer_state if n not in self.joint_names]
+            _check(
+                not missing,
+                f"goal_pointer_state names {missing}, not among joint_names {list(self.joint_names)}",
+            )
         if self.action_space == "ee_pose":
             _check(
                 self.action_dim == EE_POSE_DIM,

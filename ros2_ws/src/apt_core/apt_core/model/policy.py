@@ -46,8 +46,12 @@ class APTPolicy(nn.Module):
                 nn.LayerNorm(W), nn.Linear(W, W), nn.GELU(), nn.Linear(W, cfg.goal_dim)
             )
         if cfg.goal_pointer:  # the goal input's source when sampling (model/pointer.py)
+            names = cfg.goal_pointer_state
+            self.pointer_state = (
+                [cfg.joint_names.index(n) for n in names] if names else list(range(cfg.state_dim))
+            )
             self.goal_pointer = GoalPointer(
-                self.backbone.feature_dim, cfg.state_dim, list(range(1, K, 2)), cfg.goal_dim
+                self.backbone.feature_dim, len(self.pointer_state), list(range(1, K, 2)), cfg.goal_dim
             )
         if cfg.backbone_mode == "lora":
             inject_lora(
@@ -168,8 +172,10 @@ class APTPolicy(nn.Module):
         return self.goal_head(hidden[0][:, enc["prefix"].shape[1] - 1])
 
     def _pointer_units(self, enc: dict[str, object]) -> torch.Tensor:
-        """The goal pointer on the backbone's tokens and the state: (B, 3) in units of GOAL_SCALE."""
-        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], enc["state"])
+        """The goal pointer on the backbone's tokens and the state entries it reads
+        (cfg.goal_pointer_state): (B, 3) in units of GOAL_SCALE."""
+        state = enc["state"][:, self.pointer_state]
+        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], state)
 
     def goal_loss(
         self, units: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor
