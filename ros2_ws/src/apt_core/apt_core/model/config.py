@@ -293,7 +293,7 @@ class PolicyConfig:
                 bad = set(val) - sub_known
                 _check(not bad, f"unknown {key} config keys: {sorted(bad)}")
                 d[key] = sub(**val)
-        for key in ("camera_names", "joint_names"):
+        for key in ("camera_names", "joint_names", "goal_pointer_state"):
             if key in d:
                 d[key] = tuple(d[key])
         try:
