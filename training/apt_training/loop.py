@@ -99,11 +99,7 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         overrides["objective"] = {"kind": cfg.objective, "inference_steps": 10}
     if cfg.n_action_history >= 0:
         overrides["n_action_history"] = cfg.n_action_history
-    if cfg.goal_weight > 0:
-        overrides["goal_dim"] = 3
-        overrides["goal_input"] = cfg.goal_input
-        overrides["goal_pointer"] = cfg.goal_pointer
-        overrides["goal_pointer_state"] = pointer_state(cfg, dataset)
+    overrides.update(goal_fields(cfg, dataset))
     return get_preset(cfg.preset, **overrides)
 
 
@@ -214,11 +210,7 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
             backbone["grounded_keypoints"] = cfg.grounded_keypoints
         if backbone:
             changes["backbone"] = backbone
-        if cfg.goal_weight > 0:
-            changes["goal_dim"] = 3
-            changes["goal_input"] = cfg.goal_input
-            changes["goal_pointer"] = cfg.goal_pointer
-            changes["goal_pointer_state"] = pointer_state(cfg, dataset)
+        changes.update(goal_fields(cfg, dataset))
         policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
     else:
         pcfg = policy_config_for(cfg, dataset)
@@ -235,18 +227,22 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
     return policy, processor
 
 
-def pointer_state(cfg: TrainConfig, dataset: DemoDataset) -> tuple[str, ...]:
-    """The state the goal pointer reads (cfg.goal_pointer): the contract's gripper joint only, which
-    tells the phase (before or after the grasp) without saying where the arm is heading."""
+def goal_fields(cfg: TrainConfig, dataset: DemoDataset) -> dict[str, Any]:
+    """The policy's goal fields for cfg (none without a goal weight). The goal pointer reads the
+    contract's gripper joint only: it tells the phase (before or after the grasp) without saying
+    where the arm is heading."""
+    if cfg.goal_weight <= 0:
+        return {}
+    fields: dict[str, Any] = {"goal_dim": 3, "goal_input": cfg.goal_input, "goal_pointer": cfg.goal_pointer}
     if not cfg.goal_pointer:
-        return ()
+        return fields
     gripper = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
     if gripper not in dataset_joint_names(dataset):
         raise ValueError(
             f"--goal-pointer reads the gripper joint, but the dataset's contract names {gripper!r}, "
             f"not one of its joints {list(dataset_joint_names(dataset))}"
         )
-    return (gripper,)
+    return {**fields, "goal_pointer_state": (gripper,)}
 
 
 def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
