@@ -236,13 +236,9 @@ def goal_fields(cfg: TrainConfig, dataset: DemoDataset) -> dict[str, Any]:
     fields: dict[str, Any] = {"goal_dim": 3, "goal_input": cfg.goal_input, "goal_pointer": cfg.goal_pointer}
     if not cfg.goal_pointer:
         return fields
-    gripper = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
-    if gripper not in dataset_joint_names(dataset):
-        raise ValueError(
-            f"--goal-pointer reads the gripper joint, but the dataset's contract names {gripper!r}, "
-            f"not one of its joints {list(dataset_joint_names(dataset))}"
-        )
-    return {**fields, "goal_pointer_state": (gripper,)}
+    from apt_core.data.goals import dataset_gripper_joint
+
+    return {**fields, "goal_pointer_state": (dataset_gripper_joint(dataset),)}
 
 
 def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:

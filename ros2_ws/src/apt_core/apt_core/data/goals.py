@@ -97,6 +97,21 @@ def tool_positions(state: np.ndarray, joint_names: tuple[str, ...], chain: UrdfC
     )
 
 
+def dataset_gripper_joint(dataset, gripper_joint: str = "") -> str:
+    """`gripper_joint`, or the dataset contract's `action.gripper_joint`, checked to be one of the
+    dataset's joints (GoalError otherwise)."""
+    names = tuple(dataset.meta["features"]["observation.state"]["names"])
+    if not gripper_joint:
+        gripper_joint = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
+        if not gripper_joint:
+            raise GoalError(
+                f"{dataset.root}: the dataset's contract names no action.gripper_joint; pass the gripper joint"
+            )
+    if gripper_joint not in names:
+        raise GoalError(f"gripper joint {gripper_joint!r} is not among the dataset's joints {list(names)}")
+    return gripper_joint
+
+
 def dataset_goals(
     dataset,  # apt_core.data.dataset.DemoDataset
     urdf: str | Path,
@@ -114,14 +129,7 @@ def dataset_goals(
     that close to it: late in a reach the target is about where the tool is, which the joint state
     alone tells, so only the earlier frames ask where the words point."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
-    if not gripper_joint:
-        gripper_joint = str(dataset.contract.get("action", {}).get("gripper_joint", ""))
-        if not gripper_joint:
-            raise GoalError(
-                f"{dataset.root}: the dataset's contract names no action.gripper_joint; pass the gripper joint"
-            )
-    if gripper_joint not in names:
-        raise GoalError(f"gripper joint {gripper_joint!r} is not among the dataset's joints {list(names)}")
+    gripper_joint = dataset_gripper_joint(dataset, gripper_joint)
     chain = UrdfChain.from_urdf(urdf, base_link, tip_link)
     command = dataset.action[:, names.index(gripper_joint)]
     if threshold is None:
