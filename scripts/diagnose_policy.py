@@ -104,11 +104,17 @@ def main() -> None:
             goal_vs_grasp_rows(policy, processor, a.sim_episodes)
 
 
+NEAR_GOAL = 0.06  # [m] the end of a reach: where the policy acts on its goal for the grasp itself
+
+
 def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
     from apt_core.data.goals import dataset_goals
     from apt_core.sim.env import URDF_PATH
 
-    goals, valid, _ = dataset_goals(ds, a.goal_urdf or URDF_PATH, tip_link=a.goal_link)
+    goals, far, _, near = dataset_goals(
+        ds, a.goal_urdf or URDF_PATH, tip_link=a.goal_link, min_distance=NEAR_GOAL
+    )
+    valid = far | near
     idx = [i for i in idx if valid[i]]
     raw = collate([ds[i] for i in idx])
     k = ds.task_index[idx]
@@ -119,7 +125,12 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
     want = goals[idx]
     mean = goals[valid].mean(0)
     cm = 100.0
-    print(f"| goal error, median [cm] | {np.median(np.linalg.norm(pred - want, axis=1)) * cm:.1f} |")
+    err = np.linalg.norm(pred - want, axis=1) * cm
+    print(f"| goal error, median [cm] | {np.median(err):.1f} |")
+    is_near = near[idx]
+    for label, m in ((f"under {NEAR_GOAL * cm:.0f}", is_near), (f"{NEAR_GOAL * cm:.0f} or more", ~is_near)):
+        value = f"{np.median(err[m]):.1f} ({m.sum()} frames)" if m.any() else "- (0 frames)"
+        print(f"| goal error, median, tool {label} cm from its goal [cm] | {value} |")
     print(
         f"| predicting the mean goal instead [cm] | {np.median(np.linalg.norm(want - mean, axis=1)) * cm:.1f} |"
     )

@@ -251,10 +251,10 @@ def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
         from apt_core.sim.env import URDF_PATH
 
         urdf = str(URDF_PATH)
-    goals, valid, info = dataset_goals(
+    goals, valid, info, near = dataset_goals(
         dataset, urdf, tip_link=cfg.goal_link, min_distance=cfg.goal_min_distance
     )
-    dataset.set_goals(goals, valid)
+    dataset.set_goals(goals, valid, near)
     return f"goals ({Path(urdf).name}, link {cfg.goal_link}): {info.line()}"
 
 

@@ -110,7 +110,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) -> None:
     ds = DemoDataset(tiny, chunk_length=4)
-    goals, valid, info = dataset_goals(ds, URDF_PATH, tip_link="tcp")
+    goals, valid, info, near = dataset_goals(ds, URDF_PATH, tip_link="tcp")
+    assert not near.any()
     assert info.episodes == 2 and info.events > 0 and info.frames == len(ds) == valid.sum()
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
     cmd = ds.action[:, JOINT_NAMES.index("gripper")]
@@ -125,13 +126,21 @@ def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) ->
     assert b["goal"].shape == (2, 3) and b["goal"].dtype == torch.float32 and b["goal_valid"].all()
     with pytest.raises(ValueError, match="do not fit"):
         ds.set_goals(goals[:-1], valid[:-1])
-    # min_distance drops exactly the frames whose tool is already that close to its target
+    # min_distance drops exactly the frames whose tool is already that close to its target, and
+    # marks them near instead
     pos = tool_positions(ds.state, JOINT_NAMES, chain)
     dist = np.linalg.norm(goals - pos, axis=1)
-    far, fvalid, finfo = dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=float(np.median(dist)))
+    far, fvalid, finfo, fnear = dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=float(np.median(dist)))
     np.testing.assert_array_equal(far, goals)
     np.testing.assert_array_equal(fvalid, dist >= np.median(dist))
-    assert 0 < finfo.valid_frames < info.valid_frames
+    np.testing.assert_array_equal(fnear, dist < np.median(dist))
+    assert 0 < finfo.valid_frames < info.valid_frames and finfo.near_frames == int(fnear.sum()) > 0
+    assert f"{finfo.near_frames} more are near theirs" in finfo.line() and "near" not in info.line()
+    ds.set_goals(far, fvalid, fnear)
+    near_frame = int(np.flatnonzero(fnear)[0])
+    assert bool(ds[near_frame]["goal_near"]) and not bool(ds[near_frame]["goal_valid"])
+    with pytest.raises(ValueError, match=r"near \(3,\) do not fit"):
+        ds.set_goals(far, fvalid, fnear[:3])
     with pytest.raises(GoalError, match="no frame's tool is 100.0 m or more"):
         dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=100.0)
 

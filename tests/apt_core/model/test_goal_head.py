@@ -272,3 +272,26 @@ def test_goal_pointer_learns_the_instructions_target_and_is_what_sampling_acts_o
     with torch.no_grad():
         p.goal_pointer.head[-1].bias.add_(torch.tensor([0.0, 3.0, 0.0]))
     assert not torch.allclose(p.sample_actions(served, noise=noise), before)
+
+
+def test_goal_pointer_also_learns_the_near_frames_the_head_skips(stats) -> None:
+    """`goal_near` (a target the tool is already close to): the head's loss leaves these frames
+    out (the arm's joints would tell it the answer), the pointer, which reads no arm joint, learns
+    them. The policy acts on them at the end of every reach."""
+    p, proc = _policy(stats, goal_dim=3, goal_input=True, goal_pointer=True)
+    raw = make_raw_batch(4)
+    goals = torch.tensor([[0.45, 0.2, 0.03]] * 4)
+    far = torch.tensor([1, 0, 0, 0]).bool()
+    near = torch.tensor([0, 1, 1, 0]).bool()
+    batch = proc.process_batch(dict(_with_goals(raw, goals, far), goal_near=near), train=True)
+    assert torch.equal(batch["goal_near"], near)
+    g = torch.Generator().manual_seed(0)
+    _, info = p.compute_loss(batch, generator=g, goal_weight=1.0)
+    assert info["goal_frac"] == 0.25  # the head: the far frame only
+    with torch.no_grad():  # the pointer's mean error is over the far and the near frames
+        enc = p.encode(batch)
+        dist = (p._pointer_units(enc) * p.GOAL_SCALE - goals).norm(dim=-1)
+    assert info["pointer_err_cm"] == pytest.approx(float(dist[:3].mean()) * 100, rel=1e-4)
+    assert info["pointer_err_cm"] != pytest.approx(float(dist[0]) * 100, rel=1e-3)
+    with pytest.raises(Exception, match=r"goal_near has shape \(2,\), expected \(4,\)"):
+        proc.process_batch(dict(_with_goals(raw, goals, far), goal_near=near[:2]))

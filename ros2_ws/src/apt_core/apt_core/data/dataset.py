@@ -12,6 +12,7 @@ Sample for frame t of an episode of length N (H = chunk_length, J joints):
     task                        str
     episode_index, frame_index  int
     goal, goal_valid            float32 (3,), bool   only after set_goals (apt_core.data.goals)
+    goal_near                   bool             only after set_goals with `near`
 
 All numeric columns are loaded into numpy once (a few MB); images stay encoded in memory and are
 decoded per sample, which costs ~0.1 ms for 128x128 PNG, so workers are rarely needed on CPU.
@@ -85,14 +86,20 @@ class DemoDataset(Dataset):
         self.ep_to = np.asarray(eps["dataset_to_index"], np.int64)
         self.goals: np.ndarray | None = None  # (N, 3) grounding targets (apt_core.data.goals)
         self.goal_valid: np.ndarray | None = None  # (N,)
+        self.goal_near: np.ndarray | None = None  # (N,)
 
-    def set_goals(self, goals: np.ndarray, valid: np.ndarray) -> None:
-        """Attach per-frame grounding targets; samples then carry `goal` (3,) and `goal_valid`."""
-        if goals.shape != (len(self), 3) or valid.shape != (len(self),):
-            raise ValueError(
-                f"goals {goals.shape} / valid {valid.shape} do not fit {len(self)} frames (N, 3) / (N,)"
-            )
+    def set_goals(self, goals: np.ndarray, valid: np.ndarray, near: np.ndarray | None = None) -> None:
+        """Attach per-frame grounding targets; samples then carry `goal` (3,) and `goal_valid`, and
+        `goal_near` when `near` (frames whose target the tool is already close to) is given."""
+        if (
+            goals.shape != (len(self), 3)
+            or valid.shape != (len(self),)
+            or (near is not None and near.shape != (len(self),))
+        ):
+            shapes = f"goals {goals.shape} / valid {valid.shape}" + ("" if near is None else f" / near {near.shape}")
+            raise ValueError(f"{shapes} do not fit {len(self)} frames (N, 3) / (N,)")
         self.goals, self.goal_valid = goals.astype(np.float32), valid.astype(bool)
+        self.goal_near = None if near is None else near.astype(bool)
 
     def __len__(self) -> int:
         return len(self.episode_index)
@@ -122,6 +129,8 @@ class DemoDataset(Dataset):
         if self.goals is not None and self.goal_valid is not None:
             sample["goal"] = torch.from_numpy(self.goals[i].copy())
             sample["goal_valid"] = torch.tensor(bool(self.goal_valid[i]))
+            if self.goal_near is not None:
+                sample["goal_near"] = torch.tensor(bool(self.goal_near[i]))
         sample["task"] = self.tasks[int(self.task_index[i])]
         sample["episode_index"] = e
         sample["frame_index"] = int(self.frame_index[i])

@@ -16,13 +16,15 @@ gripper events and the episode's last frame: that is where a push ends, and the 
 may never change state. An event is a frame whose commanded gripper value is on the other side of
 `threshold` (default: the middle of the dataset's gripper range) from the frame before it. `valid`
 is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
-already that close to its target.
+already that close to its target; those frames are `near` instead (they have a target, which a
+predictor that does not read the arm's joints should still learn).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,13 +43,22 @@ class GoalInfo:
     valid_frames: int  # frames with a target
     frames: int  # all frames
     threshold: float  # gripper command value that separates open from closed
+    near_frames: int = 0  # frames with a target that their tool is already within min_distance of
 
     def line(self) -> str:
+        near = f", {self.near_frames} more are near theirs" if self.near_frames else ""
         return (
             f"{self.events} gripper events in {self.episodes} episodes "
             f"({self.episodes_without} without one); {self.valid_frames} of {self.frames} frames "
-            f"have a target (threshold {self.threshold:.4g})"
+            f"have a target{near} (threshold {self.threshold:.4g})"
         )
+
+
+class GoalTargets(NamedTuple):
+    goals: np.ndarray  # (N, 3) target per frame, base frame [m]
+    valid: np.ndarray  # (N,) the frame has a target at least min_distance from its tool
+    info: GoalInfo
+    near: np.ndarray  # (N,) the frame has a target, but its tool is already within min_distance
 
 
 def gripper_events(command: np.ndarray, threshold: float) -> np.ndarray:
@@ -120,14 +131,16 @@ def dataset_goals(
     gripper_joint: str = "",
     threshold: float | None = None,
     min_distance: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, GoalInfo]:
-    """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,)).
+) -> GoalTargets:
+    """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,),
+    the summary, near (N,)).
 
     `gripper_joint` defaults to the dataset contract's `action.gripper_joint`; its commanded value
     (the action column) marks the events, and the measured joints (observation.state) give the
     tool position at them. `min_distance` [m] drops the target of frames whose tool is already
     that close to it: late in a reach the target is about where the tool is, which the joint state
-    alone tells, so only the earlier frames ask where the words point."""
+    alone tells, so only the earlier frames ask where the words point. Those frames are returned
+    as `near`: the goal pointer, which does not read the arm's joints, is trained on them too."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
     gripper_joint = dataset_gripper_joint(dataset, gripper_joint)
     chain = UrdfChain.from_urdf(urdf, base_link, tip_link)
@@ -138,8 +151,10 @@ def dataset_goals(
     goals, valid, events, without = next_event_goals(
         positions, command, dataset.ep_from, dataset.ep_to, threshold
     )
+    near = np.zeros_like(valid)
     if min_distance > 0:
-        valid &= np.linalg.norm(goals - positions, axis=1) >= min_distance
+        near = valid & (np.linalg.norm(goals - positions, axis=1) < min_distance)
+        valid &= ~near
     info = GoalInfo(
         episodes=len(dataset.ep_from),
         events=events,
@@ -147,6 +162,7 @@ def dataset_goals(
         valid_frames=int(valid.sum()),
         frames=len(valid),
         threshold=threshold,
+        near_frames=int(near.sum()),
     )
     if info.valid_frames == 0:
         raise GoalError(f"{dataset.root}: no frame's tool is {min_distance} m or more from its target")
@@ -155,4 +171,4 @@ def dataset_goals(
             f"{dataset.root}: the gripper joint {gripper_joint!r} never changes state (threshold "
             f"{threshold:.4g}); the targets would only be where episodes end"
         )
-    return goals, valid, info
+    return GoalTargets(goals, valid, info, near)

@@ -147,7 +147,11 @@ class APTPolicy(nn.Module):
             loss = loss + goal_weight * g_loss
             info.update(g_info)
         if use_goal and self.cfg.goal_pointer:
-            p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], batch["goal_valid"])
+            # the pointer reads no arm joint, so "the target is about where the tool is" is no
+            # shortcut for it: it also learns the frames close to their target (`goal_near`), which
+            # are the ones the policy acts on at the end of every reach
+            valid = batch["goal_valid"] | batch.get("goal_near", torch.zeros_like(batch["goal_valid"]))
+            p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], valid)
             loss = loss + goal_weight * p_loss
             info.update(
                 {f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"}

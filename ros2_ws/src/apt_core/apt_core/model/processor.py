@@ -221,6 +221,11 @@ class Processor:
                     f"goal / goal_valid have shapes {tuple(goal.shape)} / {tuple(valid.shape)}, expected ({B}, 3) / ({B},)"
                 )
             out["goal"], out["goal_valid"] = goal, valid
+            if "goal_near" in raw:  # frames with a target the tool is already close to (goal pointer only)
+                near = torch.as_tensor(raw["goal_near"]).bool()
+                if tuple(near.shape) != (B,):
+                    raise ProcessorError(f"goal_near has shape {tuple(near.shape)}, expected ({B},)")
+                out["goal_near"] = near
         return out
 
     def _to_model_space(self, act: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
