@@ -1,0 +1,143 @@
+"""How good is a goal-input policy's goal while it acts, and how much does goal error cost?
+
+    python scripts/closed_loop_goals.py CHECKPOINT --goal pointer [--episodes 10] [--seed 1000]
+    python scripts/closed_loop_goals.py CHECKPOINT --goal oracle-offset --offset 0.02
+    python scripts/closed_loop_goals.py CHECKPOINT --goal latched
+
+Runs the simulator evaluation (`apt_core.sim.evaluate`, all six splits unless `--splits`) with a
+checkpoint trained with `--goal-input`, and on every chunk compares the goal the policy predicts
+(`APTPolicy.predict_goal`: the goal pointer's, or the head's) with the true one
+(`apt_core.sim.expert.oracle_goal`). The goal the actions get:
+- `pointer`: the policy's own (as served);
+- `oracle-offset`: the true goal moved by `--offset` [m] in a random horizontal direction, drawn
+  once per subtask and phase (a goal predictor that is off by that much, consistently);
+- `latched`: the policy's own goal from the first chunk of each gripper phase (open or shut, read
+  from the gripper joint), held until the phase changes.
+In every mode it prints the predicted goal's xy error [cm] by phase (gripper open; an object held;
+gripper shut on nothing, after a missed grasp, which no demonstration shows), and for the open
+phase by chunk of the episode and by distance of the tool to the goal.
+Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the
+numbers in docs/experiments.md item 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apt_core.model.runner import PolicyRunner, load_runner
+from apt_core.sim.env import TabletopEnv
+from apt_core.sim.evaluate import SPLITS, evaluate, summary_markdown
+from apt_core.sim.expert import oracle_goal
+from apt_core.types import Observation
+
+SHUT = 0.06  # [m] gripper joint below this: shut (on an object or on nothing); open is 0.08
+
+
+class GoalProbe:
+    """A ChunkPolicy around a PolicyRunner that records predicted against true goals and chooses
+    which goal the actions get (see the module docstring)."""
+
+    def __init__(self, run: PolicyRunner, env: TabletopEnv, mode: str, offset: float, gripper: int) -> None:
+        self.run, self.env, self.mode, self.offset, self.gripper = run, env, mode, offset, gripper
+        self.joint_names, self.chunk_length, self.rate_hz = run.joint_names, run.chunk_length, run.rate_hz
+        self.rng = np.random.default_rng(0)
+        self.records: list[dict] = []
+        self.episode = -1
+
+    def reset(self) -> None:
+        self.run.reset()
+        self.episode += 1
+        self.chunk = 0
+        self.offsets: dict[tuple, np.ndarray] = {}
+        self.phase: bool | None = None
+        self.latched = np.zeros(3)
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+        true = oracle_goal(self.env)
+        held = bool(self.env.held_objects())
+        hist = obs.extras.get("action_history") if obs.extras else None
+        batch = self.run.processor.process_observation(obs, instruction, action_history=hist)
+        with torch.inference_mode():
+            pred = self.run.policy.predict_goal(batch)[0].numpy()
+        tool = self.env.tcp_position()
+        shut = bool(obs.joint_positions[self.gripper] < SHUT)
+        self.records.append(
+            {
+                "episode": self.episode,
+                "chunk": self.chunk,
+                "phase": "held" if held else ("shut" if shut else "open"),
+                "error": float(np.linalg.norm(pred[:2] - true[:2])),
+                "tool_to_goal": float(np.linalg.norm(tool - true)),
+            }
+        )
+        self.chunk += 1
+        goal = None
+        if self.mode == "oracle-offset":
+            key = (self.env.subtask_progress(), held)
+            if key not in self.offsets:
+                d = self.rng.normal(size=2)
+                self.offsets[key] = np.r_[self.offset * d / np.linalg.norm(d), 0.0]
+            goal = true + self.offsets[key]
+        elif self.mode == "latched":
+            if shut != self.phase:
+                self.phase, self.latched = shut, pred
+            goal = self.latched
+        if goal is not None:
+            obs = dataclasses.replace(obs, extras={**obs.extras, "goal": goal})
+        return self.run.predict(obs, instruction)
+
+
+def _median_row(label: str, errors: list[float]) -> str:
+    if not errors:
+        return f"| {label} | - | - | 0 |"
+    e = np.asarray(errors) * 100
+    return f"| {label} | {np.median(e):.1f} | {np.percentile(e, 75):.1f} | {len(e)} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--goal", choices=("pointer", "oracle-offset", "latched"), default="pointer")
+    ap.add_argument("--offset", type=float, default=0.02, help="[m] for --goal oracle-offset")
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS))
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--out", default="", help="write the per-chunk records here (JSON)")
+    a = ap.parse_args()
+    run = load_runner(a.checkpoint)
+    if not run.policy.cfg.goal_input:
+        ap.error(f"{a.checkpoint} was not trained with --goal-input: its actions take no goal")
+    env = TabletopEnv()
+    probe = GoalProbe(run, env, a.goal, a.offset, list(run.joint_names).index("gripper"))
+    res = evaluate(probe, a.splits, a.episodes, a.seed, env=env)
+    print(summary_markdown(res.summary))
+    r = probe.records
+    print(
+        "\n| predicted goal, xy error against the true goal | median [cm] | 75th percentile [cm] | chunks |"
+    )
+    print("| --- | --- | --- | --- |")
+    reach = [x for x in r if x["phase"] == "open"]
+    print(_median_row("gripper open, nothing held (a reach)", [x["error"] for x in reach]))
+    print(_median_row("an object held", [x["error"] for x in r if x["phase"] == "held"]))
+    print(
+        _median_row(
+            "gripper shut on nothing (a missed grasp)", [x["error"] for x in r if x["phase"] == "shut"]
+        )
+    )
+    for c in range(4):
+        print(_median_row(f"reach, chunk {c} of the episode", [x["error"] for x in reach if x["chunk"] == c]))
+    for lo, hi in ((0.0, 0.06), (0.06, 0.15), (0.15, 9.0)):
+        near = [x["error"] for x in reach if lo <= x["tool_to_goal"] < hi]
+        print(_median_row(f"reach, tool {lo * 100:.0f}-{hi * 100:.0f} cm from the goal", near))
+    if a.out:
+        Path(a.out).write_text(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
