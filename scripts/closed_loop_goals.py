@@ -13,9 +13,12 @@ checkpoint trained with `--goal-input`, and on every chunk compares the goal the
   once per subtask and phase (a goal predictor that is off by that much, consistently);
 - `latched`: the policy's own goal from the first chunk of each gripper phase (open or shut, read
   from the gripper joint), held until the phase changes.
-In every mode it prints the predicted goal's xy error [cm] by phase (gripper open; an object held;
-gripper shut on nothing, after a missed grasp, which no demonstration shows), and for the open
-phase by chunk of the episode and by distance of the tool to the goal.
+In every mode it prints the predicted goal's xy error [cm] by phase, and for the reach by chunk of
+the episode and by distance of the tool to the goal. The phases: a reach (gripper open, nothing
+touched); touching (gripper open, a finger pad touching an object: the true goal, which follows the
+simulator's contacts, is already the place, while the policy's, which follows the gripper as the
+demonstrations' goals do, is still the object); a carry (gripper shut on an object); a missed grasp
+(gripper shut on nothing, which no demonstration shows).
 Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the
 numbers in docs/experiments.md item 20.
 """
@@ -71,7 +74,7 @@ class GoalProbe:
             {
                 "episode": self.episode,
                 "chunk": self.chunk,
-                "phase": "held" if held else ("shut" if shut else "open"),
+                "phase": ("carry" if held else "missed") if shut else ("touching" if held else "reach"),
                 "error": float(np.linalg.norm(pred[:2] - true[:2])),
                 "tool_to_goal": float(np.linalg.norm(tool - true)),
             }
@@ -122,14 +125,15 @@ def main() -> None:
         "\n| predicted goal, xy error against the true goal | median [cm] | 75th percentile [cm] | chunks |"
     )
     print("| --- | --- | --- | --- |")
-    reach = [x for x in r if x["phase"] == "open"]
-    print(_median_row("gripper open, nothing held (a reach)", [x["error"] for x in reach]))
-    print(_median_row("an object held", [x["error"] for x in r if x["phase"] == "held"]))
-    print(
-        _median_row(
-            "gripper shut on nothing (a missed grasp)", [x["error"] for x in r if x["phase"] == "shut"]
-        )
-    )
+    reach = [x for x in r if x["phase"] == "reach"]
+    phases = {
+        "reach": "gripper open, nothing touched (a reach)",
+        "touching": "gripper open, a pad touching an object (the true goal is already the place)",
+        "carry": "gripper shut on an object (a carry)",
+        "missed": "gripper shut on nothing (a missed grasp)",
+    }
+    for key, label in phases.items():
+        print(_median_row(label, [x["error"] for x in r if x["phase"] == key]))
     for c in range(4):
         print(_median_row(f"reach, chunk {c} of the episode", [x["error"] for x in reach if x["chunk"] == c]))
     for lo, hi in ((0.0, 0.06), (0.06, 0.15), (0.15, 9.0)):
