@@ -130,7 +130,9 @@ def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) ->
     # marks them near instead
     pos = tool_positions(ds.state, JOINT_NAMES, chain)
     dist = np.linalg.norm(goals - pos, axis=1)
-    far, fvalid, finfo, fnear = dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=float(np.median(dist)))
+    far, fvalid, finfo, fnear = dataset_goals(
+        ds, URDF_PATH, tip_link="tcp", min_distance=float(np.median(dist))
+    )
     np.testing.assert_array_equal(far, goals)
     np.testing.assert_array_equal(fvalid, dist >= np.median(dist))
     np.testing.assert_array_equal(fnear, dist < np.median(dist))

@@ -96,7 +96,9 @@ class DemoDataset(Dataset):
             or valid.shape != (len(self),)
             or (near is not None and near.shape != (len(self),))
         ):
-            shapes = f"goals {goals.shape} / valid {valid.shape}" + ("" if near is None else f" / near {near.shape}")
+            shapes = f"goals {goals.shape} / valid {valid.shape}" + (
+                "" if near is None else f" / near {near.shape}"
+            )
             raise ValueError(f"{shapes} do not fit {len(self)} frames (N, 3) / (N,)")
         self.goals, self.goal_valid = goals.astype(np.float32), valid.astype(bool)
         self.goal_near = None if near is None else near.astype(bool)
