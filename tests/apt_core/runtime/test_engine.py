@@ -321,6 +321,39 @@ def test_next_task_starts_from_the_measured_state_after_the_arm_was_moved() -> N
     assert rt.find_task(tid2).outcome == "completed" and np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
 
 
+def test_next_task_starts_from_the_measured_state_when_the_arm_is_moved_mid_plan() -> None:
+    """As above, but the arm is moved while the finished task's last plan is still executing (the
+    demo resets the simulator right after a success, and that plan runs on for a chunk): that
+    plan no longer describes the arm either, so it must not be kept for continuity."""
+    clock = Clock()
+    pol = GoalPolicy()
+    lim = SafetyLimits.uniform(JOINTS, max_start_jump=0.1)
+    cfg = RuntimeConfig(
+        dt=DT, chunk_length=12, completion=CompletionConfig(min_subtask_s=1.0, settle_chunks=2)
+    )
+    rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(lim), clock=clock)
+    _, tid1, _ = rt.instruct("left", append=False)
+    img = np.zeros((8, 8, 3), np.uint8)
+    q, plan = np.zeros(3), None
+    while rt.find_task(tid1).outcome != "completed" and clock.t < 110.0:  # until it completes
+        if plan is not None:
+            q, _ = plan.sample(clock.t)
+        rt.on_joint_state(q, clock.t)
+        rt.on_image("front", img, clock.t)
+        if clock.t >= rt.next_step_time():
+            res = rt.step()
+            plan = res.plan if res.plan is not None else plan
+        clock.t += 0.02
+    assert rt.find_task(tid1).outcome == "completed" and np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
+    assert plan.times[-1] > clock.t + 0.3, "the last plan must still be executing when the arm is moved"
+    _, tid2, _ = rt.instruct("right", append=False)  # the arm is back at zero at once
+    q, results = _simulate(rt, clock, 6.0, np.zeros(3))
+    assert not [r for r in results if "start jump" in (r.reason or "")], [r.reason for r in results]
+    first = next(r for r in results if r.kind == "plan")
+    assert np.allclose(first.plan.positions[0], 0.0, atol=1e-6)
+    assert rt.find_task(tid2).outcome == "completed" and np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
+
+
 def _run_with_late_joint_states(blocked: bool, delay: float = 0.4) -> tuple[np.ndarray, list, str]:
     """Joint states and images arrive `delay` s late (a loaded machine); the arm follows its plans
     unless blocked. The start-jump limit (0.1 rad) is below the distance the arm moves in `delay`

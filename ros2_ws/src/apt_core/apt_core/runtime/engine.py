@@ -305,6 +305,14 @@ class PolicyRuntime:
         """Whether the measured joints are within `tol` [rad|m] of q (the arm was not moved away)."""
         return self._joints is not None and bool(np.abs(self._joints[0] - q).max() <= tol)
 
+    def _follows(self, plan: Trajectory) -> bool:
+        """Whether the newest joint state is within the start-jump limit of where `plan` commanded
+        the arm at its stamp. Farther, the next plan would be refused if it continued this one."""
+        if self._joints is None:
+            return False
+        q, t_js = self._joints
+        return bool(np.abs(q - plan.sample(t_js)[0]).max() <= self.safety.limits.max_start_jump)
+
     def step(self, now: float | None = None) -> StepResult:
         """One iteration of the worker: maybe compute, stitch, check and return a plan."""
         now = self.clock() if now is None else now
@@ -328,12 +336,14 @@ class PolicyRuntime:
             if (task.task_id, task.index) != self._subtask_key:
                 # new subtask: forget chunks of the previous instruction (ensembling across different
                 # instructions would average two intents). Keep a plan that is still executing for
-                # continuity, and an ended one while the arm rests at its end. An ended plan whose end
-                # is not where the arm is no longer describes it (the arm was moved: a simulator
+                # continuity while the arm follows it, and an ended one while the arm rests at its
+                # end. Otherwise the plan no longer describes the arm (it was moved: a simulator
                 # reset, a person), so the next plan starts from the measured state.
                 plan = self.stitcher.plan
                 self.stitcher.reset()
-                if plan is not None and (plan.times[-1] > now or self._rests_at(plan.positions[-1])):
+                if plan is not None and (
+                    (plan.times[-1] > now and self._follows(plan)) or self._rests_at(plan.positions[-1])
+                ):
                     self.stitcher.set_plan(plan)
                 self.completion.reset()
                 if self._success is not None:
