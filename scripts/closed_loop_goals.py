@@ -3,6 +3,7 @@
     python scripts/closed_loop_goals.py CHECKPOINT --goal pointer [--episodes 10] [--seed 1000]
     python scripts/closed_loop_goals.py CHECKPOINT --goal oracle-offset --offset 0.02
     python scripts/closed_loop_goals.py CHECKPOINT --goal latched
+    python scripts/closed_loop_goals.py CHECKPOINT --goal oracle-carry
 
 Runs the simulator evaluation (`apt_core.sim.evaluate`, all six splits unless `--splits`) with a
 checkpoint trained with `--goal-input`, and on every chunk compares the goal the policy predicts
@@ -12,7 +13,9 @@ checkpoint trained with `--goal-input`, and on every chunk compares the goal the
 - `oracle-offset`: the true goal moved by `--offset` [m] in a random horizontal direction, drawn
   once per subtask and phase (a goal predictor that is off by that much, consistently);
 - `latched`: the policy's own goal from the first chunk of each gripper phase (open or shut, read
-  from the gripper joint), held until the phase changes.
+  from the gripper joint), held until the phase changes;
+- `oracle-carry`: the policy's own goal until the gripper shuts on an object, the true goal while
+  it carries one (how much the goal of the place costs).
 In every mode it prints the predicted goal's xy error [cm] by phase, and for the reach by chunk of
 the episode and by distance of the tool to the goal. The phases: a reach (gripper open, nothing
 touched); touching (gripper open, a finger pad touching an object: the true goal, which follows the
@@ -87,6 +90,8 @@ class GoalProbe:
                 d = self.rng.normal(size=2)
                 self.offsets[key] = np.r_[self.offset * d / np.linalg.norm(d), 0.0]
             goal = true + self.offsets[key]
+        elif self.mode == "oracle-carry":
+            goal = true if shut and held else None
         elif self.mode == "latched":
             if shut != self.phase:
                 self.phase, self.latched = shut, pred
@@ -106,7 +111,9 @@ def _median_row(label: str, errors: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--goal", choices=("pointer", "oracle-offset", "latched"), default="pointer")
+    ap.add_argument(
+        "--goal", choices=("pointer", "oracle-offset", "latched", "oracle-carry"), default="pointer"
+    )
     ap.add_argument("--offset", type=float, default=0.02, help="[m] for --goal oracle-offset")
     ap.add_argument("--splits", nargs="+", default=list(SPLITS))
     ap.add_argument("--episodes", type=int, default=10)
