@@ -310,8 +310,7 @@ class PolicyRuntime:
         the arm at its stamp. Farther, the next plan would be refused if it continued this one."""
         if self._joints is None:
             return False
-        q, t_js = self._joints
-        return bool(np.abs(q - plan.sample(t_js)[0]).max() <= self.safety.limits.max_start_jump)
+        return self._rests_at(plan.sample(self._joints[1])[0], tol=self.safety.limits.max_start_jump)
 
     def step(self, now: float | None = None) -> StepResult:
         """One iteration of the worker: maybe compute, stitch, check and return a plan."""
