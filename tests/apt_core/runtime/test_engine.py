@@ -3,6 +3,7 @@ clock we advance by hand. Covers chaining, holds, faults and asynchronous replan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,20 @@ def _make(**kw: object) -> tuple[PolicyRuntime, GoalPolicy, Clock]:
     return rt, pol, clock
 
 
-def _simulate(rt: PolicyRuntime, clock: Clock, seconds: float, q0: np.ndarray, sensors: bool = True) -> tuple:
-    """Run the worker loop with an ideal tracking controller; returns (final q, results)."""
+def _simulate(
+    rt: PolicyRuntime,
+    clock: Clock,
+    seconds: float,
+    q0: np.ndarray,
+    sensors: bool = True,
+    until: Callable[[], bool] | None = None,
+) -> tuple:
+    """Run the worker loop with an ideal tracking controller for `seconds`, or until `until()` is
+    true; returns (final q, results)."""
     q, plan, results = q0.copy(), None, []
     img = np.zeros((8, 8, 3), np.uint8)
     end = clock.t + seconds
-    while clock.t < end:
+    while clock.t < end and not (until is not None and until()):
         if plan is not None:
             q, _ = plan.sample(clock.t)
         if sensors:
@@ -297,9 +306,13 @@ def test_start_jump_ends_the_task_instead_of_retrying() -> None:
     assert st.state == HOLDING and "start jump" in st.fault
 
 
-def test_next_task_starts_from_the_measured_state_after_the_arm_was_moved() -> None:
+@pytest.mark.parametrize("mid_plan", [False, True], ids=["plan_ended", "plan_executing"])
+def test_next_task_starts_from_the_measured_state_after_the_arm_was_moved(mid_plan: bool) -> None:
     """A finished task's plan must not anchor the next task: after the arm is moved externally (a
-    simulator reset, a person), the next task starts where the arm is, with no start-jump fault."""
+    simulator reset, a person), the next task starts where the arm is, with no start-jump fault.
+    mid_plan: the arm is moved while that plan is still executing (the demo resets the simulator
+    right after a success, and the last plan runs on for a chunk), so it must not be kept for
+    continuity either."""
     clock = Clock()
     pol = GoalPolicy()
     lim = SafetyLimits.uniform(JOINTS, max_start_jump=0.1)
@@ -308,49 +321,24 @@ def test_next_task_starts_from_the_measured_state_after_the_arm_was_moved() -> N
     )
     rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(lim), clock=clock)
     _, tid1, _ = rt.instruct("left", append=False)
-    q, _ = _simulate(rt, clock, 6.0, np.zeros(3))
-    assert rt.find_task(tid1).outcome == "completed" and np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
-    clock.t += 2.0  # the last plan has ended; now the arm is moved back to zero
-    _, tid2, _ = rt.instruct("right", append=False)
+
+    def completed() -> bool:
+        return rt.find_task(tid1).outcome == "completed"
+
+    q, results = _simulate(rt, clock, 6.0, np.zeros(3), until=completed if mid_plan else None)
+    assert completed() and np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
+    if mid_plan:
+        last = [r.plan for r in results if r.plan is not None][-1]
+        assert last.times[-1] > clock.t + 0.3, "the last plan must still be executing when the arm is moved"
+    else:
+        clock.t += 2.0  # the last plan has ended
+    _, tid2, _ = rt.instruct("right", append=False)  # the arm is back at zero
     q, results = _simulate(rt, clock, 6.0, np.zeros(3))
-    assert not [r for r in results if "start jump" in (r.reason or "")]
+    assert not [r for r in results if "start jump" in (r.reason or "")], [r.reason for r in results]
     first = next(r for r in results if r.kind == "plan")
     assert np.allclose(first.plan.positions[0], 0.0, atol=1e-6), (
         "the first plan must start at the measured state"
     )
-    assert rt.find_task(tid2).outcome == "completed" and np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
-
-
-def test_next_task_starts_from_the_measured_state_when_the_arm_is_moved_mid_plan() -> None:
-    """As above, but the arm is moved while the finished task's last plan is still executing (the
-    demo resets the simulator right after a success, and that plan runs on for a chunk): that
-    plan no longer describes the arm either, so it must not be kept for continuity."""
-    clock = Clock()
-    pol = GoalPolicy()
-    lim = SafetyLimits.uniform(JOINTS, max_start_jump=0.1)
-    cfg = RuntimeConfig(
-        dt=DT, chunk_length=12, completion=CompletionConfig(min_subtask_s=1.0, settle_chunks=2)
-    )
-    rt = PolicyRuntime(pol, JOINTS, ("front",), cfg, SafetyFilter(lim), clock=clock)
-    _, tid1, _ = rt.instruct("left", append=False)
-    img = np.zeros((8, 8, 3), np.uint8)
-    q, plan = np.zeros(3), None
-    while rt.find_task(tid1).outcome != "completed" and clock.t < 110.0:  # until it completes
-        if plan is not None:
-            q, _ = plan.sample(clock.t)
-        rt.on_joint_state(q, clock.t)
-        rt.on_image("front", img, clock.t)
-        if clock.t >= rt.next_step_time():
-            res = rt.step()
-            plan = res.plan if res.plan is not None else plan
-        clock.t += 0.02
-    assert rt.find_task(tid1).outcome == "completed" and np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
-    assert plan.times[-1] > clock.t + 0.3, "the last plan must still be executing when the arm is moved"
-    _, tid2, _ = rt.instruct("right", append=False)  # the arm is back at zero at once
-    q, results = _simulate(rt, clock, 6.0, np.zeros(3))
-    assert not [r for r in results if "start jump" in (r.reason or "")], [r.reason for r in results]
-    first = next(r for r in results if r.kind == "plan")
-    assert np.allclose(first.plan.positions[0], 0.0, atol=1e-6)
     assert rt.find_task(tid2).outcome == "completed" and np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
 
 
