@@ -218,6 +218,24 @@ def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):
     assert policy.cfg.goal_pointer_state == ("gripper",)  # the contract's gripper joint: the phase only
     with pytest.raises(TrainConfigError, match="goal_pointer supplies the goal input"):
         cfg.replace(goal_pointer=True)
+    # --goal-noise: a share of the goals the actions see is moved (in the loss, so the run's losses
+    # change from the second step on, the first step's goal input weights being zero); it defines
+    # the run and needs the goal input
+    gn = stage2.main(
+        cfg.replace(goal_input=True, goal_pointer=True, goal_noise=0.05, out_dir=str(tmp_path / "gn"))
+    )
+    noisy = [json.loads(x) for x in (tmp_path / "gn" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in noisy] == [r["step"] for r in rows]
+    assert noisy[-1]["loss"] != pytest.approx(rows[-1]["loss"], rel=1e-6)
+    assert load_checkpoint(gn)[0].cfg.goal_pointer
+    with pytest.raises(TrainConfigError, match=r"holds another run \(goal_noise: 0.05 there, 0.02 now"):
+        train_or_reuse(
+            cfg.replace(goal_input=True, goal_pointer=True, goal_noise=0.02, out_dir=str(tmp_path / "gn"))
+        )
+    with pytest.raises(TrainConfigError, match="goal_noise moves the goal the actions see"):
+        cfg.replace(goal_noise=0.02)
+    with pytest.raises(TrainConfigError, match=r"goal_noise_frac must be in \[0, 1\], got 1.5"):
+        cfg.replace(goal_input=True, goal_noise=0.02, goal_noise_frac=1.5)
 
 
 def test_frame_stride_observes_every_kth_frame_at_per_episode_offsets(tiny_dataset, tmp_path, capsys):

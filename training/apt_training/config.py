@@ -65,6 +65,11 @@ class TrainConfig:
     # with goal_input: a separate goal pointer (model/pointer.py), trained on the same goal targets,
     # supplies the goal when the policy runs, instead of the goal head on the expert's state token
     goal_pointer: bool = False
+    # with goal_input: [m] a `goal_noise_frac` share of each batch sees its recorded goal moved
+    # horizontally by N(0, goal_noise^2) per axis, so the actions learn to tolerate a goal a few cm
+    # off (the pointer's error when the policy runs) instead of following it; 0 disables
+    goal_noise: float = 0.0
+    goal_noise_frac: float = 0.5
     # observe every k-th frame of each episode (at an offset that differs per episode, so every
     # phase is covered); action chunks still come from every frame. The frozen-encoder memo grows
     # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
@@ -115,6 +120,14 @@ class TrainConfig:
         check(
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
+        )
+        check(self.goal_noise >= 0, f"goal_noise must be >= 0 [m], got {self.goal_noise}")
+        check(
+            0 <= self.goal_noise_frac <= 1, f"goal_noise_frac must be in [0, 1], got {self.goal_noise_frac}"
+        )
+        check(
+            self.goal_noise == 0 or self.goal_input,
+            "goal_noise moves the goal the actions see in training, so it needs goal_input",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

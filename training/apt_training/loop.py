@@ -63,12 +63,15 @@ def init_distributed(device: str) -> Dist:
 class _LossModule(nn.Module):
     """Wraps compute_loss as forward() so DistributedDataParallel can hook the backward pass."""
 
-    def __init__(self, policy: APTPolicy) -> None:
+    def __init__(self, policy: APTPolicy, cfg: TrainConfig) -> None:
         super().__init__()
-        self.policy = policy
+        self.policy, self.cfg = policy, cfg
 
-    def forward(self, batch: dict[str, torch.Tensor], goal_weight: float = 0.0):
-        return self.policy.compute_loss(batch, goal_weight=goal_weight)
+    def forward(self, batch: dict[str, torch.Tensor]):
+        c = self.cfg
+        return self.policy.compute_loss(
+            batch, goal_weight=c.goal_weight, goal_noise=c.goal_noise, goal_noise_frac=c.goal_noise_frac
+        )
 
 
 def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
@@ -304,7 +307,7 @@ def train(cfg: TrainConfig) -> Path:
         step, epoch, batch_idx = progress["step"], progress["epoch"], progress["batch_idx"]
         if d.main:
             print(f"train: resuming from {resume} at step {step}")
-    model: nn.Module = _LossModule(policy)
+    model: nn.Module = _LossModule(policy, cfg)
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
@@ -335,7 +338,7 @@ def train(cfg: TrainConfig) -> Path:
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, info = model(batch, cfg.goal_weight)
+            loss, info = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
@@ -433,6 +436,8 @@ RUN_FIELDS = (
     "goal_min_distance",
     "goal_input",
     "goal_pointer",
+    "goal_noise",
+    "goal_noise_frac",
     "frame_stride",
 )
 

@@ -295,3 +295,34 @@ def test_goal_pointer_also_learns_the_near_frames_the_head_skips(stats) -> None:
     assert info["pointer_err_cm"] != pytest.approx(float(dist[0]) * 100, rel=1e-3)
     with pytest.raises(Exception, match=r"goal_near has shape \(2,\), expected \(4,\)"):
         proc.process_batch(dict(_with_goals(raw, goals, far), goal_near=near[:2]))
+
+
+def test_goal_noise_moves_a_share_of_the_goals_the_actions_see_in_training(stats) -> None:
+    """compute_loss(goal_noise=s, goal_noise_frac=f): about f of the samples see their recorded goal
+    moved horizontally by N(0, s^2) per axis, the rest and every height exactly; the goal losses
+    still compare with the recorded goal."""
+    p, proc = _policy(stats, goal_dim=3, goal_input=True, goal_pointer=True)
+    n = 512
+    goals = torch.rand(n, 3) * torch.tensor([0.3, 0.6, 0.1]) + torch.tensor([0.3, -0.3, 0.0])
+    batch = proc.process_batch(_with_goals(make_raw_batch(n), goals), train=True)
+    seen: list[torch.Tensor] = []
+    p.expert.goal_in.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+
+    def moved(**kw) -> tuple[torch.Tensor, dict[str, float]]:
+        seen.clear()
+        with torch.no_grad():
+            _, info = p.compute_loss(batch, generator=torch.Generator().manual_seed(3), goal_weight=1.0, **kw)
+        return seen[0] * p.GOAL_SCALE - goals, info
+
+    off, exact = moved()
+    assert off.abs().max() < 1e-6  # no noise by default
+    off, info = moved(goal_noise=0.02, goal_noise_frac=0.5)
+    assert off[:, 2].abs().max() < 1e-6  # the height is never moved
+    hit = off[:, :2].norm(dim=-1) > 1e-6
+    assert 0.4 < hit.float().mean() < 0.6
+    assert off[hit, :2].std().item() == pytest.approx(0.02, rel=0.15)
+    # the pointer's and the head's targets are the recorded goals, not the moved ones
+    assert info["pointer_err_cm"] == pytest.approx(exact["pointer_err_cm"], rel=1e-5)
+    assert info["goal_err_cm"] == pytest.approx(exact["goal_err_cm"], rel=1e-5)
+    assert moved(goal_noise=0.02, goal_noise_frac=1.0)[0][:, :2].norm(dim=-1).min() > 1e-6
+    assert moved(goal_noise=0.02, goal_noise_frac=0.0)[0].abs().max() < 1e-6

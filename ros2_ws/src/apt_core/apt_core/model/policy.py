@@ -120,10 +120,13 @@ class APTPolicy(nn.Module):
         batch: dict[str, torch.Tensor],
         generator: torch.Generator | None = None,
         goal_weight: float = 0.0,
+        goal_noise: float = 0.0,
+        goal_noise_frac: float = 0.5,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss on the normalised action chunk, ignoring padded steps, plus `goal_weight`
         x the grounding loss when the policy has a goal head and the batch carries `goal`.
-        Returns (loss, info)."""
+        With the goal input, a `goal_noise_frac` share of the samples see their recorded goal moved
+        horizontally by N(0, goal_noise^2) per axis [m] (see _teacher_goal). Returns (loss, info)."""
         if "actions" not in batch:
             raise KeyError("processed batch is missing 'actions' (training batches need them)")
         x0 = batch["actions"]  # (B, H, A)
@@ -132,7 +135,7 @@ class APTPolicy(nn.Module):
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t, t, target = self.objective.training_pair(x0, noise, generator)
         if self.cfg.goal_input:
-            enc["goal_in"] = self._teacher_goal(batch)
+            enc["goal_in"] = self._teacher_goal(batch, goal_noise, goal_noise_frac, generator)
         use_goal = goal_weight > 0 and self.cfg.goal_dim > 0 and "goal" in batch
         hidden: list[torch.Tensor] | None = [] if use_goal else None
         pred = self._denoise(enc, x_t, t, hidden)
@@ -160,15 +163,32 @@ class APTPolicy(nn.Module):
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
 
-    def _teacher_goal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _teacher_goal(
+        self,
+        batch: dict[str, torch.Tensor],
+        noise: float = 0.0,
+        frac: float = 0.5,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The goal input in training (cfg.goal_input): the recorded goal, in GOAL_SCALE units, for
         every frame, also those whose loss target `goal_valid` masks (a tool already within
         goal_min_distance of it): when sampling, the head answers for every frame too. The state
         token, which the goal head reads, never attends to the action tokens, so the head's own
-        prediction is not changed by this input and can replace it when sampling."""
+        prediction is not changed by this input and can replace it when sampling.
+
+        `noise` > 0 [m]: a random `frac` of the samples get the goal moved horizontally by
+        N(0, noise^2) per axis, while their action targets stay the demonstrated ones. A predicted
+        goal is never exact (a few cm off at the end of a reach), and actions trained only on exact
+        goals follow such an error; these samples teach them to find the object near the goal."""
         if "goal" not in batch:
             raise KeyError("goal_input needs the batch's 'goal' targets (train with goal_weight > 0)")
-        return batch["goal"] / self.GOAL_SCALE
+        goal = batch["goal"]
+        if noise > 0:
+            b = len(goal)
+            offset = torch.randn(b, 2, generator=generator).to(goal) * noise
+            moved = (torch.rand(b, generator=generator) < frac).to(goal)
+            goal = goal + nn.functional.pad(offset * moved[:, None], (0, 1))
+        return goal / self.GOAL_SCALE
 
     def _goal_units(self, enc: dict[str, object], hidden: list[torch.Tensor]) -> torch.Tensor:
         """The goal head on the state token (the last prefix token) of the expert's last layer:
