@@ -301,6 +301,16 @@ class PolicyRuntime:
             return StepResult("hold", plan=hold, reason=reason)
         return StepResult("wait", reason=reason)
 
+    def _hold_step(
+        self, now: float, reason: str, retry_in: float, task_id: str, events: list[str], stale: bool = False
+    ) -> StepResult:
+        """step()'s answer when it must hold: `_hold` at `now`, labelled with the task and this
+        step's events; the next step comes `retry_in` seconds later."""
+        self._next_step = now + retry_in
+        res = self._hold(now, reason, stale=stale)
+        res.task_id, res.events = task_id, events
+        return res
+
     def _rests_at(self, q: np.ndarray, tol: float = 0.05) -> bool:
         """Whether the measured joints are within `tol` [rad|m] of q (the arm was not moved away)."""
         return self._joints is not None and bool(np.abs(self._joints[0] - q).max() <= tol)
@@ -353,10 +363,9 @@ class PolicyRuntime:
                 self._subtask_key = (task.task_id, task.index)
             obs, reasons = self._snapshot(now)
             if obs is None:
-                self._next_step = now + self.cfg.dt / 2
-                res = self._hold(now, "; ".join(reasons), stale=True)
-                res.events, res.task_id = events, task.task_id
-                return res
+                return self._hold_step(
+                    now, "; ".join(reasons), self.cfg.dt / 2, task.task_id, events, stale=True
+                )
             if self._holding and self._hold_stale:
                 # inputs are fresh again: restart from where the arm is (what was planned before
                 # the gap no longer describes the arm)
@@ -373,10 +382,8 @@ class PolicyRuntime:
             raw = np.asarray(self.policy.predict(obs, instruction), dtype=np.float64)
         except Exception as e:  # a model failure must not kill the runtime: hold and report
             with self._lock:
-                self._next_step = self.clock() + self.cfg.dt
-                res = self._hold(self.clock(), f"model error: {type(e).__name__}: {e}")
-                res.task_id, res.events = task_id, events
-                return res
+                reason = f"model error: {type(e).__name__}: {e}"
+                return self._hold_step(self.clock(), reason, self.cfg.dt, task_id, events)
         latency = time.perf_counter() - t_start
         with self._lock:
             self._last_latency = latency
@@ -384,10 +391,9 @@ class PolicyRuntime:
                 return StepResult("wait", reason="task changed during inference", events=events)
             reasons = self._stale_for_plan(self.clock())
             if reasons:
-                self._next_step = self.clock() + self.cfg.dt / 2
-                res = self._hold(self.clock(), "; ".join(reasons), stale=True)
-                res.task_id, res.events = task_id, events
-                return res
+                return self._hold_step(
+                    self.clock(), "; ".join(reasons), self.cfg.dt / 2, task_id, events, stale=True
+                )
             try:
                 chunk = self._to_joint_chunk(raw, obs.joint_positions)
                 self.stitcher.add_chunk(t_obs, chunk)
@@ -406,10 +412,7 @@ class PolicyRuntime:
                 self._next_step = self.clock() + self.cfg.dt
                 return StepResult("hold", plan=hold, reason=str(e), task_id=task_id, events=events)
             except (SafetyViolation, IKError, ValueError) as e:
-                self._next_step = self.clock() + self.cfg.dt
-                res = self._hold(self.clock(), f"rejected chunk: {e}")
-                res.task_id, res.events = task_id, events
-                return res
+                return self._hold_step(self.clock(), f"rejected chunk: {e}", self.cfg.dt, task_id, events)
             self.stitcher.set_plan(safe)
             self._plans.append(safe)
             if self._holding:  # a retry after a refused chunk succeeded
