@@ -19,7 +19,11 @@ Prints, on frames drawn from DATASET (normally its training data):
   evaluation's episodes.csv), for each of its episodes whose gripper shut, the head's answer on that
   scene's first frame against where the closed-loop grasp went (a 2x2 table). For a policy with a
   goal pointer (`--goal-pointer`), "head" means the pointer: `APTPolicy.predict_goal` answers with
-  the goal that sampling acts on.
+  the goal that sampling acts on;
+- for a policy with a goal input (`--goal-input`): how far the end of its chunk moves when the goal
+  it is given (the recorded one) is moved by 3 cm, as a share of those 3 cm along the move, split
+  at 6 cm between the tool and its goal: 1 means the actions go exactly where the goal says, 0 that
+  they ignore it.
 These are the numbers in docs/model.md ("Objectives") and docs/experiments.md.
 """
 
@@ -98,6 +102,8 @@ def main() -> None:
     print(f"| predicting zeros instead, normalised | {float(x0.abs().mean()):.3f} |")
     if policy.cfg.goal_dim:
         goal_rows(policy, processor, ds, idx, a)
+        if policy.cfg.goal_input:
+            goal_follow_rows(runner, ds, idx, cam_key, a)
         if a.sim_scenes:
             goal_scene_rows(policy, processor, a.sim_scenes, a.sim_seed, a.sim_split)
         if a.sim_episodes:
@@ -138,6 +144,51 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
         f"| goal change when the instruction is swapped, median [cm] | "
         f"{np.median(np.linalg.norm(pred - pred_swap, axis=1)) * cm:.1f} |"
     )
+
+
+GOAL_SHIFT = 0.03  # [m] how far goal_follow_rows moves the given goal
+
+
+def goal_follow_rows(runner: PolicyRunner, ds: DemoDataset, idx: list[int], cam_key: str, a) -> None:
+    """How far the end of the chunk moves along a GOAL_SHIFT move of the given goal (x, then y), as
+    a share of the move, on the frames of `idx` that have a recorded goal."""
+    from apt_core.data.goals import dataset_goals
+    from apt_core.runtime.ik import UrdfChain
+    from apt_core.sim.env import URDF_PATH
+
+    urdf = a.goal_urdf or URDF_PATH
+    goals, far, _, near = dataset_goals(ds, urdf, tip_link=a.goal_link, min_distance=NEAR_GOAL)
+    chain = UrdfChain.from_urdf(urdf, "base_link", a.goal_link)
+    names = tuple(ds.meta["features"]["observation.state"]["names"])
+    cols = [names.index(j) for j in chain.joint_names]
+    cam = cam_key.removeprefix("observation.images.")
+
+    def chunk_end(i: int, img: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        runner.reset()  # the same noise for every goal
+        obs = Observation(
+            images={cam: img},
+            joint_positions=ds.state[i].astype(np.float64),
+            stamp=0.0,
+            extras={"goal": goal},
+        )
+        q = np.asarray(runner.predict(obs, ds.tasks[int(ds.task_index[i])]))[-1]
+        return chain.forward(q[cols])[0][:2, 3]
+
+    share: dict[bool, list[float]] = {True: [], False: []}
+    for i in (i for i in idx if far[i] or near[i]):
+        img = decode_stored(ds.images[cam_key][i].as_py())
+        base = chunk_end(i, img, goals[i])
+        for axis in (0, 1):
+            moved = goals[i].copy()
+            moved[axis] += GOAL_SHIFT
+            share[bool(near[i])].append(float(chunk_end(i, img, moved)[axis] - base[axis]) / GOAL_SHIFT)
+    cm = 100.0
+    for label, key in ((f"under {NEAR_GOAL * cm:.0f}", True), (f"{NEAR_GOAL * cm:.0f} or more", False)):
+        v = share[key]
+        value = f"{np.median(v):.2f} ({len(v) // 2} frames)" if v else "- (0 frames)"
+        print(
+            f"| chunk end's move along a {GOAL_SHIFT * cm:.0f} cm goal move, tool {label} cm from its goal | {value} |"
+        )
 
 
 def _head_on_first_frame(policy, processor, env, seed: int, split: str) -> tuple[object, dict[str, float]]:
