@@ -14,11 +14,12 @@ from apt_msgs.msg import PolicyStatus
 pytestmark = pytest.mark.ros
 
 
-def _start(processes, ckpt: Path, name: str = "policy"):
+def _start(processes, ckpt: Path, name: str = "policy", *params: str):
     return processes.python(
         "-m",
         "apt_policy.policy_node",
         "--ros-args",
+        *(arg for param in params for arg in ("-p", param)),
         "-p",
         f"checkpoint:={ckpt}",
         "-p",
@@ -63,3 +64,13 @@ def test_checkpoint_for_other_joints_refused(processes, ros_env, tmp_path: Path)
     assert proc.wait(timeout=60) == 2
     log = processes.log_text(proc)
     assert "refusing to start" in log and "does not fit this robot" in log, log[-2000:]
+
+
+def test_negative_noise_scale_refused(processes, ros_env, tmp_path: Path) -> None:
+    """The checkpoint's sampling noise scale reaches the runner, which refuses a negative one."""
+    proc = _start(processes, make_debug_checkpoint(tmp_path / "ck"), "policy", "noise_scale:=-1.0")
+    assert proc.wait(timeout=60) == 2
+    log = processes.log_text(proc)
+    assert "refusing to start" in log and "noise_scale must be a finite number >= 0, got -1.0" in log, log[
+        -2000:
+    ]

@@ -156,6 +156,29 @@ def test_runner_predicts_absolute_targets(stats, tmp_path, space):
         assert np.allclose(r.predict(_obs(q), "pick up the red cube"), d + q, atol=1e-5)
 
 
+def test_runner_noise_scale_is_a_sampling_temperature(stats, tmp_path):
+    """noise_scale 0 samples every chunk from the zero noise: the seed no longer matters; 1 (the
+    default) samples the seeded noise; a negative or non-finite scale is refused."""
+    p, proc = _policy(stats)
+    _perturb(p)
+    ck = save_checkpoint(tmp_path / "ck", p, proc, {})
+    q = np.linspace(-0.5, 0.5, 7)
+    cold = [load_runner(ck, seed=s, noise_scale=0.0) for s in (1, 2)]
+    a0, a1 = (r.predict(_obs(q), "pick up the red cube") for r in cold)
+    assert np.array_equal(a0, a1)
+    batch = proc.process_observation(_obs(q), "pick up the red cube")
+    with torch.no_grad():
+        zero = cold[0].policy.sample_actions(batch, noise=torch.zeros(1, 16, 7))
+    assert np.allclose(a0, proc.unnormalize_actions(zero)[0].double().numpy(), atol=1e-5)
+    w0, w1 = (load_runner(ck, seed=s).predict(_obs(q), "pick up the red cube") for s in (1, 2))
+    assert not np.allclose(w0, w1) and not np.allclose(w0, a0)
+    half = load_runner(ck, seed=1, noise_scale=0.5).predict(_obs(q), "pick up the red cube")
+    assert not np.allclose(half, w0) and not np.allclose(half, a0)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise_scale must be a finite number >= 0"):
+            load_runner(ck, noise_scale=bad)
+
+
 def test_runner_uses_action_history_from_extras(stats, tmp_path):
     p, proc = _policy(stats)
     _perturb(p)

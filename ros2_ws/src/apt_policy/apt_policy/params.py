@@ -27,6 +27,11 @@ POLICY_PARAMS: tuple[Param, ...] = (
         "Alternative to checkpoint: 'module:callable' returning a ChunkPolicy (scripted expert, tests)",
     ),
     Param("device", "cpu", "Torch device for the model: cpu | cuda | cuda:N"),
+    Param(
+        "noise_scale",
+        1.0,
+        "Sampling noise of a checkpoint times this, >= 0 (0: the same chunk for the same input)",
+    ),
     Param("controller_topic", "", "JointTrajectory command topic; empty = the contract's controller_topic"),
     Param("status_rate_hz", 10.0, "Rate of /apt/status (PolicyStatus) and the watchdog check [Hz], >= 5"),
     Param("replan_steps", 4, "Compute a new chunk every this many control steps (asynchronous inference)"),

@@ -75,7 +75,9 @@ class StartupError(RuntimeError):
     """The node cannot start (bad contract, checkpoint that does not fit the robot, bad limits)."""
 
 
-def load_policy(checkpoint: str, factory: str, device: str, contract: Contract) -> ChunkPolicy:
+def load_policy(
+    checkpoint: str, factory: str, device: str, contract: Contract, noise_scale: float = 1.0
+) -> ChunkPolicy:
     """Load the checkpoint (or call the factory) and check it fits the robot's joints and rate."""
     if bool(checkpoint) == bool(factory):
         raise StartupError("set exactly one of the parameters 'checkpoint' and 'policy_factory'")
@@ -91,7 +93,10 @@ def load_policy(checkpoint: str, factory: str, device: str, contract: Contract) 
 
         try:
             policy = load_runner(
-                checkpoint, device=device, expect={"joint_names": list(contract.joint_names)}
+                checkpoint,
+                device=device,
+                expect={"joint_names": list(contract.joint_names)},
+                noise_scale=noise_scale,
             )
         except CheckpointMismatchError as e:
             raise StartupError(f"checkpoint {checkpoint!r} does not fit this robot: {e}") from None
@@ -120,7 +125,7 @@ class PolicyNode(Node):
         self.contract = load_contract(g("contract") or None)
         c = self.contract
         self.runtime_clock: Callable[[], float] = lambda: self.get_clock().now().nanoseconds * 1e-9
-        policy = load_policy(g("checkpoint"), g("policy_factory"), g("device"), c)
+        policy = load_policy(g("checkpoint"), g("policy_factory"), g("device"), c, float(g("noise_scale")))
         urdf = g("urdf") or (str(SIM_URDF) if SIM_URDF.is_file() and not g("contract") else "")
         self.chain: UrdfChain | None = None
         limits = self._limits(c, urdf)

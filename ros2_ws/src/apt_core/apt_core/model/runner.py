@@ -4,6 +4,8 @@ predict(obs, instruction) -> (H, J) ABSOLUTE joint targets for stamp + dt .. sta
 The processor path is the one used in training; the backbone runs once per chunk and its tapped
 features are cached over the denoising steps. Noise comes from a seeded generator (reset() restarts
 it), so a given checkpoint, seed and observation sequence always produce the same chunks.
+`noise_scale` multiplies that noise (a sampling temperature): 1 samples the trained distribution,
+0 starts every chunk from the zero noise, the same chunk for the same input whatever the seed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class PolicyRunner:
         device: str = "cpu",
         num_steps: int | None = None,
         seed: int = 0,
+        noise_scale: float = 1.0,
     ) -> None:
+        if not (np.isfinite(noise_scale) and noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
         cfg = policy.cfg
         self.policy, self.processor, self.meta = policy.eval(), processor, meta
         self.device = torch.device(device)
@@ -39,6 +44,7 @@ class PolicyRunner:
         self.action_space = cfg.action_space
         self.num_steps = num_steps or cfg.objective.inference_steps
         self.seed = seed
+        self.noise_scale = float(noise_scale)
         self.last_latency_s = float("nan")
         self.reset()
 
@@ -69,7 +75,7 @@ class PolicyRunner:
             batch["goal_override"] = (
                 torch.as_tensor(np.asarray(goal, np.float32)).reshape(1, 3).to(self.device)
             )
-        noise = torch.randn((1, cfg.chunk_length, cfg.action_dim), generator=self._gen)
+        noise = torch.randn((1, cfg.chunk_length, cfg.action_dim), generator=self._gen) * self.noise_scale
         with torch.inference_mode():
             a = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps)
             a = self.processor.unnormalize_actions(a)[0].cpu()  # (H, A)
@@ -88,7 +94,10 @@ def load_runner(
     num_steps: int | None = None,
     seed: int = 0,
     expect: dict | None = None,
+    noise_scale: float = 1.0,
 ) -> PolicyRunner:
     """Load a checkpoint as a ChunkPolicy. `expect` (e.g. {"joint_names": [...]}) is checked first."""
     policy, processor, meta = load_checkpoint(checkpoint_dir, device=device, expect=expect)
-    return PolicyRunner(policy, processor, meta, device=device, num_steps=num_steps, seed=seed)
+    return PolicyRunner(
+        policy, processor, meta, device=device, num_steps=num_steps, seed=seed, noise_scale=noise_scale
+    )

@@ -293,18 +293,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="give a checkpoint trained with --goal-input the true goal instead of its goal head's (a diagnostic)",
     )
+    ap.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        help="a checkpoint's sampling noise times this (0: the same chunk for the same input; docs/model.md)",
+    )
     a = ap.parse_args(argv)
     env = TabletopEnv()
     if a.checkpoint:
         from apt_core.model.runner import load_runner  # imported lazily: torch is heavy
 
-        policy = load_runner(a.checkpoint)
+        if not (math.isfinite(a.noise_scale) and a.noise_scale >= 0):
+            ap.error(f"--noise-scale must be a finite number >= 0, got {a.noise_scale}")
+        policy = load_runner(a.checkpoint, noise_scale=a.noise_scale)
         if a.oracle_goal:
             if not policy.policy.cfg.goal_input:
                 ap.error(f"--oracle-goal: {a.checkpoint} was not trained with --goal-input")
             policy = OracleGoal(policy, env)
     elif a.oracle_goal:
         ap.error("--oracle-goal needs --checkpoint (a policy trained with --goal-input)")
+    elif a.noise_scale != 1.0:
+        ap.error("--noise-scale needs --checkpoint (the scripted expert samples no noise)")
     else:
         from apt_core.sim.expert import ScriptedExpert
 
