@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from apt_core.data.dataset import DemoDataset, collate, decode_stored
+from apt_core.data.goals import GoalTargets
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
 from apt_core.types import Observation
@@ -101,9 +102,14 @@ def main() -> None:
     print(f"| sampler error, normalised units | {float((sampled - x0).abs().mean()):.3f} |")
     print(f"| predicting zeros instead, normalised | {float(x0.abs().mean()):.3f} |")
     if policy.cfg.goal_dim:
-        goal_rows(policy, processor, ds, idx, a)
+        from apt_core.data.goals import dataset_goals
+        from apt_core.sim.env import URDF_PATH
+
+        urdf = a.goal_urdf or URDF_PATH
+        targets = dataset_goals(ds, urdf, tip_link=a.goal_link, min_distance=NEAR_GOAL)
+        goal_rows(policy, processor, ds, idx, targets, a.seed)
         if policy.cfg.goal_input:
-            goal_follow_rows(runner, ds, idx, cam_key, a)
+            goal_follow_rows(runner, ds, idx, cam_key, targets, urdf, a.goal_link)
         if a.sim_scenes:
             goal_scene_rows(policy, processor, a.sim_scenes, a.sim_seed, a.sim_split)
         if a.sim_episodes:
@@ -113,19 +119,14 @@ def main() -> None:
 NEAR_GOAL = 0.06  # [m] the end of a reach: where the policy acts on its goal for the grasp itself
 
 
-def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Namespace) -> None:
-    from apt_core.data.goals import dataset_goals
-    from apt_core.sim.env import URDF_PATH
-
-    goals, far, _, near = dataset_goals(
-        ds, a.goal_urdf or URDF_PATH, tip_link=a.goal_link, min_distance=NEAR_GOAL
-    )
+def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], targets: GoalTargets, seed: int) -> None:
+    goals, far, _, near = targets
     valid = far | near
     idx = [i for i in idx if valid[i]]
     raw = collate([ds[i] for i in idx])
     k = ds.task_index[idx]
     swapped = dict(raw, task=[ds.tasks[(int(j) + 1) % len(ds.tasks)] for j in k])
-    g = torch.Generator().manual_seed(a.seed)
+    g = torch.Generator().manual_seed(seed)
     pred = policy.predict_goal(processor.process_batch(raw), generator=g).numpy()
     pred_swap = policy.predict_goal(processor.process_batch(swapped), generator=g).numpy()
     want = goals[idx]
@@ -149,18 +150,23 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], a: argparse.Na
 GOAL_SHIFT = 0.03  # [m] how far goal_follow_rows moves the given goal
 
 
-def goal_follow_rows(runner: PolicyRunner, ds: DemoDataset, idx: list[int], cam_key: str, a) -> None:
+def goal_follow_rows(
+    runner: PolicyRunner,
+    ds: DemoDataset,
+    idx: list[int],
+    cam_key: str,
+    targets: GoalTargets,
+    urdf: str,
+    tip_link: str,
+) -> None:
     """How far the end of the chunk moves along a GOAL_SHIFT move of the given goal (x, then y), as
     a share of the move, on the frames of `idx` that have a recorded goal."""
-    from apt_core.data.goals import dataset_goals
+    from apt_core.data.goals import tool_positions
     from apt_core.runtime.ik import UrdfChain
-    from apt_core.sim.env import URDF_PATH
 
-    urdf = a.goal_urdf or URDF_PATH
-    goals, far, _, near = dataset_goals(ds, urdf, tip_link=a.goal_link, min_distance=NEAR_GOAL)
-    chain = UrdfChain.from_urdf(urdf, "base_link", a.goal_link)
+    goals, far, _, near = targets
+    chain = UrdfChain.from_urdf(urdf, "base_link", tip_link)
     names = tuple(ds.meta["features"]["observation.state"]["names"])
-    cols = [names.index(j) for j in chain.joint_names]
     cam = cam_key.removeprefix("observation.images.")
 
     def chunk_end(i: int, img: np.ndarray, goal: np.ndarray) -> np.ndarray:
@@ -171,8 +177,8 @@ def goal_follow_rows(runner: PolicyRunner, ds: DemoDataset, idx: list[int], cam_
             stamp=0.0,
             extras={"goal": goal},
         )
-        q = np.asarray(runner.predict(obs, ds.tasks[int(ds.task_index[i])]))[-1]
-        return chain.forward(q[cols])[0][:2, 3]
+        q = np.asarray(runner.predict(obs, ds.tasks[int(ds.task_index[i])]))[-1:]
+        return tool_positions(q, names, chain)[0, :2]
 
     share: dict[bool, list[float]] = {True: [], False: []}
     for i in (i for i in idx if far[i] or near[i]):
