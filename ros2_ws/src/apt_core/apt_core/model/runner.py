@@ -22,6 +22,13 @@ from .policy import APTPolicy
 from .processor import Processor
 
 
+def check_noise_scale(noise_scale: float) -> float:
+    """`noise_scale` as a float; ValueError unless it is finite and >= 0."""
+    if not (np.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
+    return float(noise_scale)
+
+
 class PolicyRunner:
     def __init__(
         self,
@@ -33,8 +40,7 @@ class PolicyRunner:
         seed: int = 0,
         noise_scale: float = 1.0,
     ) -> None:
-        if not (np.isfinite(noise_scale) and noise_scale >= 0):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
+        self.noise_scale = check_noise_scale(noise_scale)
         cfg = policy.cfg
         self.policy, self.processor, self.meta = policy.eval(), processor, meta
         self.device = torch.device(device)
@@ -44,7 +50,6 @@ class PolicyRunner:
         self.action_space = cfg.action_space
         self.num_steps = num_steps or cfg.objective.inference_steps
         self.seed = seed
-        self.noise_scale = float(noise_scale)
         self.last_latency_s = float("nan")
         self.reset()
 

@@ -302,10 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     env = TabletopEnv()
     if a.checkpoint:
-        from apt_core.model.runner import load_runner  # imported lazily: torch is heavy
+        from apt_core.model.runner import check_noise_scale, load_runner  # lazily: torch is heavy
 
-        if not (math.isfinite(a.noise_scale) and a.noise_scale >= 0):
-            ap.error(f"--noise-scale must be a finite number >= 0, got {a.noise_scale}")
+        try:
+            check_noise_scale(a.noise_scale)
+        except ValueError as e:
+            ap.error(f"--noise-scale: {e}")
         policy = load_runner(a.checkpoint, noise_scale=a.noise_scale)
         if a.oracle_goal:
             if not policy.policy.cfg.goal_input:
