@@ -77,6 +77,25 @@ def test_record_demos_writes_one_mcap_bag_per_successful_episode(processes, tmp_
 
 
 @pytest.mark.ros
+def test_missed_grasp_demos_start_shut_and_open_first(processes, tmp_path: Path) -> None:
+    out = tmp_path / "demos"
+    seed = 1  # a stack: something to grasp
+    proc = processes.python(
+        "-m", "apt_sim.record_demos", "--episodes", "1", "--seed", str(seed), "--missed-grasp", "1",
+        "--out", str(out), name="rec",
+    )  # fmt: skip
+    assert _wait(proc, 120) == 0, processes.dump_logs()
+    (ep,) = json.loads((out / "summary.json").read_text())["episodes"]
+    assert ep["missed_start"] and ep["success"]
+    bag = out / f"episode_{seed:06d}"
+    assert "missed_grasp_start: 'true'" in (bag / "metadata.yaml").read_text()
+    streams = read_bag(bag, C)
+    grip = streams.joint_pos[:, 6]
+    assert grip[0] < 2e-3  # the first frame shows the gripper shut on nothing
+    assert grip.max() > 0.05  # and the demo opens it again before the grasp
+
+
+@pytest.mark.ros
 def test_record_demos_refuses_to_share_its_domain_with_another_simulator(processes, tmp_path: Path) -> None:
     # A second recorder started without its own ROS_DOMAIN_ID would drive both arms and mix their
     # joint states: it must refuse before recording anything.
@@ -99,6 +118,7 @@ def test_record_demos_refuses_to_share_its_domain_with_another_simulator(process
     [
         (["--episodes", "0"], "--episodes must be >= 1"),
         (["--disturbance", "0.5"], "--disturbance must be in [0, 0.2] rad, got 0.5"),
+        (["--missed-grasp", "1.5"], "--missed-grasp is a share of episodes in [0, 1], got 1.5"),
     ],
 )
 def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

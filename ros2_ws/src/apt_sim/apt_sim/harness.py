@@ -150,6 +150,7 @@ class EpisodeOutcome:
     sim_seconds: float  # simulated time the episode ran [s]
     frames: int  # camera frames recorded (0 without a recorder)
     subtasks_done: int  # subtasks completed in order
+    missed_start: bool = False  # the arm started as after a missed grasp (TabletopEnv.missed_grasp)
 
 
 DISCOVERY_WAIT = 3.5  # s a recording harness looks for another simulator before its first episode
@@ -166,12 +167,15 @@ class SimHarness:
         execute_steps: int = 8,
         record: bool = False,
         disturbance: float = 0.0,
+        missed_grasp: float = 0.0,
     ) -> None:
         """policy_factory: builds the in-process policy from the sim's env; None = an external policy
         node drives the robot (it must follow /apt/instruction and publish on the controller topic).
-        disturbance: the sim node's DART-style setpoint noise [rad] (apt_core.sim.disturbance)."""
+        disturbance: the sim node's DART-style setpoint noise [rad] (apt_core.sim.disturbance).
+        missed_grasp: the sim node's share of missed-grasp starts (TabletopEnv.missed_grasp_start)."""
         self._factory, self._speed, self._contract_path = policy_factory, speed, contract_path
         self._execute_steps, self._record, self._disturbance = execute_steps, record, disturbance
+        self._missed_grasp = missed_grasp
         self.nodes: dict[str, Node] = {}
         self._ex: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -193,6 +197,7 @@ class SimHarness:
                         Parameter("contract", value=self._contract_path),
                         Parameter("start_paused", value=True),
                         Parameter("disturbance", value=float(self._disturbance)),
+                        Parameter("missed_grasp", value=float(self._missed_grasp)),
                     ]
                 )
                 self.nodes["sim"] = sim
@@ -352,10 +357,13 @@ class SimHarness:
                 rec.close()
             raise
         ok = ctl.success
+        with sim.lock:
+            done, missed = sim.env.subtask_progress(), sim.env.started_missed
         frames = 0
         if bag is not None and isinstance(rec, BagRecorder):
             frames = rec.counts.get(sim.contract.cameras[0].topic, 0)
-            rec.close({"instruction": resp.instruction, "task": resp.task, "success": str(ok).lower()})
-        with sim.lock:
-            done = sim.env.subtask_progress()
-        return EpisodeOutcome(seed, resp.instruction, resp.task, ok, round(t_sim, 2), frames, done)
+            end_meta = {"instruction": resp.instruction, "task": resp.task, "success": str(ok).lower()}
+            if missed:
+                end_meta["missed_grasp_start"] = "true"
+            rec.close(end_meta)
+        return EpisodeOutcome(seed, resp.instruction, resp.task, ok, round(t_sim, 2), frames, done, missed)

@@ -3,6 +3,7 @@
     apt-record-demos --episodes 100 --out data/demos --seed 0            # as fast as possible
     apt-record-demos --episodes 5 --out data/demos --speed 1.0           # real time
     apt-record-demos --episodes 100 --out data/demos --disturbance 0.03  # DART-style recovery demos
+    apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5  # half start after a miss
 
 Runs the sim node, a PolicyClient driving the ScriptedExpert (it publishes JointTrajectory chunks
 on the controller topic, as a teleoperator would) and a bag recorder on one executor
@@ -48,13 +49,26 @@ def record(
     execute_steps: int = 8,
     summary_name: str = "summary.json",
     disturbance: float = 0.0,
+    missed_grasp: float = 0.0,
 ) -> dict:
     """Record `episodes` demos on seeds seed..seed+episodes-1; returns a summary dict."""
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"episodes": [], "ok": 0, "failed": 0, "disturbance": disturbance}
+    summary: dict = {
+        "episodes": [],
+        "ok": 0,
+        "failed": 0,
+        "disturbance": disturbance,
+        "missed_grasp": missed_grasp,
+    }
     t0 = time.perf_counter()
     with SimHarness(
-        ScriptedExpert, speed, contract_path, execute_steps, record=True, disturbance=disturbance
+        ScriptedExpert,
+        speed,
+        contract_path,
+        execute_steps,
+        record=True,
+        disturbance=disturbance,
+        missed_grasp=missed_grasp,
     ) as h:
         for s in range(seed, seed + episodes):
             final, tmp = out / f"episode_{s:06d}", out / f".episode_{s:06d}.tmp"
@@ -72,7 +86,9 @@ def record(
             summary["ok" if ep.success else "failed"] += 1
             summary["episodes"].append(ep.__dict__)
             print(
-                f"episode {s}: success={ep.success} sim={ep.sim_seconds:.1f}s frames={ep.frames} :: {ep.instruction}",
+                f"episode {s}: success={ep.success} sim={ep.sim_seconds:.1f}s frames={ep.frames}"
+                + (" missed-grasp start" if ep.missed_start else "")
+                + f" :: {ep.instruction}",
                 flush=True,
             )
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -107,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         help="DART-style noise: std [rad] of a smooth drift added to the arm's setpoints beneath the "
         "controller, so the demos show recoveries while the recorded commands stay the expert's (0 = none)",
     )
+    ap.add_argument(
+        "--missed-grasp",
+        type=float,
+        default=0.0,
+        help="share of episodes (drawn per scene seed) that start as after a missed grasp: gripper shut "
+        "on nothing a few cm beside the object to grasp, so the demo shows opening and grasping again",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -114,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--speed must be >= 0")
     if not 0.0 <= a.disturbance <= MAX_STD:
         ap.error(f"--disturbance must be in [0, {MAX_STD}] rad, got {a.disturbance}")
+    if not 0.0 <= a.missed_grasp <= 1.0:
+        ap.error(f"--missed-grasp is a share of episodes in [0, 1], got {a.missed_grasp}")
     try:
         s = record(
             a.out,
@@ -127,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             a.contract,
             summary_name=a.summary,
             disturbance=a.disturbance,
+            missed_grasp=a.missed_grasp,
         )
     except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
         print(f"apt-record-demos: error: {e}", file=sys.stderr)

@@ -75,12 +75,24 @@ class SimNode(Node):
                 "(recording recovery demonstrations; apt_core.sim.disturbance); 0 = none"
             ),
         )
+        p(
+            "missed_grasp",
+            0.0,
+            descriptor=_desc(
+                "share of resets that start the arm as after a missed grasp: gripper shut on nothing "
+                "beside the object to grasp (recording retry demonstrations; TabletopEnv); 0 = none"
+            ),
+        )
         gp = self.get_parameter
         self.contract = load_contract(gp("contract").value or None)
         self.speed = float(gp("speed").value)
         if self.speed < 0:
             raise ValueError(f"parameter speed must be >= 0, got {self.speed}")
-        self.env = TabletopEnv(contract=self.contract, disturbance=float(gp("disturbance").value))
+        self.env = TabletopEnv(
+            contract=self.contract,
+            disturbance=float(gp("disturbance").value),
+            missed_grasp=float(gp("missed_grasp").value),
+        )
         self.cam = self.contract.cameras[0]
         self.lock = threading.RLock()  # the recorder reads env state from its own node callbacks
         self.paused = bool(gp("start_paused").value)
@@ -109,6 +121,7 @@ class SimNode(Node):
             f"apt_sim ready: {c.robot_name}, {self.env.width}x{self.env.height} camera '{self.cam.name}', "
             f"{c.rate_hz:g} Hz, speed {self.speed:g}"
             + (f", disturbance {self.env.disturbance.std:g} rad" if self.env.disturbance else "")
+            + (f", missed-grasp starts {self.env.missed_grasp:g}" if self.env.missed_grasp else "")
             + f"; task: {self.env.task.instruction!r}"
         )
 

@@ -31,6 +31,7 @@ import numpy as np
 from apt_core.contract import Contract, load_contract
 from apt_core.sim import tasks as T
 from apt_core.sim.disturbance import JointDisturbance
+from apt_core.sim.ik import ArmIK, top_down_rotation
 from apt_core.types import Observation
 
 ASSETS = Path(__file__).parent / "assets"
@@ -78,6 +79,11 @@ def check_dataset_scene(dataset_dir: str | Path) -> str:
 # Elbow-up pose above the table centre with the gripper pointing down and open.
 HOME = np.array([0.0, 0.35, 1.45, 1.3416, 0.0, 0.0, GRIPPER_MAX])
 
+# Missed-grasp starts (TabletopEnv(missed_grasp=...)): the shut, empty gripper's TCP is placed this
+# far from the named object's centre, horizontally [m] and above the table [m].
+MISS_RADIUS = (0.035, 0.09)
+MISS_HEIGHT = (0.03, 0.12)
+
 
 class TabletopEnv:
     """The simulated robot: MuJoCo physics, a task from `tasks`, offscreen camera rendering."""
@@ -89,12 +95,16 @@ class TabletopEnv:
         contract: Contract | None = None,
         render: bool = True,
         disturbance: float = 0.0,
+        missed_grasp: float = 0.0,
     ) -> None:
         """image_size: square side or (width, height) [px], default from the contract (128).
         cameras: MJCF camera names to render into observations, default the contract's cameras.
         render: False skips rendering in observation() (physics-only use, e.g. benchmarks).
         disturbance: standard deviation [rad] of the DART-style setpoint noise on the arm joints
         (`apt_core.sim.disturbance`), for recording demonstrations; 0 = none.
+        missed_grasp: share of resets (drawn from the scene seed) that start the arm as after a
+        missed grasp: gripper shut on nothing, a few cm beside the object the first subtask grasps
+        (`missed_grasp_start`), for recording demonstrations of opening and grasping again; 0 = none.
         """
         self.contract = contract or load_contract()
         if tuple(self.contract.joint_names) != JOINT_NAMES:
@@ -118,6 +128,11 @@ class TabletopEnv:
         self._renderer_thread = 0
         self.dt = self.contract.dt
         self.disturbance = JointDisturbance(disturbance, dt=self.dt) if disturbance != 0 else None
+        if not (math.isfinite(missed_grasp) and 0.0 <= missed_grasp <= 1.0):
+            raise ValueError(f"missed_grasp is a share of episodes in [0, 1], got {missed_grasp}")
+        self.missed_grasp = float(missed_grasp)
+        self.started_missed = False  # whether the last reset started from a missed grasp
+        self._ik: ArmIK | None = None
         self.n_substeps = max(1, round(self.dt / self.model.opt.timestep))
         m = self.model
         self._qadr = np.array([m.jnt_qposadr[m.joint(j).id] for j in ARM_JOINTS])
@@ -151,9 +166,11 @@ class TabletopEnv:
                 d.qpos[adr + 3 : adr + 7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
             else:  # static bodies: bowls and zones are moved in the model (they have no joint)
                 m.body_pos[m.body(name).id] = (x, y, 0.0)
-        d.qpos[self._qadr] = HOME[:6]
-        d.qpos[self._fl] = d.qpos[self._fr] = HOME[6] / 2
-        self._target = HOME.copy()
+        start = self.missed_grasp_start(seed) if self.missed_grasp > 0 else None
+        self.started_missed = start is not None
+        self._target = HOME.copy() if start is None else np.concatenate([start, [0.0]])
+        d.qpos[self._qadr] = self._target[:6]
+        d.qpos[self._fl] = d.qpos[self._fr] = self._target[6] / 2
         self._apply_ctrl(self._target)
         mujoco.mj_forward(m, d)
         # Let objects settle on the table before the first observation (0.2 s).
@@ -161,6 +178,42 @@ class TabletopEnv:
             mujoco.mj_step(m, d)
         d.time = 0.0
         return self.observation()
+
+    def missed_grasp_start(self, seed: int) -> np.ndarray | None:
+        """Arm joints (6,) for a start as after a missed grasp, or None (the arm starts at HOME).
+
+        Drawn from the scene seed: with probability `missed_grasp`, when the first subtask grasps
+        (pick-and-place, stack), the tool points down with a random yaw, MISS_RADIUS from the named
+        object and MISS_HEIGHT above the table, and the gripper is shut on nothing. This is where a
+        learned policy often ends after closing a few cm off; the scripted demonstrations otherwise
+        never show it, nor the way out (open, go back above the object, grasp again). A draw whose
+        arm would touch anything is drawn again (8 tries, then None). Needs the objects placed."""
+        assert self.task is not None and self.layout is not None
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x315D])
+        sub = self.task.subtasks[0]
+        if rng.random() >= self.missed_grasp or sub.family not in ("pick_place", "stack"):
+            return None
+        if self._ik is None:
+            self._ik = ArmIK(self.model)
+        m, d = self.model, self.data
+        robot_root = m.body_rootid[m.site("tcp").bodyid]
+        x, y, _ = self.layout.poses[sub.obj]
+        for _ in range(8):
+            r, a = rng.uniform(*MISS_RADIUS), rng.uniform(-math.pi, math.pi)
+            p = np.array([x + r * math.cos(a), y + r * math.sin(a), rng.uniform(*MISS_HEIGHT)])
+            q, err = self._ik.solve(p, top_down_rotation(rng.uniform(-math.pi / 2, math.pi / 2)), HOME[:6])
+            if err > 2e-3:
+                continue
+            d.qpos[self._qadr] = q
+            d.qpos[self._fl] = d.qpos[self._fr] = 0.0
+            mujoco.mj_forward(m, d)
+            touching = any(
+                robot_root in (m.body_rootid[m.geom_bodyid[c.geom1]], m.body_rootid[m.geom_bodyid[c.geom2]])
+                for c in d.contact[: d.ncon]
+            )
+            if not touching:
+                return q
+        return None
 
     # ----- control -------------------------------------------------------------------------------
     def clip_targets(self, targets: np.ndarray) -> np.ndarray:
