@@ -29,6 +29,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         record_workers=2,  # two recorder processes, each in its own ROS domain
         train_scene_episodes=1,
         record_disturbance=0.02,  # DART-style recording noise, through the recorder to the sim node
+        record_missed_grasp=1.0,  # every grasping demo starts after a missed grasp
         stage2_set=("frame_stride=2",),  # a training option passed through to stage 2 only
     )
     report = run(pc).read_text()
@@ -39,9 +40,13 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     summaries = [json.loads((run_dir / "demos" / f"summary_{k}.json").read_text()) for k in (0, 1)]
     assert [[e["seed"] for e in s["episodes"]] for s in summaries] == [[0, 1], [2]]
     done = json.loads((run_dir / "demos" / "DONE.json").read_text())
-    assert done["bags"] == 3 and done["disturbance"] == 0.02
+    assert done["bags"] == 3 and done["disturbance"] == 0.02 and done["missed_grasp"] == 1.0
     assert all(bag_custom_data(b)["disturbance"] == "0.02" for b in bags)  # the sim node really had it
     assert "DART-style disturbance 0.02 rad" in report and "--record-disturbance 0.02" in report
+    started = {e["seed"]: e["missed_start"] for s in summaries for e in s["episodes"]}
+    assert started == {0: True, 1: True, 2: True}  # three pick-and-place scenes
+    assert all(bag_custom_data(b)["missed_grasp_start"] == "true" for b in bags)
+    assert "--record-missed-grasp 1" in report and "starting after a missed grasp" in report
     info = json.loads((run_dir / "dataset" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
@@ -64,8 +69,14 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert "record done in an earlier run" in again and "stage2 done in an earlier run" in again
     assert "done in an earlier run" not in report
     # demos recorded with other noise are not silently reused
-    with pytest.raises(ValueError, match="recorded with disturbance 0.02 rad"):
+    with pytest.raises(
+        ValueError, match="recorded with disturbance 0.02, this run asks for --record-disturbance 0.0"
+    ):
         run(dataclasses.replace(pc, record_disturbance=0.0))
+    with pytest.raises(
+        ValueError, match="recorded with missed_grasp 1.0, this run asks for --record-missed-grasp 0.0"
+    ):
+        run(dataclasses.replace(pc, record_missed_grasp=0.0))
 
     # the simulator scene travels with the data: bag metadata -> dataset meta; a changed scene
     # (e.g. a moved camera) is refused instead of training on one view and evaluating on another
@@ -94,6 +105,8 @@ def test_seed_ranges_split_the_seeds_without_gaps():
         PipelineConfig(episodes=3, train_scene_episodes=4)
     with pytest.raises(ValueError, match="record_disturbance"):
         PipelineConfig(record_disturbance=-0.1)
+    with pytest.raises(ValueError, match="record_missed_grasp is a share of episodes"):
+        PipelineConfig(record_missed_grasp=2.0)
 
 
 def test_stage_options_are_typed_and_checked_by_name():

@@ -56,6 +56,7 @@ class PipelineConfig:
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
     train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
     record_disturbance: float = 0.0  # DART-style recording noise [rad] (apt_core.sim.disturbance)
+    record_missed_grasp: float = 0.0  # share of demos that start after a missed grasp (docs/sim.md)
     # further training options per stage, as NAME=VALUE of a TrainConfig field (the flags of
     # apt-train-stage1/2 without the dashes), e.g. goal_weight=0.5 frame_stride=4
     stage1_set: tuple[str, ...] = ()
@@ -75,6 +76,10 @@ class PipelineConfig:
         if not 0.0 <= self.record_disturbance <= MAX_STD:
             raise ValueError(
                 f"record_disturbance must be in [0, {MAX_STD}] rad, got {self.record_disturbance}"
+            )
+        if not 0.0 <= self.record_missed_grasp <= 1.0:
+            raise ValueError(
+                f"record_missed_grasp is a share of episodes in [0, 1], got {self.record_missed_grasp}"
             )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
@@ -135,11 +140,13 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
                 f"{demos} was recorded in simulator scene {scene!r}, the scene is now "
                 f"{scene_fingerprint()!r} (robot, objects or camera changed): delete it to record again"
             )
-        if float(recorded.get("disturbance", 0.0)) != pc.record_disturbance:
-            raise ValueError(
-                f"{demos} was recorded with disturbance {recorded.get('disturbance', 0.0)} rad, this run asks "
-                f"for --record-disturbance {pc.record_disturbance}: delete it to record again, or use another --out"
-            )
+        for key, asked in (("disturbance", pc.record_disturbance), ("missed_grasp", pc.record_missed_grasp)):
+            if float(recorded.get(key, 0.0)) != asked:
+                flag = "--record-" + key.replace("_", "-")
+                raise ValueError(
+                    f"{demos} was recorded with {key} {recorded.get(key, 0.0)}, this run asks for {flag} "
+                    f"{asked}: delete it to record again, or use another --out"
+                )
         _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
         return False
     ranges = seed_ranges(pc.seed, pc.episodes, pc.record_workers)
@@ -149,7 +156,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
     )
     if len(ranges) == 1:
         # A separate process: the recorder owns rclpy's global context and the EGL renderer.
-        subprocess.run(_record_cmd(demos, pc.episodes, pc.seed, pc.record_disturbance), check=True)
+        subprocess.run(_record_cmd(pc, demos, pc.episodes, pc.seed), check=True)
     else:
         # One recorder per seed range, each in its own ROS domain so that their sim nodes, expert
         # clients and bag recorders never see each other. The bags land in `demos/` as with one
@@ -159,7 +166,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
         try:
             for k, (first, n) in enumerate(ranges):
                 env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (base + k) % 101)}
-                cmd = _record_cmd(demos, n, first, pc.record_disturbance) + ["--summary", f"summary_{k}.json"]
+                cmd = _record_cmd(pc, demos, n, first) + ["--summary", f"summary_{k}.json"]
                 procs.append(subprocess.Popen(cmd, env=env))
             failed = [k for k, p in enumerate(procs) if p.wait() != 0]
         finally:
@@ -178,6 +185,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
                 "bags": len(list(demos.glob("episode_*"))),
                 "sim_scene": scene_fingerprint(),
                 "disturbance": pc.record_disturbance,
+                "missed_grasp": pc.record_missed_grasp,
             }
         ),
     )
@@ -192,7 +200,7 @@ def seed_ranges(seed: int, episodes: int, workers: int) -> list[tuple[int, int]]
     return list(zip(starts, sizes, strict=True))
 
 
-def _record_cmd(out: Path, episodes: int, seed: int, disturbance: float) -> list[str]:
+def _record_cmd(pc: PipelineConfig, out: Path, episodes: int, seed: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -204,7 +212,9 @@ def _record_cmd(out: Path, episodes: int, seed: int, disturbance: float) -> list
         "--seed",
         str(seed),
         "--disturbance",
-        str(disturbance),
+        str(pc.record_disturbance),
+        "--missed-grasp",
+        str(pc.record_missed_grasp),
     ]
 
 
@@ -339,6 +349,7 @@ def render_report(
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
         + (f" --record-disturbance {pc.record_disturbance:g}" if pc.record_disturbance else "")
+        + (f" --record-missed-grasp {pc.record_missed_grasp:g}" if pc.record_missed_grasp else "")
         + (f" --stage1-set {' '.join(pc.stage1_set)}" if pc.stage1_set else "")
         + (f" --stage2-set {' '.join(pc.stage2_set)}" if pc.stage2_set else "")
     )
@@ -351,6 +362,11 @@ def render_report(
         f"- data: {pc.episodes} scripted demos recorded through the ROS sim (scene seeds {pc.seed}.."
         f"{pc.seed + pc.episodes - 1}"
         + (f", DART-style disturbance {pc.record_disturbance:g} rad" if pc.record_disturbance else "")
+        + (
+            f", a share {pc.record_missed_grasp:g} starting after a missed grasp"
+            if pc.record_missed_grasp
+            else ""
+        )
         + f"), {info.get('total_episodes', '?')} episodes / "
         f"{info.get('total_frames', '?')} frames after conversion, {info.get('total_tasks', '?')} distinct instructions\n"
         f"- model: preset `{pc.recipe}`, backbone `{meta.get('backbone')}` ({meta.get('backbone_mode')}), "
