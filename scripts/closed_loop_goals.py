@@ -21,7 +21,9 @@ the episode and by distance of the tool to the goal. The phases: a reach (grippe
 touched); touching (gripper open, a finger pad touching an object: the true goal, which follows the
 simulator's contacts, is already the place, while the policy's, which follows the gripper as the
 demonstrations' goals do, is still the object); a carry (gripper shut on an object); a missed grasp
-(gripper shut on nothing, which no demonstration shows).
+(gripper shut on nothing; the demonstrations show it only when recorded with `--missed-grasp`).
+It also counts the episodes with a missed grasp, and of those the ones whose gripper opened again
+afterwards and the ones that then carried an object (a retry).
 Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the
 numbers in docs/experiments.md item 20.
 """
@@ -108,6 +110,23 @@ def _median_row(label: str, errors: list[float]) -> str:
     return f"| {label} | {np.median(e):.1f} | {np.percentile(e, 75):.1f} | {len(e)} |"
 
 
+def retry_counts(records: list[dict]) -> tuple[int, int, int]:
+    """Episodes with a missed grasp; of those, how many opened the gripper again after one; and how
+    many carried an object after reopening (chunk records in order, as GoalProbe writes them)."""
+    state: dict[int, int] = {}  # episode -> 1 missed, 2 reopened after a miss, 3 carried after that
+    for x in records:
+        k, ph = x["episode"], x["phase"]
+        st = state.get(k, 0)
+        if ph == "missed" and st == 0:
+            state[k] = 1
+        elif ph in ("reach", "touching") and st == 1:
+            state[k] = 2
+        elif ph == "carry" and st == 2:
+            state[k] = 3
+    v = list(state.values())
+    return len(v), sum(s >= 2 for s in v), sum(s == 3 for s in v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -146,6 +165,12 @@ def main() -> None:
     for lo, hi in ((0.0, 0.06), (0.06, 0.15), (0.15, 9.0)):
         near = [x["error"] for x in reach if lo <= x["tool_to_goal"] < hi]
         print(_median_row(f"reach, tool {lo * 100:.0f}-{hi * 100:.0f} cm from the goal", near))
+    missed, reopened, carried = retry_counts(r)
+    episodes = len({x["episode"] for x in r})
+    print(
+        f"\nMissed grasps: {missed} of {episodes} episodes shut the gripper on nothing; {reopened} of "
+        f"those opened it again afterwards, and {carried} then carried an object."
+    )
     if a.out:
         Path(a.out).write_text(json.dumps(r))
 
