@@ -25,7 +25,7 @@ demonstrations' goals do, is still the object); a carry (gripper shut on an obje
 It also counts the episodes with a missed grasp, and of those the ones whose gripper opened again
 afterwards and the ones that then carried an object (a retry).
 Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the
-numbers in docs/experiments.md item 20.
+numbers in docs/experiments.md items 20 and 23.
 """
 
 from __future__ import annotations
