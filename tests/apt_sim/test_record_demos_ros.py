@@ -79,7 +79,7 @@ def test_record_demos_writes_one_mcap_bag_per_successful_episode(processes, tmp_
 @pytest.mark.ros
 def test_missed_grasp_demos_start_shut_and_open_first(processes, tmp_path: Path) -> None:
     out = tmp_path / "demos"
-    seed = 1  # a stack: something to grasp
+    seed = 1  # a pick-and-place: something to grasp
     proc = processes.python(
         "-m", "apt_sim.record_demos", "--episodes", "1", "--seed", str(seed), "--missed-grasp", "1",
         "--out", str(out), name="rec",

@@ -70,6 +70,21 @@ def test_share_zero_keeps_home_and_a_half_share_draws_about_half() -> None:
     assert 0.25 * grasps < missed < 0.75 * grasps, (missed, grasps)
 
 
+def test_a_start_beside_another_object_and_place_arm(env: TabletopEnv) -> None:
+    env.reset(1)  # pick-and-place of the blue cube; the cylinder is free
+    sub = env.task.subtasks[0]
+    other = next(n for n in ("blue_cube", "yellow_cylinder") if n not in (sub.obj, sub.target))
+    q = env.missed_grasp_start(1, near=other)
+    assert q is not None
+    env.place_arm(np.concatenate([q, [0.0]]))
+    r_other = float(np.linalg.norm(env.tcp_position()[:2] - env.body_position(other)[:2]))
+    r_named = float(np.linalg.norm(env.tcp_position()[:2] - env.body_position(sub.obj)[:2]))
+    assert MISS_RADIUS[0] - 0.005 < r_other < MISS_RADIUS[1] + 0.005 and r_named > r_other
+    assert env.joint_positions()[6] < 2e-3 and env.time == 0.0 and _robot_contacts(env) == 0
+    with pytest.raises(ValueError, match="no object 'purple_cube' in this scene"):
+        env.missed_grasp_start(1, near="purple_cube")
+
+
 @pytest.mark.parametrize("share", [-0.1, 1.5, math.nan])
 def test_bad_missed_grasp_share_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="missed_grasp is a share of episodes in"):

@@ -168,18 +168,24 @@ class TabletopEnv:
                 m.body_pos[m.body(name).id] = (x, y, 0.0)
         start = self.missed_grasp_start(seed) if self.missed_grasp > 0 else None
         self.started_missed = start is not None
-        self._target = HOME.copy() if start is None else np.concatenate([start, [0.0]])
+        self.place_arm(HOME if start is None else np.concatenate([start, [0.0]]))
+        return self.observation()
+
+    def place_arm(self, joints: np.ndarray) -> None:
+        """Put the arm at `joints` (7,: six arm joints and the finger opening) and hold it there,
+        let the objects settle (0.2 s) and restart the clock: how a reset starts an episode. Also for
+        diagnostics that pose the arm in a scene (scripts/pointer_shortcut.py)."""
+        m, d = self.model, self.data
+        self._target = self.clip_targets(joints)
         d.qpos[self._qadr] = self._target[:6]
         d.qpos[self._fl] = d.qpos[self._fr] = self._target[6] / 2
         self._apply_ctrl(self._target)
         mujoco.mj_forward(m, d)
-        # Let objects settle on the table before the first observation (0.2 s).
         for _ in range(100):
             mujoco.mj_step(m, d)
         d.time = 0.0
-        return self.observation()
 
-    def missed_grasp_start(self, seed: int) -> np.ndarray | None:
+    def missed_grasp_start(self, seed: int, near: str | None = None) -> np.ndarray | None:
         """Arm joints (6,) for a start as after a missed grasp, or None (the arm starts at HOME).
 
         Drawn from the scene seed: with probability `missed_grasp`, when the first subtask grasps
@@ -187,17 +193,21 @@ class TabletopEnv:
         object and MISS_HEIGHT above the table, and the gripper is shut on nothing. This is where a
         learned policy often ends after closing a few cm off; the scripted demonstrations otherwise
         never show it, nor the way out (open, go back above the object, grasp again). A draw whose
-        arm would touch anything is drawn again (8 tries, then None). Needs the objects placed."""
+        arm would touch anything is drawn again (8 tries, then None). Needs the objects placed.
+        `near` names another object of the scene to start beside instead (a diagnostic)."""
         assert self.task is not None and self.layout is not None
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x315D])
         sub = self.task.subtasks[0]
         if rng.random() >= self.missed_grasp or sub.family not in ("pick_place", "stack"):
             return None
+        near = near or sub.obj
+        if near not in self.layout.poses:
+            raise ValueError(f"no object {near!r} in this scene; it has {sorted(self.layout.poses)}")
         if self._ik is None:
             self._ik = ArmIK(self.model)
         m, d = self.model, self.data
         robot_root = m.body_rootid[m.site("tcp").bodyid]
-        x, y, _ = self.layout.poses[sub.obj]
+        x, y, _ = self.layout.poses[near]
         for _ in range(8):
             r, a = rng.uniform(*MISS_RADIUS), rng.uniform(-math.pi, math.pi)
             p = np.array([x + r * math.cos(a), y + r * math.sin(a), rng.uniform(*MISS_HEIGHT)])
