@@ -119,6 +119,7 @@ def test_record_demos_refuses_to_share_its_domain_with_another_simulator(process
         (["--episodes", "0"], "--episodes must be >= 1"),
         (["--disturbance", "0.5"], "--disturbance must be in [0, 0.2] rad, got 0.5"),
         (["--missed-grasp", "1.5"], "--missed-grasp is a share of episodes in [0, 1], got 1.5"),
+        (["--missed-grasp-near", "nearest"], "argument --missed-grasp-near: invalid choice: 'nearest'"),
     ],
 )
 def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

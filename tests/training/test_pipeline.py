@@ -30,6 +30,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
         train_scene_episodes=1,
         record_disturbance=0.02,  # DART-style recording noise, through the recorder to the sim node
         record_missed_grasp=1.0,  # every grasping demo starts after a missed grasp
+        record_missed_grasp_near="any",  # beside an object drawn from the seed
         stage2_set=("frame_stride=2",),  # a training option passed through to stage 2 only
     )
     report = run(pc).read_text()
@@ -41,12 +42,15 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert [[e["seed"] for e in s["episodes"]] for s in summaries] == [[0, 1], [2]]
     done = json.loads((run_dir / "demos" / "DONE.json").read_text())
     assert done["bags"] == 3 and done["disturbance"] == 0.02 and done["missed_grasp"] == 1.0
+    assert done["missed_grasp_near"] == "any"
     assert all(bag_custom_data(b)["disturbance"] == "0.02" for b in bags)  # the sim node really had it
     assert "DART-style disturbance 0.02 rad" in report and "--record-disturbance 0.02" in report
     started = {e["seed"]: e["missed_start"] for s in summaries for e in s["episodes"]}
     assert started == {0: True, 1: True, 2: True}  # three pick-and-place scenes
     assert all(bag_custom_data(b)["missed_grasp_start"] == "true" for b in bags)
-    assert "--record-missed-grasp 1" in report and "starting after a missed grasp" in report
+    assert all(bag_custom_data(b)["missed_grasp_near"] == "any" for b in bags)
+    assert "--record-missed-grasp 1 --record-missed-grasp-near any" in report
+    assert "starting after a missed grasp beside any object" in report
     info = json.loads((run_dir / "dataset" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 3 and info["codebase_version"] == "v3.0"
     assert "stage 1: 4 steps" in report and "stage 2: 4 steps" in report
@@ -107,6 +111,8 @@ def test_seed_ranges_split_the_seeds_without_gaps():
         PipelineConfig(record_disturbance=-0.1)
     with pytest.raises(ValueError, match="record_missed_grasp is a share of episodes"):
         PipelineConfig(record_missed_grasp=2.0)
+    with pytest.raises(ValueError, match="record_missed_grasp_near must be one of"):
+        PipelineConfig(record_missed_grasp_near="nearest")
 
 
 def test_stage_options_are_typed_and_checked_by_name():

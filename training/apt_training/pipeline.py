@@ -31,7 +31,7 @@ from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.runner import PolicyRunner
 from apt_core.sim.disturbance import MAX_STD
-from apt_core.sim.env import SceneMismatchError, check_dataset_scene, scene_fingerprint
+from apt_core.sim.env import MISS_NEAR, SceneMismatchError, check_dataset_scene, scene_fingerprint
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
@@ -57,6 +57,7 @@ class PipelineConfig:
     train_scene_episodes: int = 0  # also evaluate on the first N training scenes (memorisation check)
     record_disturbance: float = 0.0  # DART-style recording noise [rad] (apt_core.sim.disturbance)
     record_missed_grasp: float = 0.0  # share of demos that start after a missed grasp (docs/sim.md)
+    record_missed_grasp_near: str = "named"  # beside which object: "named" or "any"
     # further training options per stage, as NAME=VALUE of a TrainConfig field (the flags of
     # apt-train-stage1/2 without the dashes), e.g. goal_weight=0.5 frame_stride=4
     stage1_set: tuple[str, ...] = ()
@@ -80,6 +81,10 @@ class PipelineConfig:
         if not 0.0 <= self.record_missed_grasp <= 1.0:
             raise ValueError(
                 f"record_missed_grasp is a share of episodes in [0, 1], got {self.record_missed_grasp}"
+            )
+        if self.record_missed_grasp_near not in MISS_NEAR:
+            raise ValueError(
+                f"record_missed_grasp_near must be one of {MISS_NEAR}, got {self.record_missed_grasp_near!r}"
             )
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
@@ -140,11 +145,15 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
                 f"{demos} was recorded in simulator scene {scene!r}, the scene is now "
                 f"{scene_fingerprint()!r} (robot, objects or camera changed): delete it to record again"
             )
-        for key, asked in (("disturbance", pc.record_disturbance), ("missed_grasp", pc.record_missed_grasp)):
-            if float(recorded.get(key, 0.0)) != asked:
+        for key, asked, default in (
+            ("disturbance", pc.record_disturbance, 0.0),
+            ("missed_grasp", pc.record_missed_grasp, 0.0),
+            ("missed_grasp_near", pc.record_missed_grasp_near, "named"),
+        ):
+            if type(default)(recorded.get(key, default)) != asked:
                 flag = "--record-" + key.replace("_", "-")
                 raise ValueError(
-                    f"{demos} was recorded with {key} {recorded.get(key, 0.0)}, this run asks for {flag} "
+                    f"{demos} was recorded with {key} {recorded.get(key, default)}, this run asks for {flag} "
                     f"{asked}: delete it to record again, or use another --out"
                 )
         _log(f"demos: {demos} already recorded" + ("" if scene else " (scene not recorded: unchecked)"))
@@ -186,6 +195,7 @@ def record_step(pc: PipelineConfig, demos: Path) -> bool:
                 "sim_scene": scene_fingerprint(),
                 "disturbance": pc.record_disturbance,
                 "missed_grasp": pc.record_missed_grasp,
+                "missed_grasp_near": pc.record_missed_grasp_near,
             }
         ),
     )
@@ -215,6 +225,8 @@ def _record_cmd(pc: PipelineConfig, out: Path, episodes: int, seed: int) -> list
         str(pc.record_disturbance),
         "--missed-grasp",
         str(pc.record_missed_grasp),
+        "--missed-grasp-near",
+        pc.record_missed_grasp_near,
     ]
 
 
@@ -350,6 +362,11 @@ def render_report(
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
         + (f" --record-disturbance {pc.record_disturbance:g}" if pc.record_disturbance else "")
         + (f" --record-missed-grasp {pc.record_missed_grasp:g}" if pc.record_missed_grasp else "")
+        + (
+            f" --record-missed-grasp-near {pc.record_missed_grasp_near}"
+            if pc.record_missed_grasp_near != "named"
+            else ""
+        )
         + (f" --stage1-set {' '.join(pc.stage1_set)}" if pc.stage1_set else "")
         + (f" --stage2-set {' '.join(pc.stage2_set)}" if pc.stage2_set else "")
     )
@@ -363,7 +380,8 @@ def render_report(
         f"{pc.seed + pc.episodes - 1}"
         + (f", DART-style disturbance {pc.record_disturbance:g} rad" if pc.record_disturbance else "")
         + (
-            f", a share {pc.record_missed_grasp:g} starting after a missed grasp"
+            f", a share {pc.record_missed_grasp:g} starting after a missed grasp beside "
+            + ("the object to grasp" if pc.record_missed_grasp_near == "named" else "any object")
             if pc.record_missed_grasp
             else ""
         )

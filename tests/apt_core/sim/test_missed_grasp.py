@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from apt_core.sim import tasks as T
 from apt_core.sim.env import GRIPPER_MAX, HOME, MISS_HEIGHT, MISS_RADIUS, TabletopEnv
 from apt_core.sim.evaluate import run_episode
 from apt_core.sim.expert import ScriptedExpert
@@ -83,6 +84,25 @@ def test_a_start_beside_another_object_and_place_arm(env: TabletopEnv) -> None:
     assert env.joint_positions()[6] < 2e-3 and env.time == 0.0 and _robot_contacts(env) == 0
     with pytest.raises(ValueError, match="no object 'purple_cube' in this scene"):
         env.missed_grasp_start(1, near="purple_cube")
+
+
+def test_near_any_starts_beside_objects_drawn_from_the_seed() -> None:
+    env = TabletopEnv(render=False, missed_grasp=1.0, missed_grasp_near="any")
+    beside_named = beside_other = 0
+    for seed in range(30):
+        env.reset(seed)
+        if not env.started_missed:
+            continue
+        tcp = env.tcp_position()
+        free = [n for n in T.OBJECTS if n in env.layout.poses]
+        near = min(free, key=lambda n: float(np.linalg.norm(env.body_position(n)[:2] - tcp[:2])))
+        named = env.task.subtasks[0].obj
+        beside_named += near == named
+        beside_other += near != named
+        assert env.joint_positions()[6] < 2e-3 and not env.held_objects()
+    assert beside_other >= 10 and beside_named >= 3, (beside_named, beside_other)
+    with pytest.raises(ValueError, match="missed_grasp_near must be one of"):
+        TabletopEnv(render=False, missed_grasp_near="nearest")
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, math.nan])

@@ -168,14 +168,16 @@ class SimHarness:
         record: bool = False,
         disturbance: float = 0.0,
         missed_grasp: float = 0.0,
+        missed_grasp_near: str = "named",
     ) -> None:
         """policy_factory: builds the in-process policy from the sim's env; None = an external policy
         node drives the robot (it must follow /apt/instruction and publish on the controller topic).
         disturbance: the sim node's DART-style setpoint noise [rad] (apt_core.sim.disturbance).
-        missed_grasp: the sim node's share of missed-grasp starts (TabletopEnv.missed_grasp_start)."""
+        missed_grasp, missed_grasp_near: the sim node's share of missed-grasp starts and beside which
+        object they are (TabletopEnv.missed_grasp_start)."""
         self._factory, self._speed, self._contract_path = policy_factory, speed, contract_path
         self._execute_steps, self._record, self._disturbance = execute_steps, record, disturbance
-        self._missed_grasp = missed_grasp
+        self._missed_grasp, self._missed_grasp_near = missed_grasp, missed_grasp_near
         self.nodes: dict[str, Node] = {}
         self._ex: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -198,6 +200,7 @@ class SimHarness:
                         Parameter("start_paused", value=True),
                         Parameter("disturbance", value=float(self._disturbance)),
                         Parameter("missed_grasp", value=float(self._missed_grasp)),
+                        Parameter("missed_grasp_near", value=str(self._missed_grasp_near)),
                     ]
                 )
                 self.nodes["sim"] = sim
@@ -365,5 +368,6 @@ class SimHarness:
             end_meta = {"instruction": resp.instruction, "task": resp.task, "success": str(ok).lower()}
             if missed:
                 end_meta["missed_grasp_start"] = "true"
+                end_meta["missed_grasp_near"] = sim.env.missed_grasp_near
             rec.close(end_meta)
         return EpisodeOutcome(seed, resp.instruction, resp.task, ok, round(t_sim, 2), frames, done, missed)

@@ -4,6 +4,7 @@
     apt-record-demos --episodes 5 --out data/demos --speed 1.0           # real time
     apt-record-demos --episodes 100 --out data/demos --disturbance 0.03  # DART-style recovery demos
     apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5  # half start after a miss
+    apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5 --missed-grasp-near any
 
 Runs the sim node, a PolicyClient driving the ScriptedExpert (it publishes JointTrajectory chunks
 on the controller topic, as a teleoperator would) and a bag recorder on one executor
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 from apt_core.sim.disturbance import MAX_STD
+from apt_core.sim.env import MISS_NEAR
 from apt_core.sim.expert import ScriptedExpert
 from apt_core.sim.tasks import SPLITS
 from apt_sim.harness import SimHarness
@@ -50,6 +52,7 @@ def record(
     summary_name: str = "summary.json",
     disturbance: float = 0.0,
     missed_grasp: float = 0.0,
+    missed_grasp_near: str = "named",
 ) -> dict:
     """Record `episodes` demos on seeds seed..seed+episodes-1; returns a summary dict."""
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +62,7 @@ def record(
         "failed": 0,
         "disturbance": disturbance,
         "missed_grasp": missed_grasp,
+        "missed_grasp_near": missed_grasp_near,
     }
     t0 = time.perf_counter()
     with SimHarness(
@@ -69,6 +73,7 @@ def record(
         record=True,
         disturbance=disturbance,
         missed_grasp=missed_grasp,
+        missed_grasp_near=missed_grasp_near,
     ) as h:
         for s in range(seed, seed + episodes):
             final, tmp = out / f"episode_{s:06d}", out / f".episode_{s:06d}.tmp"
@@ -130,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of episodes (drawn per scene seed) that start as after a missed grasp: gripper shut "
         "on nothing a few cm beside the object to grasp, so the demo shows opening and grasping again",
     )
+    ap.add_argument(
+        "--missed-grasp-near",
+        choices=MISS_NEAR,
+        default="named",
+        help="beside which object a missed-grasp start is: the one to grasp, or any of the scene's "
+        "(drawn per seed), so that the object beside the gripper does not give away which one to grasp",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             summary_name=a.summary,
             disturbance=a.disturbance,
             missed_grasp=a.missed_grasp,
+            missed_grasp_near=a.missed_grasp_near,
         )
     except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
         print(f"apt-record-demos: error: {e}", file=sys.stderr)

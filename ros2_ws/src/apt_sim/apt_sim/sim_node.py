@@ -83,6 +83,14 @@ class SimNode(Node):
                 "beside the object to grasp (recording retry demonstrations; TabletopEnv); 0 = none"
             ),
         )
+        p(
+            "missed_grasp_near",
+            "named",
+            descriptor=_desc(
+                "beside which object a missed-grasp start puts the gripper: 'named' (the one to grasp) "
+                "or 'any' (one of the scene's objects, drawn from the seed)"
+            ),
+        )
         gp = self.get_parameter
         self.contract = load_contract(gp("contract").value or None)
         self.speed = float(gp("speed").value)
@@ -92,6 +100,7 @@ class SimNode(Node):
             contract=self.contract,
             disturbance=float(gp("disturbance").value),
             missed_grasp=float(gp("missed_grasp").value),
+            missed_grasp_near=str(gp("missed_grasp_near").value),
         )
         self.cam = self.contract.cameras[0]
         self.lock = threading.RLock()  # the recorder reads env state from its own node callbacks
@@ -121,7 +130,11 @@ class SimNode(Node):
             f"apt_sim ready: {c.robot_name}, {self.env.width}x{self.env.height} camera '{self.cam.name}', "
             f"{c.rate_hz:g} Hz, speed {self.speed:g}"
             + (f", disturbance {self.env.disturbance.std:g} rad" if self.env.disturbance else "")
-            + (f", missed-grasp starts {self.env.missed_grasp:g}" if self.env.missed_grasp else "")
+            + (
+                f", missed-grasp starts {self.env.missed_grasp:g} (beside {self.env.missed_grasp_near})"
+                if self.env.missed_grasp
+                else ""
+            )
             + f"; task: {self.env.task.instruction!r}"
         )
 

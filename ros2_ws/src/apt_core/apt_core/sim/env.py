@@ -83,6 +83,7 @@ HOME = np.array([0.0, 0.35, 1.45, 1.3416, 0.0, 0.0, GRIPPER_MAX])
 # far from the named object's centre, horizontally [m] and above the table [m].
 MISS_RADIUS = (0.035, 0.09)
 MISS_HEIGHT = (0.03, 0.12)
+MISS_NEAR = ("named", "any")  # beside which object (TabletopEnv(missed_grasp_near=...))
 
 
 class TabletopEnv:
@@ -96,6 +97,7 @@ class TabletopEnv:
         render: bool = True,
         disturbance: float = 0.0,
         missed_grasp: float = 0.0,
+        missed_grasp_near: str = "named",
     ) -> None:
         """image_size: square side or (width, height) [px], default from the contract (128).
         cameras: MJCF camera names to render into observations, default the contract's cameras.
@@ -105,6 +107,9 @@ class TabletopEnv:
         missed_grasp: share of resets (drawn from the scene seed) that start the arm as after a
         missed grasp: gripper shut on nothing, a few cm beside the object the first subtask grasps
         (`missed_grasp_start`), for recording demonstrations of opening and grasping again; 0 = none.
+        missed_grasp_near: "named" starts beside the object to grasp; "any" beside an object of the
+        scene drawn from the seed (the named one among them), so that the object beside the gripper
+        does not tell which one to grasp (docs/experiments.md, item 23).
         """
         self.contract = contract or load_contract()
         if tuple(self.contract.joint_names) != JOINT_NAMES:
@@ -131,6 +136,9 @@ class TabletopEnv:
         if not (math.isfinite(missed_grasp) and 0.0 <= missed_grasp <= 1.0):
             raise ValueError(f"missed_grasp is a share of episodes in [0, 1], got {missed_grasp}")
         self.missed_grasp = float(missed_grasp)
+        if missed_grasp_near not in MISS_NEAR:
+            raise ValueError(f"missed_grasp_near must be one of {MISS_NEAR}, got {missed_grasp_near!r}")
+        self.missed_grasp_near = missed_grasp_near
         self.started_missed = False  # whether the last reset started from a missed grasp
         self._ik: ArmIK | None = None
         self.n_substeps = max(1, round(self.dt / self.model.opt.timestep))
@@ -194,12 +202,16 @@ class TabletopEnv:
         learned policy often ends after closing a few cm off; the scripted demonstrations otherwise
         never show it, nor the way out (open, go back above the object, grasp again). A draw whose
         arm would touch anything is drawn again (8 tries, then None). Needs the objects placed.
-        `near` names another object of the scene to start beside instead (a diagnostic)."""
+        With `missed_grasp_near="any"` the object is drawn from the scene's free objects instead.
+        `near` names the object to start beside (a diagnostic)."""
         assert self.task is not None and self.layout is not None
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x315D])
         sub = self.task.subtasks[0]
         if rng.random() >= self.missed_grasp or sub.family not in ("pick_place", "stack"):
             return None
+        if near is None and self.missed_grasp_near == "any":
+            free = sorted(n for n in T.OBJECTS if n in self.layout.poses)
+            near = free[int(rng.integers(len(free)))]
         near = near or sub.obj
         if near not in self.layout.poses:
             raise ValueError(f"no object {near!r} in this scene; it has {sorted(self.layout.poses)}")
