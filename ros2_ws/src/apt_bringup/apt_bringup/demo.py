@@ -30,8 +30,8 @@ from apt_bringup.graph import DEFAULT_POLICY, command, resolve, share_dir
 # a two-step chain. A scene's layout depends only on its seed (the split draws the task), so the
 # seeds lie outside every recording made for the shipped policy and its experiments (stage 1:
 # 0-999, stage 2: 3000-5399, missed-grasp starts: 6000-6899, held-out check: 9000-9039) and outside
-# the evaluation sets (1000-1059). Until session 18 they were 5001-5004, whose layouts the stage-2
-# recordings contain.
+# the evaluation sets (1000-1059). Until session 18 they were 5001-5004, inside the stage-2
+# recordings' seed range.
 SCENARIOS: tuple[tuple[str, str, int], ...] = (
     ("in-distribution", "in_distribution", 7001),
     ("paraphrase", "paraphrase", 7002),
