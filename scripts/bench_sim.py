@@ -186,6 +186,7 @@ def bench_missed_grasp(episodes: int) -> str:
     """Markdown table: expert success and episode length from normal and missed-grasp starts."""
     from apt_core.sim.evaluate import run_episode, wilson_interval
     from apt_core.sim.expert import ScriptedExpert
+    from apt_core.sim.tasks import make_task
 
     rows = []
     for share, std in ((0.0, 0.0), (1.0, 0.0), (0.0, 0.03), (1.0, 0.03)):
@@ -194,8 +195,7 @@ def bench_missed_grasp(episodes: int) -> str:
         ok, secs, started = 0, [], 0
         seed = 2000
         while len(secs) < episodes:  # grasping tasks only: a push never starts from a missed grasp
-            env.reset(seed)
-            if env.task.subtasks[0].family != "push":
+            if make_task(seed)[0].subtasks[0].family != "push":  # run_episode resets to this task
                 r = run_episode(env, expert, seed, "in_distribution", None, 8)
                 ok += r.success
                 started += env.started_missed
