@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 
-def make_debug_checkpoint(out: Path, joint_names: tuple[str, ...] | None = None) -> Path:
+def make_debug_checkpoint(out: Path, joint_names: tuple[str, ...] | None = None, **overrides: object) -> Path:
+    """`overrides` are PolicyConfig fields on top of the preset (goal_dim=3, goal_input=True, ...)."""
     import torch
 
     from apt_core.model.checkpoint import save_checkpoint
@@ -18,6 +19,7 @@ def make_debug_checkpoint(out: Path, joint_names: tuple[str, ...] | None = None)
 
     torch.manual_seed(0)
     kw = {"joint_names": joint_names} if joint_names else {}
+    kw.update(overrides)
     cfg = get_preset("debug", **kw)
     j = len(cfg.joint_names)
     # small action spread, so an untrained model asks for moves near the state (like a real policy)
