@@ -148,7 +148,7 @@ def test_goal_input_is_teacher_forced_in_training_and_follows_the_head_when_samp
 def test_goal_input_lets_the_actions_follow_the_predicted_goal(stats) -> None:
     """Same image, state and instruction; two recorded goals, each with its own action chunk. Only
     the goal input tells them apart, so after teacher-forced training the sampled chunk moves
-    towards the chunk of whichever goal the head predicts (200 steps get it part of the way)."""
+    towards the chunk of whichever goal the head predicts (400 steps get it part of the way)."""
     p, proc = _policy(stats, goal_dim=3, goal_input=True)
     raw = _one_scene(make_raw_batch(8, tasks=["pick up the cube"] * 8))
     goals = torch.tensor([[0.45, 0.2, 0.03], [0.45, -0.2, 0.03]] * 4)
@@ -156,7 +156,7 @@ def test_goal_input_lets_the_actions_follow_the_predicted_goal(stats) -> None:
     acts[0], acts[1] = acts[0] + 0.5, acts[1] - 0.5
     raw["action"] = acts.repeat(4, 1, 1)
     batch = proc.process_batch(_with_goals(raw, goals), train=True)
-    _fit(p, batch, 200, goal_weight=0.0)
+    _fit(p, batch, 400, goal_weight=0.0)
     p.eval()
     served = proc.process_batch({k: v[:1] for k, v in raw.items() if k not in ("action", "action_is_pad")})
     noise = torch.randn(1, 16, 7, generator=torch.Generator().manual_seed(2))
