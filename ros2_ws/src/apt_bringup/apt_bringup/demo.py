@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from apt_bringup.graph import DEFAULT_POLICY, command, resolve, share_dir
+from apt_core.fileio import atomic_write_text
 
 # (label, split, scene seed): in-distribution, a paraphrase, an unseen object-target combination and
 # a two-step chain. A scene's layout depends only on its seed (the split draws the task), so the
@@ -204,7 +205,7 @@ def contact_sheet(outcomes: list[Outcome], path: Path, per_row: int = 6) -> Path
         verdict = "SUCCESS" if o.sim_success else "FAIL"
         cv2.putText(
             caption,
-            f"{o.label}: {o.instruction} -> {verdict}"[:110],
+            f"{o.label} -> {verdict}: {o.instruction}"[:110],  # the verdict first: long chains are cut
             (4, 15),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.4,
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.kill()
     a.out.mkdir(parents=True, exist_ok=True)
     md = results_markdown(outcomes, ckpt)
-    (a.out / "results.md").write_text(md)
+    atomic_write_text(a.out / "results.md", md)
     sheet = contact_sheet(outcomes, a.out / "contact_sheet.png")
     print("\n" + md)
     print(f"apt-demo: wrote {a.out / 'results.md'} and {sheet}")
