@@ -29,8 +29,8 @@ POLICY_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "Torch device for the model: cpu | cuda | cuda:N"),
     Param(
         "noise_scale",
-        1.0,
-        "Sampling noise of a checkpoint times this, >= 0 (0: the same chunk for the same input)",
+        0.0,
+        "Sampling noise of a checkpoint times this, >= 0 (0: the same chunk for the same input; 1: as trained)",
     ),
     Param("controller_topic", "", "JointTrajectory command topic; empty = the contract's controller_topic"),
     Param("status_rate_hz", 10.0, "Rate of /apt/status (PolicyStatus) and the watchdog check [Hz], >= 5"),

@@ -76,7 +76,7 @@ class StartupError(RuntimeError):
 
 
 def load_policy(
-    checkpoint: str, factory: str, device: str, contract: Contract, noise_scale: float = 1.0
+    checkpoint: str, factory: str, device: str, contract: Contract, noise_scale: float = 0.0
 ) -> ChunkPolicy:
     """Load the checkpoint (or call the factory) and check it fits the robot's joints and rate."""
     if bool(checkpoint) == bool(factory):
