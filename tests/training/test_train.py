@@ -295,6 +295,41 @@ def test_vision_token_overrides_reach_the_policy_config(tiny_dataset):
         recipe.replace(stage=2, grounded_keypoints=-2)
 
 
+def test_finetune_from_goes_on_training_a_stage2_policy(tiny_dataset, tmp_path, capsys):
+    """--finetune-from: the stage-2 policy's weights and normalisation are where training starts
+    (with a zero learning rate it comes out unchanged), its goal settings must be asked for again,
+    and a stage-1 checkpoint or both starting points at once are refused. Push-contact goal targets
+    (--goal-push-travel) ride along: a fine-tune may use other targets than the run it continues."""
+    import torch
+
+    _, cfg = _stage1_and_stage2_config(
+        tiny_dataset, tmp_path, 2, goal_weight=0.5, goal_input=True, goal_pointer=True
+    )
+    base = stage2.main(cfg)
+    src, src_proc, _ = load_checkpoint(base, expect={"stage": 2})
+    ft = cfg.replace(init_from="", finetune_from=str(base), goal_push_travel=0.03, steps=2)
+    frozen = stage2.main(ft.replace(lr=1e-30, out_dir=str(tmp_path / "ft0")))
+    out, proc, meta = load_checkpoint(frozen, expect={"stage": 2})
+    a, b = src.state_dict(), out.state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-20) for k in a)
+    assert proc.stats == src_proc.stats and meta["stage"] == 2
+    assert json.loads((tmp_path / "ft0" / "train_config.json").read_text())["finetune_from"] == str(base)
+    trained = stage2.main(ft.replace(out_dir=str(tmp_path / "ft1")))
+    c = load_checkpoint(trained)[0].state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].dtype.is_floating_point)
+    # the goal flags must match the policy's
+    with pytest.raises(ValueError, match=r"other goal settings than this config \(goal_pointer: True there"):
+        stage2.main(ft.replace(goal_pointer=False, out_dir=str(tmp_path / "ft2")))
+    with pytest.raises(Exception, match="stage"):
+        stage2.main(ft.replace(finetune_from=str(tmp_path / "s1" / "final"), out_dir=str(tmp_path / "ft3")))
+    with pytest.raises(TrainConfigError, match="exclude each other"):
+        cfg.replace(finetune_from=str(base))
+    with pytest.raises(TrainConfigError, match="goal_push_travel changes the goal targets"):
+        train_preset("debug", stage=2, goal_push_travel=0.03)
+    with pytest.raises(TrainConfigError, match="goal_push_travel must be >= 0"):
+        ft.replace(goal_push_travel=-0.01)
+
+
 def test_bad_training_configs_name_the_field(tiny_dataset):
     with pytest.raises(TrainConfigError, match="steps must be >= 1"):
         train_preset("debug", dataset=str(tiny_dataset), steps=0)

@@ -31,6 +31,9 @@ class TrainConfig:
     backbone_mode: str = ""  # override the preset's backbone mode in stage 2: frozen | lora | full
     objective: str = ""  # override the preset's objective: ddim | flow
     init_from: str = ""  # stage 2: the stage-1 checkpoint to expand (empty: train stage 2 from scratch)
+    # stage 2: a stage-2 checkpoint to go on training (e.g. the shipped policy on new demos): its
+    # architecture, weights and normalisation are kept; the optimiser and the schedule start afresh
+    finetune_from: str = ""
     steps: int = 200  # optimisation steps of this stage
     batch_size: int = 16  # samples per step (per process under DDP)
     lr: float = 3e-4  # AdamW peak learning rate (paper: 1e-4 at batch 32 per GPU)
@@ -59,6 +62,10 @@ class TrainConfig:
     goal_urdf: str = ""  # URDF for the goal's forward kinematics; empty = the simulated arm's
     goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
     goal_min_distance: float = 0.0  # [m] no goal target for frames whose tool is already this close to it
+    # [m] > 0: the start of a push stroke (the shut gripper travelling at least this far at its
+    # lowest height) is a key frame too, so a push's goal first says where the object is
+    # (apt_core.data.goals); 0: a push's only key frame is where it ends
+    goal_push_travel: float = 0.0
     # "predict where, then act" (stage 2, needs goal_weight > 0): the action tokens also get the goal,
     # the recorded one in training and the goal head's prediction when the policy runs (docs/model.md)
     goal_input: bool = False
@@ -108,6 +115,11 @@ class TrainConfig:
         check(self.goal_weight >= 0, f"goal_weight must be >= 0, got {self.goal_weight}")
         check(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
         check(self.goal_min_distance >= 0, f"goal_min_distance must be >= 0, got {self.goal_min_distance}")
+        check(self.goal_push_travel >= 0, f"goal_push_travel must be >= 0 [m], got {self.goal_push_travel}")
+        check(
+            self.goal_push_travel == 0 or self.goal_weight > 0,
+            "goal_push_travel changes the goal targets, so it needs goal_weight > 0",
+        )
         check(
             self.stage == 2 or self.goal_weight == 0,
             "goal_weight trains a grounding target that depends on the instruction, so it is a stage-2 "
@@ -145,6 +157,12 @@ class TrainConfig:
             f"variant {self.variant!r} unknown",
         )
         check(self.stage == 2 or not self.init_from, "init_from is only used by stage 2")
+        check(self.stage == 2 or not self.finetune_from, "finetune_from is only used by stage 2")
+        check(
+            not (self.init_from and self.finetune_from),
+            "init_from (a stage-1 prior to expand) and finetune_from (a stage-2 policy to go on "
+            "training) exclude each other",
+        )
         check(self.stage == 2 or self.variant == "apt", f"variant {self.variant!r} trains in stage 2 only")
 
     @property

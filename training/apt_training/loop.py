@@ -196,8 +196,41 @@ def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
 
+def finetune_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:
+    """The stage-2 policy of `cfg.finetune_from`, checked against the dataset and the config: the
+    same joints, and the goal fields the config would give a new policy (a policy trained without
+    a goal input cannot start using one, and the reverse)."""
+    policy, processor, meta = load_checkpoint(cfg.finetune_from, expect={"stage": 2})
+    if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
+        raise ValueError(
+            f"finetune_from {cfg.finetune_from} was trained on joints {meta.get('joint_names')}, "
+            f"but the dataset has {list(dataset_joint_names(dataset))}"
+        )
+    have = {"goal_dim": 0, "goal_input": False, "goal_pointer": False, "goal_pointer_state": ()}
+    want = {**have, **goal_fields(cfg, dataset)}
+    diff = [
+        f"{k}: {getattr(policy.cfg, k)!r} there, {want[k]!r} asked"
+        for k in want
+        if getattr(policy.cfg, k) != (tuple(want[k]) if isinstance(want[k], list) else want[k])
+    ]
+    if diff:
+        raise ValueError(
+            f"finetune_from {cfg.finetune_from} has other goal settings than this config ("
+            + "; ".join(diff)
+            + "): pass the goal flags it was trained with"
+        )
+    if cfg.variant != policy.cfg.variant:
+        raise ValueError(
+            f"finetune_from {cfg.finetune_from} is a {policy.cfg.variant!r} policy, not {cfg.variant!r}"
+        )
+    return policy, processor
+
+
 def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:
-    """A fresh policy for this stage: stage 1 from the preset; stage 2 expanded from `init_from`."""
+    """A fresh policy for this stage: stage 1 from the preset; stage 2 expanded from `init_from`,
+    or `finetune_from` itself (its weights, not reinitialised)."""
+    if cfg.stage == 2 and cfg.finetune_from:
+        return finetune_models(cfg, dataset)
     if cfg.stage == 2 and cfg.init_from:
         stage1, processor, meta = load_checkpoint(cfg.init_from, expect={"stage": 1})
         if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
@@ -255,7 +288,11 @@ def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
 
         urdf = str(URDF_PATH)
     goals, valid, info, near = dataset_goals(
-        dataset, urdf, tip_link=cfg.goal_link, min_distance=cfg.goal_min_distance
+        dataset,
+        urdf,
+        tip_link=cfg.goal_link,
+        min_distance=cfg.goal_min_distance,
+        push_travel=cfg.goal_push_travel,
     )
     dataset.set_goals(goals, valid, near)
     return f"goals ({Path(urdf).name}, link {cfg.goal_link}): {info.line()}"
@@ -279,8 +316,9 @@ def train(cfg: TrainConfig) -> Path:
 
     policy_cfg_probe = get_preset(cfg.preset)
     n_hist = policy_cfg_probe.n_action_history if cfg.n_action_history < 0 else cfg.n_action_history
-    if cfg.stage == 2 and cfg.init_from:  # stage 2 keeps the architecture of its stage-1 checkpoint
-        n_hist = json.loads((Path(cfg.init_from) / "config.json").read_text()).get("n_action_history", n_hist)
+    source = cfg.init_from or cfg.finetune_from if cfg.stage == 2 else ""
+    if source:  # stage 2 keeps the architecture of the checkpoint it starts from
+        n_hist = json.loads((Path(source) / "config.json").read_text()).get("n_action_history", n_hist)
     dataset = DemoDataset(
         cfg.dataset,
         chunk_length=policy_cfg_probe.chunk_length,
@@ -420,6 +458,7 @@ RUN_FIELDS = (
     "backbone_mode",
     "objective",
     "init_from",
+    "finetune_from",
     "batch_size",
     "lr",
     "weight_decay",
@@ -434,6 +473,7 @@ RUN_FIELDS = (
     "goal_urdf",
     "goal_link",
     "goal_min_distance",
+    "goal_push_travel",
     "goal_input",
     "goal_pointer",
     "goal_noise",

@@ -13,7 +13,14 @@ import torch
 from apt_core.contract import load_contract
 from apt_core.data.convert import convert
 from apt_core.data.dataset import DemoDataset, collate
-from apt_core.data.goals import GoalError, dataset_goals, gripper_events, next_event_goals, tool_positions
+from apt_core.data.goals import (
+    GoalError,
+    dataset_goals,
+    gripper_events,
+    next_event_goals,
+    push_contacts,
+    tool_positions,
+)
 from apt_core.data.synthetic import write_synthetic_bag
 from apt_core.runtime.ik import UrdfChain
 
@@ -30,13 +37,66 @@ def test_key_frames_are_the_gripper_events_and_the_episode_end() -> None:
     # episode 0 (frames 0-6): shuts at 2, opens at 5; episode 1 (7-10): never changes;
     # episode 2 (11): a single frame
     cmd = np.array([0.08, 0.08, 0.0, 0.0, 0.0, 0.08, 0.08, 0.0, 0.0, 0.0, 0.0, 0.08])
-    goals, valid, events, without = next_event_goals(
+    goals, valid, events, without, contacts = next_event_goals(
         pos, cmd, np.array([0, 7, 11]), np.array([7, 11, 12]), threshold=0.04
     )
     want = [2, 2, 2, 5, 5, 5, 6, 10, 10, 10, 10]  # the key frame each frame points at
     np.testing.assert_array_equal(goals[:11], pos[want])
     assert valid[:11].all() and not valid[11]
-    assert (events, without) == (2, 2)
+    assert (events, without, contacts) == (2, 2, 0)
+
+
+def test_push_contacts_start_the_low_shut_strokes_that_travel() -> None:
+    # one episode: descend shut (frames 0-3), push 6 cm at the lowest height (3-6), lift (7-8)
+    z = [0.15, 0.10, 0.05, 0.025, 0.026, 0.024, 0.025, 0.08, 0.15]
+    x = [0.40, 0.40, 0.40, 0.40, 0.42, 0.44, 0.46, 0.46, 0.46]
+    pos = np.stack([x, np.zeros(9), z], axis=1).astype(np.float32)
+    shut = np.ones(9, bool)
+    keys = np.array([8])
+    assert push_contacts(pos, shut, keys, travel=0.03, tolerance=0.015) == [3]
+    assert push_contacts(pos, shut, keys, travel=0.07, tolerance=0.015) == []  # too short a stroke
+    # an open gripper is not a paddle; a carry descends to its lowest point and opens there
+    assert push_contacts(pos, np.zeros(9, bool), keys, travel=0.03, tolerance=0.015) == []
+    carry = np.stack([[0.4, 0.45, 0.5, 0.5, 0.5], np.zeros(5), [0.15, 0.15, 0.15, 0.08, 0.05]], axis=1)
+    assert push_contacts(carry, np.array([1, 1, 1, 1, 0], bool), np.array([4]), 0.03, 0.015) == []
+    # in next_event_goals: the frames before the stroke point at its start, the rest at the end
+    goals, valid, events, without, contacts = next_event_goals(
+        pos, np.zeros(9), np.array([0]), np.array([9]), threshold=0.04, push_travel=0.03
+    )
+    np.testing.assert_array_equal(goals, pos[[3, 3, 3, 3, 8, 8, 8, 8, 8]])
+    assert (events, without, contacts) == (0, 1, 1) and valid.all()
+
+
+def test_push_contact_of_a_scripted_push_is_behind_the_named_object() -> None:
+    """On the scripted expert's demos: a push's contact key frame is where the paddle comes down
+    behind the object, on the far side from the target; pick-and-place and stacks get none."""
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    families: dict[str, int] = {}
+    for seed in range(40):
+        task, start, states, actions = _demo(seed)
+        (sub,) = task.subtasks
+        if families.get(sub.family, 0) >= 2:
+            continue
+        families[sub.family] = families.get(sub.family, 0) + 1
+        pos = tool_positions(states, JOINT_NAMES, chain)
+        goals, _, _, _, contacts = next_event_goals(
+            pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04, push_travel=0.03
+        )
+        if sub.family != "push":
+            assert contacts == 0, task.instruction
+            continue
+        assert contacts == 1, task.instruction
+        contact = goals[0]
+        obj, tgt = start[sub.obj][:2], start[sub.target][:2]
+        u = (tgt - obj) / np.linalg.norm(tgt - obj)
+        # the expert comes down 5.5 cm behind the object's centre on the push line, 2.5 cm high
+        assert np.linalg.norm(contact[:2] - (obj - 0.055 * u)) < 0.02, (task.instruction, contact, obj, u)
+        assert contact[2] < 0.05
+        # the frames after it point at the end of the push, past the object towards the target
+        assert np.linalg.norm(goals[-1][:2] - tgt) < np.linalg.norm(contact[:2] - tgt) - 0.03
+        if min(families.values()) >= 2 and len(families) == 3:
+            break
+    assert families == {"pick_place": 2, "push": 2, "stack": 2}
 
 
 def _demo(seed: int, split: str = "in_distribution", max_steps: int = 150):
@@ -72,7 +132,7 @@ def test_targets_of_a_scripted_demo_point_at_the_named_objects() -> None:
             continue
         seen.add(sub.family)
         pos = tool_positions(states, JOINT_NAMES, chain)
-        goals, valid, events, _ = next_event_goals(
+        goals, valid, events, _, _ = next_event_goals(
             pos, actions[:, 6], np.array([0]), np.array([len(pos)]), threshold=0.04
         )
         assert valid.all()
@@ -190,7 +250,7 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
             env.close()
         states, actions, oracle = np.array(states), np.array(actions), np.array(oracle)
         pos = tool_positions(states, JOINT_NAMES, chain)
-        goals, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
+        goals, _, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
         d = np.linalg.norm((oracle - goals)[:, :2], axis=1)
         if family == "push":  # the recorded episode ends at success, before the scripted retreat
             assert np.median(d) < 0.06, (family, np.median(d))

@@ -14,7 +14,15 @@ gripper joint, which a real robot's demonstrations have too.
 Frame t of an episode gets the position at its first key frame at or after t. Key frames are the
 gripper events and the episode's last frame: that is where a push ends, and the gripper of a push
 may never change state. An event is a frame whose commanded gripper value is on the other side of
-`threshold` (default: the middle of the dataset's gripper range) from the frame before it. `valid`
+`threshold` (default: the middle of the dataset's gripper range) from the frame before it.
+
+A push has no gripper event where it matters: the shut fingers are a paddle from the first frame,
+so the only key frame is where the push ends, and nothing in the target says where the object to
+push is. With `push_travel` > 0 a push stroke also starts a key frame (`push_contacts`): within a
+stretch between key frames where the gripper stays shut, the first run of frames at the stretch's
+lowest tool height (within `push_tolerance`) along which the tool travels at least `push_travel`
+horizontally. A carry also runs shut, but its lowest point is the place, reached by descending and
+left by opening, so it has no such stroke. `valid`
 is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
 already that close to its target; those frames are `near` instead (they have a target, which a
 predictor that does not read the arm's joints should still learn).
@@ -44,11 +52,13 @@ class GoalInfo:
     frames: int  # all frames
     threshold: float  # gripper command value that separates open from closed
     near_frames: int = 0  # frames with a target that their tool is already within min_distance of
+    push_contacts: int = 0  # key frames where a push stroke starts (push_travel > 0)
 
     def line(self) -> str:
         near = f", {self.near_frames} more are near theirs" if self.near_frames else ""
+        pushes = f", {self.push_contacts} push contacts" if self.push_contacts else ""
         return (
-            f"{self.events} gripper events in {self.episodes} episodes "
+            f"{self.events} gripper events{pushes} in {self.episodes} episodes "
             f"({self.episodes_without} without one); {self.valid_frames} of {self.frames} frames "
             f"have a target{near} (threshold {self.threshold:.4g})"
         )
@@ -68,18 +78,47 @@ def gripper_events(command: np.ndarray, threshold: float) -> np.ndarray:
     return np.flatnonzero(shut[1:] != shut[:-1]) + 1
 
 
+def push_contacts(
+    positions: np.ndarray,  # (n, 3) tool position per frame of one episode
+    shut: np.ndarray,  # (n,) the commanded gripper is shut
+    keys: np.ndarray,  # sorted key frames of the episode (indices into it), the last frame last
+    travel: float,  # [m] horizontal travel that makes a low run a push stroke
+    tolerance: float,  # [m] height above the stretch's lowest point that still counts as low
+) -> list[int]:
+    """Frames where a push stroke starts (see the module docstring), at most one per stretch.
+    A stretch runs from a key frame (or the first frame) to the next key frame; it counts when the
+    gripper is shut on all its frames but the last (a key frame may be the opening event)."""
+    out: list[int] = []
+    for a, b in zip(np.concatenate([[0], keys[:-1]]).tolist(), keys.tolist(), strict=True):
+        if b - a < 2 or not shut[a:b].all():
+            continue
+        z = positions[a : b + 1, 2]
+        low = np.flatnonzero(z <= z.min() + tolerance) + a
+        # runs of consecutive low frames; the first that travels far enough starts the stroke
+        for run in np.split(low, np.flatnonzero(np.diff(low) > 1) + 1):
+            xy = positions[run, :2]
+            if np.linalg.norm(xy - xy[0], axis=1).max() >= travel:
+                if run[0] > a:  # a stroke from the stretch's first frame has its key frame already
+                    out.append(int(run[0]))
+                break
+    return out
+
+
 def next_event_goals(
     positions: np.ndarray,  # (N, 3) tool position per frame
     command: np.ndarray,  # (N,) commanded gripper value per frame
     ep_from: np.ndarray,  # (E,) first frame of each episode
     ep_to: np.ndarray,  # (E,) one past the last frame of each episode
     threshold: float,
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(goals (N, 3), valid (N,), events, episodes without an event); see the module docstring."""
+    push_travel: float = 0.0,
+    push_tolerance: float = 0.015,
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """(goals (N, 3), valid (N,), events, episodes without an event, push contacts); see the module
+    docstring. push_travel 0 adds no push-contact key frames."""
     n = len(positions)
     goals = np.zeros((n, 3), np.float32)
     valid = np.zeros(n, bool)
-    events = without = 0
+    events = without = contacts = 0
     for lo, hi in zip(ep_from.tolist(), ep_to.tolist(), strict=True):
         ev = gripper_events(command[lo:hi], threshold) + lo
         events += len(ev)
@@ -87,11 +126,16 @@ def next_event_goals(
         if hi - lo < 2:
             continue
         keys = np.append(ev, hi - 1) if (len(ev) == 0 or ev[-1] != hi - 1) else ev
+        if push_travel > 0:
+            shut = np.asarray(command[lo:hi], np.float64) < threshold
+            extra = push_contacts(positions[lo:hi], shut, keys - lo, push_travel, push_tolerance)
+            contacts += len(extra)
+            keys = np.union1d(keys, np.asarray(extra, np.int64) + lo)
         frames = np.arange(lo, hi)
         k = np.searchsorted(keys, frames, side="left")  # the first key frame at or after each frame
         goals[frames] = positions[keys[k]]
         valid[frames] = True
-    return goals, valid, events, without
+    return goals, valid, events, without, contacts
 
 
 def tool_positions(state: np.ndarray, joint_names: tuple[str, ...], chain: UrdfChain) -> np.ndarray:
@@ -131,6 +175,7 @@ def dataset_goals(
     gripper_joint: str = "",
     threshold: float | None = None,
     min_distance: float = 0.0,
+    push_travel: float = 0.0,
 ) -> GoalTargets:
     """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,),
     the summary, near (N,)).
@@ -140,7 +185,8 @@ def dataset_goals(
     tool position at them. `min_distance` [m] drops the target of frames whose tool is already
     that close to it: late in a reach the target is about where the tool is, which the joint state
     alone tells, so only the earlier frames ask where the words point. Those frames are returned
-    as `near`: the goal pointer, which does not read the arm's joints, is trained on them too."""
+    as `near`: the goal pointer, which does not read the arm's joints, is trained on them too.
+    `push_travel` [m] > 0 also makes the start of each push stroke a key frame (module docstring)."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
     gripper_joint = dataset_gripper_joint(dataset, gripper_joint)
     chain = UrdfChain.from_urdf(urdf, base_link, tip_link)
@@ -148,8 +194,8 @@ def dataset_goals(
     if threshold is None:
         threshold = float(0.5 * (command.min() + command.max()))
     positions = tool_positions(dataset.state, names, chain)
-    goals, valid, events, without = next_event_goals(
-        positions, command, dataset.ep_from, dataset.ep_to, threshold
+    goals, valid, events, without, contacts = next_event_goals(
+        positions, command, dataset.ep_from, dataset.ep_to, threshold, push_travel=push_travel
     )
     near = np.zeros_like(valid)
     if min_distance > 0:
@@ -163,6 +209,7 @@ def dataset_goals(
         frames=len(valid),
         threshold=threshold,
         near_frames=int(near.sum()),
+        push_contacts=contacts,
     )
     if info.valid_frames == 0:
         raise GoalError(f"{dataset.root}: no frame's tool is {min_distance} m or more from its target")
