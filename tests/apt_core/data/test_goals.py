@@ -223,7 +223,8 @@ def test_goal_errors_name_what_is_missing(tiny: Path, tmp_path: Path) -> None:
 
 def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
     """`expert.oracle_goal` (what `evaluate --oracle-goal` feeds a goal-input policy) agrees, frame
-    by frame, with the target read off the same scripted demo's recorded joints and gripper."""
+    by frame, with the target read off the same scripted demo's recorded joints and gripper; with
+    push contacts on both sides (`--goal-push-travel`), also on a push's stroke start."""
     from apt_core.sim.expert import oracle_goal
 
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
@@ -236,13 +237,14 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
             if family in seen:
                 continue
             seen.add(family)
-            expert, states, actions, oracle = ScriptedExpert(env), [], [], []
+            expert, states, actions, oracle, oracle_pc = ScriptedExpert(env), [], [], [], []
             for _ in range(150):
                 obs = env.observation()
                 act = expert.predict(obs, env.task.instruction)[0]
                 states.append(obs.joint_positions.copy())
                 actions.append(act)
                 oracle.append(oracle_goal(env))
+                oracle_pc.append(oracle_goal(env, push_contact=True))
                 env.step(act)
                 if env.success():
                     break
@@ -252,8 +254,19 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
         pos = tool_positions(states, JOINT_NAMES, chain)
         goals, _, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
         d = np.linalg.norm((oracle - goals)[:, :2], axis=1)
+        if family != "push":  # push contacts change nothing for the grasping families
+            np.testing.assert_array_equal(np.array(oracle_pc), oracle)
         if family == "push":  # the recorded episode ends at success, before the scripted retreat
             assert np.median(d) < 0.06, (family, np.median(d))
+            pc, _, _, _, n = next_event_goals(
+                pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04, push_travel=0.03
+            )
+            c = int((pc == pc[0]).all(axis=1).sum())  # frames before the stroke starts
+            assert n == 1 and 5 < c < len(pc) - 5
+            d_pc = np.linalg.norm((np.array(oracle_pc) - pc)[:, :2], axis=1)
+            # before the stroke both say where it starts behind the object; after it, where it ends
+            assert np.median(d_pc[:c]) < 0.02 and np.median(d_pc[c:]) < 0.06, (d_pc[:c], d_pc[c:])
+            assert np.median(np.linalg.norm((np.array(oracle_pc) - oracle)[:c, :2], axis=1)) > 0.05
             continue
         ev = gripper_events(actions[:, 6], 0.04)
         # the frame of an event already points at the next one, while the object is not yet held
@@ -265,3 +278,13 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
         if len(seen) == 3:
             break
     assert seen == {"pick_place", "push", "stack"}
+
+
+def test_the_oracle_reads_push_contacts_off_the_checkpoint_meta() -> None:
+    from apt_core.sim.expert import trained_with_push_contact
+
+    assert trained_with_push_contact({"train_config": {"goal_push_travel": 0.03}})
+    assert not trained_with_push_contact({"train_config": {"goal_push_travel": 0.0}})
+    # checkpoints from before the option, and meta without a training config
+    assert not trained_with_push_contact({"train_config": {"goal_weight": 0.5}})
+    assert not trained_with_push_contact({})

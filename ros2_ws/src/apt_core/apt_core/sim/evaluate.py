@@ -182,12 +182,14 @@ def run_episode(
 
 class OracleGoal:
     """Wraps a ChunkPolicy: each observation carries the privileged goal (`expert.oracle_goal`) in
-    obs.extras["goal"], which a policy trained with a goal input uses instead of its goal head's."""
+    obs.extras["goal"], which a policy trained with a goal input uses instead of its goal head's.
+    A PolicyRunner whose training used push-contact targets gets those (`trained_with_push_contact`)."""
 
     def __init__(self, policy: ChunkPolicy, env: TabletopEnv) -> None:
-        from apt_core.sim.expert import oracle_goal
+        from apt_core.sim.expert import oracle_goal, trained_with_push_contact
 
         self.policy, self.env, self._goal = policy, env, oracle_goal
+        self.push_contact = trained_with_push_contact(getattr(policy, "meta", {}) or {})
         self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
         self.rate_hz = policy.rate_hz
 
@@ -195,7 +197,7 @@ class OracleGoal:
         self.policy.reset()
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-        obs = dataclasses.replace(obs, extras={**obs.extras, "goal": self._goal(self.env)})
+        obs = dataclasses.replace(obs, extras={**obs.extras, "goal": self._goal(self.env, self.push_contact)})
         return self.policy.predict(obs, instruction)
 
 

@@ -27,6 +27,9 @@ SAFE_Z = 0.15  # travel height of the TCP [m]
 SPEED = 0.35  # Cartesian travel speed [m/s]
 SLOW = 0.12  # descend / push speed [m/s]
 MAX_REPLANS = 3  # attempts per subtask before giving up (then holds)
+PUSH_BACK = 0.028 + 0.012 + 0.015  # a push starts this far behind the object's centre: cube half
+# diagonal + pad half depth + clearance [m]
+PUSH_Z = 0.025  # TCP height of a push stroke [m]
 
 
 def _wrap(a: float) -> float:
@@ -37,12 +40,21 @@ def _min_jerk(s: np.ndarray) -> np.ndarray:
     return 10 * s**3 - 15 * s**4 + 6 * s**5
 
 
-def oracle_goal(env: TabletopEnv) -> np.ndarray:
+def trained_with_push_contact(meta: dict) -> bool:
+    """Whether a checkpoint's goal targets had push-contact key frames (`--goal-push-travel` > 0),
+    read from its meta.json's training config; the oracle then gives the goal it was trained on."""
+    return float((meta.get("train_config") or {}).get("goal_push_travel", 0.0) or 0.0) > 0
+
+
+def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
     """Where the tool should be at the next gripper event of the current subtask, from privileged
     state: the goal that `apt_core.data.goals` reads off the scripted demonstrations. Grasping
     families: the grasp point until the named object is held, then the release point above the
-    target. Push: where the push ends. (3,) in the base frame [m]; a diagnostic for policies
-    trained with a goal input (`python -m apt_core.sim.evaluate --oracle-goal`)."""
+    target. Push: where the push ends; with `push_contact` (a policy trained with
+    `--goal-push-travel`), first where the stroke starts behind the object, until the tool has come
+    within 3 cm of it or the object has moved 5 mm from where the scene put it. (3,) in the base
+    frame [m]; a diagnostic for policies trained with a goal input (`python -m
+    apt_core.sim.evaluate --oracle-goal`)."""
     task = env.task
     if task is None:
         raise RuntimeError("oracle_goal needs a reset environment")
@@ -55,6 +67,12 @@ def oracle_goal(env: TabletopEnv) -> np.ndarray:
         return np.array([tgt[0], tgt[1], z])
     d = tgt[:2] - obj[:2]
     u = d / max(float(np.linalg.norm(d)), 1e-6)
+    if push_contact:
+        contact = np.array([*(obj[:2] - u * PUSH_BACK), PUSH_Z])
+        x0, y0, _ = env.layout.poses[sub.obj]
+        moved = float(np.linalg.norm(obj[:2] - (x0, y0))) > 0.005
+        if not moved and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
+            return contact
     end = tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004) - u * 0.03  # the scripted push's last point
     return np.array([end[0], end[1], SAFE_Z])
 
@@ -164,10 +182,9 @@ class ScriptedExpert:
             pyaw = _wrap(math.atan2(u[1], u[0]) + math.pi / 2)  # finger axis across the push line
             if abs(_wrap(pyaw - yaw0)) > math.pi / 2:
                 pyaw = _wrap(pyaw + math.pi)
-            back = 0.028 + 0.012 + 0.015  # cube half diagonal + pad half depth + clearance [m]
-            start = obj[:2] - u * back
+            start = obj[:2] - u * PUSH_BACK
             end = tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004)  # leave the cube's centre on the zone centre
-            z = 0.025
+            z = PUSH_Z
             wps += [
                 (np.array([*start, SAFE_Z]), pyaw, g_closed, SPEED),
                 (np.array([*start, z]), pyaw, g_closed, SLOW),
