@@ -316,7 +316,7 @@ def train(cfg: TrainConfig) -> Path:
 
     policy_cfg_probe = get_preset(cfg.preset)
     n_hist = policy_cfg_probe.n_action_history if cfg.n_action_history < 0 else cfg.n_action_history
-    source = cfg.init_from or cfg.finetune_from if cfg.stage == 2 else ""
+    source = (cfg.init_from or cfg.finetune_from) if cfg.stage == 2 else ""
     if source:  # stage 2 keeps the architecture of the checkpoint it starts from
         n_hist = json.loads((Path(source) / "config.json").read_text()).get("n_action_history", n_hist)
     dataset = DemoDataset(

@@ -22,8 +22,9 @@ push is. With `push_travel` > 0 a push stroke also starts a key frame (`push_con
 stretch between key frames where the gripper stays shut, the first run of frames at the stretch's
 lowest tool height (within `push_tolerance`) along which the tool travels at least `push_travel`
 horizontally. A carry also runs shut, but its lowest point is the place, reached by descending and
-left by opening, so it has no such stroke. `valid`
-is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
+left by opening, so it has no such stroke.
+
+`valid` is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
 already that close to its target; those frames are `near` instead (they have a target, which a
 predictor that does not read the arm's joints should still learn).
 """
