@@ -196,22 +196,28 @@ def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
 
+def _check_joints(field: str, path: str, meta: dict[str, Any], dataset: DemoDataset) -> None:
+    """The checkpoint that stage 2 starts from (`field` = its TrainConfig field) must have been
+    trained on the dataset's joints, in its order."""
+    if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
+        raise ValueError(
+            f"{field} {path} was trained on joints {meta.get('joint_names')}, "
+            f"but the dataset has {list(dataset_joint_names(dataset))}"
+        )
+
+
 def finetune_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:
     """The stage-2 policy of `cfg.finetune_from`, checked against the dataset and the config: the
     same joints, and the goal fields the config would give a new policy (a policy trained without
     a goal input cannot start using one, and the reverse)."""
     policy, processor, meta = load_checkpoint(cfg.finetune_from, expect={"stage": 2})
-    if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
-        raise ValueError(
-            f"finetune_from {cfg.finetune_from} was trained on joints {meta.get('joint_names')}, "
-            f"but the dataset has {list(dataset_joint_names(dataset))}"
-        )
+    _check_joints("finetune_from", cfg.finetune_from, meta, dataset)
     have = {"goal_dim": 0, "goal_input": False, "goal_pointer": False, "goal_pointer_state": ()}
     want = {**have, **goal_fields(cfg, dataset)}
     diff = [
-        f"{k}: {getattr(policy.cfg, k)!r} there, {want[k]!r} asked"
-        for k in want
-        if getattr(policy.cfg, k) != (tuple(want[k]) if isinstance(want[k], list) else want[k])
+        f"{k}: {getattr(policy.cfg, k)!r} there, {v!r} asked"
+        for k, v in want.items()
+        if getattr(policy.cfg, k) != v
     ]
     if diff:
         raise ValueError(
@@ -233,11 +239,7 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
         return finetune_models(cfg, dataset)
     if cfg.stage == 2 and cfg.init_from:
         stage1, processor, meta = load_checkpoint(cfg.init_from, expect={"stage": 1})
-        if tuple(meta.get("joint_names", ())) != dataset_joint_names(dataset):
-            raise ValueError(
-                f"init_from {cfg.init_from} was trained on joints {meta.get('joint_names')}, "
-                f"but the dataset has {list(dataset_joint_names(dataset))}"
-            )
+        _check_joints("init_from", cfg.init_from, meta, dataset)
         changes: dict[str, Any] = {"stage": 2, "variant": cfg.variant}
         backbone: dict[str, Any] = {}
         if cfg.backbone_mode:
