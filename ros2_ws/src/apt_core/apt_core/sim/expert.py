@@ -30,6 +30,7 @@ MAX_REPLANS = 3  # attempts per subtask before giving up (then holds)
 PUSH_BACK = 0.028 + 0.012 + 0.015  # a push starts this far behind the object's centre: cube half
 # diagonal + pad half depth + clearance [m]
 PUSH_Z = 0.025  # TCP height of a push stroke [m]
+PUSH_RETREAT = 0.03  # after the stroke the paddle backs off this far along the push line, then rises [m]
 
 
 def _wrap(a: float) -> float:
@@ -65,16 +66,24 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
             return np.array([obj[0], obj[1], max(obj[2], 0.022)])
         z = T.BOWL_RIM_HEIGHT + 0.045 if sub.family == "pick_place" else tgt[2] + 2 * T.CUBE_HALF + 0.008
         return np.array([tgt[0], tgt[1], z])
-    d = tgt[:2] - obj[:2]
-    u = d / max(float(np.linalg.norm(d)), 1e-6)
+    u, start, end = push_stroke(obj, tgt)
     if push_contact:
-        contact = np.array([*(obj[:2] - u * PUSH_BACK), PUSH_Z])
+        contact = np.array([*start, PUSH_Z])
         x0, y0, _ = env.layout.poses[sub.obj]
         moved = float(np.linalg.norm(obj[:2] - (x0, y0))) > 0.005
         if not moved and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
             return contact
-    end = tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004) - u * 0.03  # the scripted push's last point
-    return np.array([end[0], end[1], SAFE_Z])
+    last = end - u * PUSH_RETREAT  # the scripted push's last point
+    return np.array([last[0], last[1], SAFE_Z])
+
+
+def push_stroke(obj: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scripted push of the object at `obj` to the zone at `tgt` (base frame, only x, y read):
+    (unit push direction, stroke start behind the object, stroke end), the last two (2,) [m]. The
+    stroke goes through the object's centre and ends where the cube's centre is on the zone's."""
+    d = tgt[:2] - obj[:2]
+    u = d / max(float(np.linalg.norm(d)), 1e-6)
+    return u, obj[:2] - u * PUSH_BACK, tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004)
 
 
 class ScriptedExpert:
@@ -176,21 +185,17 @@ class ScriptedExpert:
                 (np.array([tgt[0], tgt[1], SAFE_Z + 0.03]), pyaw, g_open, SLOW),
             ]
         else:  # push: closed fingers as a paddle, pushed through the object's centre to the zone
-            d = tgt[:2] - obj[:2]
-            dist = float(np.linalg.norm(d))
-            u = d / max(dist, 1e-6)
+            u, start, end = push_stroke(obj, tgt)
             pyaw = _wrap(math.atan2(u[1], u[0]) + math.pi / 2)  # finger axis across the push line
             if abs(_wrap(pyaw - yaw0)) > math.pi / 2:
                 pyaw = _wrap(pyaw + math.pi)
-            start = obj[:2] - u * PUSH_BACK
-            end = tgt[:2] - u * (T.CUBE_HALF + 0.012 - 0.004)  # leave the cube's centre on the zone centre
             z = PUSH_Z
             wps += [
                 (np.array([*start, SAFE_Z]), pyaw, g_closed, SPEED),
                 (np.array([*start, z]), pyaw, g_closed, SLOW),
                 (np.array([*end, z]), pyaw, g_closed, SLOW * 0.8),
-                (np.array([*(end - u * 0.03), z]), pyaw, g_closed, SLOW),
-                (np.array([*(end - u * 0.03), SAFE_Z]), pyaw, g_closed, SPEED),
+                (np.array([*(end - u * PUSH_RETREAT), z]), pyaw, g_closed, SLOW),
+                (np.array([*(end - u * PUSH_RETREAT), SAFE_Z]), pyaw, g_closed, SPEED),
             ]
         return self._to_joints(q, p0, yaw0, wps)
 
