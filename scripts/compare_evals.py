@@ -1,6 +1,6 @@
 """Paired comparison of two policies (or two settings of one) on the same evaluation scenes.
 
-    python scripts/compare_evals.py --a DIR [DIR ...] --b DIR [DIR ...] [--labels A B] [--out FILE]
+    python scripts/compare_evals.py --a DIR [DIR ...] --b DIR [DIR ...] [--labels A B] [--by family] [--out FILE]
 
 Each DIR is searched (recursively) for the `episodes.csv` files that `python -m
 apt_core.sim.evaluate --out DIR` writes. Episodes are paired by (split, scene seed): `evaluate`
@@ -8,8 +8,9 @@ runs episode i of a split on scene seed `--seed + i`, so two runs with the same 
 `--episodes` saw the same scenes. Prints per-split and total successes of both, the discordant
 scenes (success under one only) and the exact two-sided McNemar p-value (a binomial test on the
 discordant pairs: under "no difference" each is equally likely to favour either side). Only paired
-scenes are counted; scenes run on one side only are reported and left out. These are the paired
-numbers in docs/experiments.md (items 22, 24 and 25).
+scenes are counted; scenes run on one side only are reported and left out. `--by family` groups the
+rows by task family (pick_place, stack, push, chain) instead of split; the pairing stays by scene.
+These are the paired numbers in docs/experiments.md (items 22 and 24-27).
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-REQUIRED = ("split", "seed", "success")
+REQUIRED = ("split", "seed", "success", "family")
+GROUPS = ("split", "family")  # what the rows of the table are
+
+
+class Episode(NamedTuple):
+    success: bool
+    family: str  # task family, "chain" for two-step tasks
 
 
 @dataclass
 class Paired:
-    split: str
+    group: str  # a split, a task family or "all"
     n: int = 0
     a: int = 0  # successes of A
     b: int = 0  # successes of B
@@ -34,10 +42,10 @@ class Paired:
     only_b: int = 0
 
 
-def read_episodes(dirs: list[Path]) -> dict[tuple[str, int], bool]:
-    """(split, seed) -> success, from every episodes.csv under `dirs`. A scene found twice, a
+def read_episodes(dirs: list[Path]) -> dict[tuple[str, int], Episode]:
+    """(split, seed) -> Episode, from every episodes.csv under `dirs`. A scene found twice, a
     missing column or an unreadable value raises ValueError naming the file (and row)."""
-    out: dict[tuple[str, int], bool] = {}
+    out: dict[tuple[str, int], Episode] = {}
     where: dict[tuple[str, int], Path] = {}
     files: list[Path] = []
     for d in dirs:
@@ -66,7 +74,7 @@ def read_episodes(dirs: list[Path]) -> dict[tuple[str, int], bool]:
                     raise ValueError(f"{f}:{i}: success {row['success']!r} is not True or False")
                 if key in out:
                     raise ValueError(f"{f}:{i}: scene {key} is also in {where[key]}")
-                out[key], where[key] = row["success"] == "True", f
+                out[key], where[key] = Episode(row["success"] == "True", row["family"]), f
     return out
 
 
@@ -80,15 +88,25 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def compare(a: dict[tuple[str, int], bool], b: dict[tuple[str, int], bool]) -> list[Paired]:
-    """Per-split paired counts (in order of first appearance in `a`), then a row "all"."""
+def compare(
+    a: dict[tuple[str, int], Episode], b: dict[tuple[str, int], Episode], by: str = "split"
+) -> list[Paired]:
+    """Paired counts per split (or per task family of A's episode, `by="family"`), in order of first
+    appearance in `a`, then a row "all"."""
+    if by not in GROUPS:
+        raise ValueError(f"compare: by={by!r}, expected one of {GROUPS}")
     rows: dict[str, Paired] = {}
     total = Paired("all")
-    for key, sa in a.items():
+    for key, ea in a.items():
         if key not in b:
             continue
-        sb = b[key]
-        for r in (rows.setdefault(key[0], Paired(key[0])), total):
+        if ea.family != b[key].family:
+            raise ValueError(
+                f"scene {key}: task family {ea.family!r} in A, {b[key].family!r} in B (not the same task)"
+            )
+        sa, sb = ea.success, b[key].success
+        group = key[0] if by == "split" else ea.family
+        for r in (rows.setdefault(group, Paired(group)), total):
             r.n += 1
             r.a += sa
             r.b += sb
@@ -97,15 +115,15 @@ def compare(a: dict[tuple[str, int], bool], b: dict[tuple[str, int], bool]) -> l
     return [*rows.values(), total]
 
 
-def table(rows: list[Paired], labels: tuple[str, str]) -> str:
+def table(rows: list[Paired], labels: tuple[str, str], by: str = "split") -> str:
     la, lb = labels
     lines = [
-        f"| split | scenes | {la} | {lb} | only {la} | only {lb} | exact McNemar p |",
+        f"| {by} | scenes | {la} | {lb} | only {la} | only {lb} | exact McNemar p |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         p = mcnemar_exact(r.only_a, r.only_b)
-        name = f"**{r.split}**" if r.split == "all" else r.split
+        name = f"**{r.group}**" if r.group == "all" else r.group
         lines.append(f"| {name} | {r.n} | {r.a} | {r.b} | {r.only_a} | {r.only_b} | {p:.3f} |")
     return "\n".join(lines)
 
@@ -115,19 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a", nargs="+", required=True, type=Path, help="evaluate --out folders of A")
     ap.add_argument("--b", nargs="+", required=True, type=Path, help="evaluate --out folders of B")
     ap.add_argument("--labels", nargs=2, default=("A", "B"), help="column names for A and B")
+    ap.add_argument("--by", choices=GROUPS, default="split", help="rows per split or per task family")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     args = ap.parse_args(argv)
     try:
         a, b = read_episodes(args.a), read_episodes(args.b)
+        rows = compare(a, b, args.by)
     except (OSError, ValueError) as e:
         print(f"compare_evals: {e}", file=sys.stderr)
         return 2
     unpaired_a, unpaired_b = len(a.keys() - b.keys()), len(b.keys() - a.keys())
-    rows = compare(a, b)
     if rows[-1].n == 0:
         print("compare_evals: no scene was run by both (same --seed and --episodes?)", file=sys.stderr)
         return 2
-    text = table(rows, tuple(args.labels))
+    text = table(rows, tuple(args.labels), args.by)
     if unpaired_a or unpaired_b:
         text += f"\n\nLeft out: {unpaired_a} scene(s) run by {args.labels[0]} only, {unpaired_b} by {args.labels[1]} only."
     print(text)

@@ -20,13 +20,15 @@ sys.modules["compare_evals"] = ce  # dataclasses look their module up while the 
 spec.loader.exec_module(ce)
 
 
-def _write(out: Path, outcomes: dict[tuple[str, int], bool]) -> Path:
+def _write(
+    out: Path, outcomes: dict[tuple[str, int], bool], families: dict[tuple[str, int], str] | None = None
+) -> Path:
     eps = [
         EpisodeResult(
             split=split,
             seed=seed,
             instruction="pick up the red cube",
-            family="pick_place",
+            family=(families or {}).get((split, seed), "pick_place"),
             success=ok,
             steps=10,
             subtasks_done=int(ok),
@@ -50,8 +52,8 @@ def test_pairs_scenes_and_counts_discordant_ones(tmp_path: Path, capsys) -> None
     _write(tmp_path / "a" / "y", {("chain", 1000): False, ("chain", 1001): True})  # 1001: A only
     _write(tmp_path / "b", b)
     rows = ce.compare(ce.read_episodes([tmp_path / "a"]), ce.read_episodes([tmp_path / "b"]))
-    by = {r.split: r for r in rows}
-    assert [r.split for r in rows] == ["in_distribution", "chain", "all"]
+    by = {r.group: r for r in rows}
+    assert [r.group for r in rows] == ["in_distribution", "chain", "all"]
     assert (by["in_distribution"].n, by["in_distribution"].a, by["in_distribution"].b) == (2, 2, 1)
     assert (by["chain"].n, by["chain"].only_a, by["chain"].only_b) == (1, 0, 1)
     assert (by["all"].n, by["all"].a, by["all"].b, by["all"].only_a, by["all"].only_b) == (3, 2, 2, 1, 1)
@@ -88,11 +90,13 @@ def test_unusable_inputs_are_named(tmp_path: Path, capsys) -> None:
     # a file without the success column
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "episodes.csv").write_text("split,seed\nchain,1\n")
+    (bad / "episodes.csv").write_text("split,seed,family\nchain,1,chain\n")
     with pytest.raises(ValueError, match=r"bad/episodes.csv: missing column\(s\) \['success'\]"):
         ce.read_episodes([bad])
     # an unreadable value, with its line
-    (bad / "episodes.csv").write_text("split,seed,success\nchain,1,True\nchain,two,False\n")
+    (bad / "episodes.csv").write_text(
+        "split,seed,success,family\nchain,1,True,chain\nchain,two,False,chain\n"
+    )
     with pytest.raises(ValueError, match=r"episodes.csv:3: seed 'two'"):
         ce.read_episodes([bad])
     # a folder with nothing in it
@@ -103,3 +107,29 @@ def test_unusable_inputs_are_named(tmp_path: Path, capsys) -> None:
     other = _write(tmp_path / "other", {("chain", 2): True})
     assert ce.main(["--a", str(good), "--b", str(other)]) == 2
     assert "no scene was run by both" in capsys.readouterr().err
+    # one scene seed, two different tasks (results of different code): named, not paired
+    push = _write(tmp_path / "push", {("chain", 1): True}, {("chain", 1): "push"})
+    assert ce.main(["--a", str(good), "--b", str(push)]) == 2
+    assert "scene ('chain', 1): task family 'pick_place' in A, 'push' in B" in capsys.readouterr().err
+
+
+def test_rows_by_task_family(tmp_path: Path, capsys) -> None:
+    """`--by family`: the rows are the task families of the paired scenes, the pairing is unchanged."""
+    keys = [("in_distribution", 1), ("in_distribution", 2), ("paraphrase", 1), ("chain", 1)]
+    fam = dict(zip(keys, ["push", "stack", "push", "chain"], strict=True))
+    a = _write(tmp_path / "a", dict(zip(keys, [True, True, False, False], strict=True)), fam)
+    b = _write(tmp_path / "b", dict(zip(keys, [False, True, False, True], strict=True)), fam)
+    rows = ce.compare(ce.read_episodes([a]), ce.read_episodes([b]), by="family")
+    by = {r.group: (r.n, r.a, r.b, r.only_a, r.only_b) for r in rows}
+    assert [r.group for r in rows] == ["push", "stack", "chain", "all"]
+    assert by == {
+        "push": (2, 1, 0, 1, 0),
+        "stack": (1, 1, 1, 0, 0),
+        "chain": (1, 0, 1, 0, 1),
+        "all": (4, 2, 2, 1, 1),
+    }
+    assert ce.main(["--a", str(a), "--b", str(b), "--by", "family"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| family | scenes |") and "| push | 2 | 1 | 0 | 1 | 0 | 1.000 |" in printed
+    with pytest.raises(ValueError, match="by='task'"):
+        ce.compare(ce.read_episodes([a]), ce.read_episodes([b]), by="task")
