@@ -20,12 +20,15 @@ In every mode it prints the predicted goal's xy error [cm] by phase, and for the
 the episode and by distance of the tool to the goal. The phases: a reach (gripper open, nothing
 touched); touching (gripper open, a finger pad touching an object: the true goal, which follows the
 simulator's contacts, is already the place, while the policy's, which follows the gripper as the
-demonstrations' goals do, is still the object); a carry (gripper shut on an object); a missed grasp
-(gripper shut on nothing; the demonstrations show it only when recorded with `--missed-grasp`).
+demonstrations' goals do, is still the object); a carry (gripper shut on an object); a push
+(gripper shut on nothing while the subtask is a push: the shut fingers are the paddle; the true goal
+is the stroke's start for a policy trained with push contacts, else where the push ends); a missed
+grasp (gripper shut on nothing in any other subtask; the demonstrations show it only when recorded
+with `--missed-grasp`).
 It also counts the episodes with a missed grasp, and of those the ones whose gripper opened again
 afterwards and the ones that then carried an object (a retry).
 Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the
-numbers in docs/experiments.md items 20 and 23.
+numbers in docs/experiments.md items 20, 23 and 27.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ from apt_core.sim.expert import oracle_goal, trained_with_push_contact
 from apt_core.types import Observation
 
 SHUT = 0.06  # [m] gripper joint below this: shut (on an object or on nothing); open is 0.08
+
+
+def phase_of(env: TabletopEnv, shut: bool) -> str:
+    """The phase of the current chunk (see the module docstring): reach, touching, carry, push or
+    missed."""
+    held = bool(env.held_objects())
+    if not shut:
+        return "touching" if held else "reach"
+    if held:
+        return "carry"
+    task = env.task
+    sub = task.subtasks[min(env.subtask_progress(), len(task.subtasks) - 1)]
+    return "push" if sub.family == "push" else "missed"
 
 
 class GoalProbe:
@@ -80,7 +96,7 @@ class GoalProbe:
             {
                 "episode": self.episode,
                 "chunk": self.chunk,
-                "phase": ("carry" if held else "missed") if shut else ("touching" if held else "reach"),
+                "phase": phase_of(self.env, shut),
                 "error": float(np.linalg.norm(pred[:2] - true[:2])),
                 "tool_to_goal": float(np.linalg.norm(tool - true)),
             }
@@ -157,7 +173,8 @@ def main() -> None:
         "reach": "gripper open, nothing touched (a reach)",
         "touching": "gripper open, a pad touching an object (the true goal is already the place)",
         "carry": "gripper shut on an object (a carry)",
-        "missed": "gripper shut on nothing (a missed grasp)",
+        "push": "gripper shut on nothing in a push (the paddle)",
+        "missed": "gripper shut on nothing in a grasping subtask (a missed grasp)",
     }
     for key, label in phases.items():
         print(_median_row(label, [x["error"] for x in r if x["phase"] == key]))

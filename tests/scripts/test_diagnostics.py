@@ -95,6 +95,21 @@ def test_goal_probe_labels_phases_and_measures_the_pointers_error(pointer_checkp
     )
 
 
+def test_a_shut_gripper_in_a_push_is_the_paddle_not_a_missed_grasp() -> None:
+    """Pushes keep the fingers shut from the first frame: counted as "push", never as a missed grasp."""
+    phase_of = _script("closed_loop_goals").phase_of
+    env = TabletopEnv()
+    seen = set()
+    for seed in range(60):
+        env.reset(seed, "in_distribution")
+        family = env.task.subtasks[0].family
+        assert not env.held_objects()
+        assert phase_of(env, shut=True) == ("push" if family == "push" else "missed"), (seed, family)
+        assert phase_of(env, shut=False) == "reach"
+        seen.add(family)
+    assert {"push", "pick_place"} <= seen
+
+
 def _run_shortcut(monkeypatch, capsys, checkpoint: Path, answer) -> dict[str, list[int]]:
     """pointer_shortcut.main on 1 scene per split with predict_goal replaced by answer(env);
     returns {row label: [scenes, nearest named, nearest beside]} parsed from its table."""
