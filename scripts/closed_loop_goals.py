@@ -58,9 +58,7 @@ def phase_of(env: TabletopEnv, shut: bool) -> str:
         return "touching" if held else "reach"
     if held:
         return "carry"
-    task = env.task
-    sub = task.subtasks[min(env.subtask_progress(), len(task.subtasks) - 1)]
-    return "push" if sub.family == "push" else "missed"
+    return "push" if env.current_subtask().family == "push" else "missed"
 
 
 class GoalProbe:

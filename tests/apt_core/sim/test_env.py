@@ -122,6 +122,19 @@ def test_expert_solves_chains(env: TabletopEnv) -> None:
     assert all(e.success and e.subtasks_done == 2 for e in res.episodes)
 
 
+def test_current_subtask_follows_progress() -> None:
+    env = TabletopEnv()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.current_subtask()
+    env.reset(200, "chain")
+    first, second = env.task.subtasks
+    assert env.current_subtask() == first
+    env._progress = 1  # what _update_progress sets once the first subtask is done
+    assert env.current_subtask() == second
+    env._progress = 2  # all done: still the last one
+    assert env.current_subtask() == second
+
+
 class HoldPolicy:
     """Never moves: the harness must report failure for it."""
 

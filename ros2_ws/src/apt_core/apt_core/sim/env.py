@@ -344,6 +344,12 @@ class TabletopEnv:
         """How many subtasks of the current task have been completed in order."""
         return self._progress
 
+    def current_subtask(self) -> T.Subtask:
+        """The first subtask not yet completed (the last one once all are); needs a reset env."""
+        if self.task is None:
+            raise RuntimeError("current_subtask needs a reset environment")
+        return self.task.subtasks[min(self._progress, len(self.task.subtasks) - 1)]
+
     def success(self) -> bool:
         """True when every subtask was done in order and all still hold now."""
         if self.task is None:

@@ -56,10 +56,9 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
     within 3 cm of it or the object has moved 5 mm from where the scene put it. (3,) in the base
     frame [m]; a diagnostic for policies trained with a goal input (`python -m
     apt_core.sim.evaluate --oracle-goal`)."""
-    task = env.task
-    if task is None:
+    if env.task is None:
         raise RuntimeError("oracle_goal needs a reset environment")
-    sub = task.subtasks[min(env.subtask_progress(), len(task.subtasks) - 1)]
+    sub = env.current_subtask()
     obj, tgt = env.body_position(sub.obj), env.body_position(sub.target)
     if sub.family in ("pick_place", "stack"):
         if sub.obj not in env.held_objects():
