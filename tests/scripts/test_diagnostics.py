@@ -96,7 +96,8 @@ def test_goal_probe_labels_phases_and_measures_the_pointers_error(pointer_checkp
 
 
 def test_a_shut_gripper_in_a_push_is_the_paddle_not_a_missed_grasp() -> None:
-    """Pushes keep the fingers shut from the first frame: counted as "push", never as a missed grasp."""
+    """A push shuts the fingers behind the object and pushes with them: counted as "push", never as
+    a missed grasp."""
     phase_of = _script("closed_loop_goals").phase_of
     env = TabletopEnv()
     seen = set()

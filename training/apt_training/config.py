@@ -63,8 +63,9 @@ class TrainConfig:
     goal_link: str = "tcp"  # the URDF link whose position is the goal (the tool centre point)
     goal_min_distance: float = 0.0  # [m] no goal target for frames whose tool is already this close to it
     # [m] > 0: the start of a push stroke (the shut gripper travelling at least this far at its
-    # lowest height) is a key frame too, so a push's goal first says where the object is
-    # (apt_core.data.goals); 0: a push's only key frame is where it ends
+    # lowest height) is a key frame too, so a push's goal first says where the object is, for pushes
+    # that run shut from the first frame (apt_core.data.goals); the scripted expert shuts the
+    # gripper where the stroke starts, which is a key frame anyway
     goal_push_travel: float = 0.0
     # "predict where, then act" (stage 2, needs goal_weight > 0): the action tokens also get the goal,
     # the recorded one in training and the goal head's prediction when the policy runs (docs/model.md)

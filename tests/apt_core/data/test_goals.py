@@ -67,9 +67,11 @@ def test_push_contacts_start_the_low_shut_strokes_that_travel() -> None:
     assert (events, without, contacts) == (0, 1, 1) and valid.all()
 
 
-def test_push_contact_of_a_scripted_push_is_behind_the_named_object() -> None:
-    """On the scripted expert's demos: a push's contact key frame is where the paddle comes down
-    behind the object, on the far side from the target; pick-and-place and stacks get none."""
+def test_a_scripted_push_shuts_the_gripper_behind_the_named_object() -> None:
+    """On the scripted expert's demos: a push's first gripper event is where the open gripper comes
+    down behind the object, on the far side from the target, and shuts; the frames before it point
+    there, the rest at the end of the push. So the gripper marks the stroke's start, and push
+    contacts (for pushes that run shut from the first frame) add no key frame to these demos."""
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
     families: dict[str, int] = {}
     for seed in range(40):
@@ -79,14 +81,17 @@ def test_push_contact_of_a_scripted_push_is_behind_the_named_object() -> None:
             continue
         families[sub.family] = families.get(sub.family, 0) + 1
         pos = tool_positions(states, JOINT_NAMES, chain)
-        goals, _, _, _, contacts = next_event_goals(
-            pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04, push_travel=0.03
-        )
+        one = np.array([0]), np.array([len(pos)])
+        goals, _, _, _, _ = next_event_goals(pos, actions[:, 6], *one, 0.04)
+        pc_goals, _, _, _, contacts = next_event_goals(pos, actions[:, 6], *one, 0.04, push_travel=0.03)
+        assert contacts == 0, task.instruction
+        np.testing.assert_array_equal(pc_goals, goals)
         if sub.family != "push":
-            assert contacts == 0, task.instruction
             continue
-        assert contacts == 1, task.instruction
+        shut = gripper_events(actions[:, 6], 0.04)[0]
+        assert actions[0, 6] > 0.04 and 5 < shut < len(pos) - 5, task.instruction  # open, then shut
         contact = goals[0]
+        np.testing.assert_array_equal(contact, pos[shut])
         obj, tgt = start[sub.obj][:2], start[sub.target][:2]
         u = (tgt - obj) / np.linalg.norm(tgt - obj)
         # the expert comes down 5.5 cm behind the object's centre on the push line, 2.5 cm high
@@ -223,8 +228,8 @@ def test_goal_errors_name_what_is_missing(tiny: Path, tmp_path: Path) -> None:
 
 def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
     """`expert.oracle_goal` (what `evaluate --oracle-goal` feeds a goal-input policy) agrees, frame
-    by frame, with the target read off the same scripted demo's recorded joints and gripper; with
-    push contacts on both sides (`--goal-push-travel`), also on a push's stroke start."""
+    by frame, with the target read off the same scripted demo's recorded joints and gripper, also
+    on a push's stroke start, where the expert shuts the gripper."""
     from apt_core.sim.expert import oracle_goal
 
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
@@ -256,17 +261,13 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
         d = np.linalg.norm((oracle - goals)[:, :2], axis=1)
         if family != "push":  # push contacts change nothing for the grasping families
             np.testing.assert_array_equal(np.array(oracle_pc), oracle)
-        if family == "push":  # the recorded episode ends at success, before the scripted retreat
-            assert np.median(d) < 0.06, (family, np.median(d))
-            pc, _, _, _, n = next_event_goals(
-                pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04, push_travel=0.03
-            )
-            c = int((pc == pc[0]).all(axis=1).sum())  # frames before the stroke starts
-            assert n == 1 and 5 < c < len(pc) - 5
-            d_pc = np.linalg.norm((np.array(oracle_pc) - pc)[:, :2], axis=1)
+        if family == "push":
+            c = int((goals == goals[0]).all(axis=1).sum())  # frames before the gripper shuts
+            assert 5 < c < len(goals) - 5
             # before the stroke both say where it starts behind the object; after it, where it ends
-            assert np.median(d_pc[:c]) < 0.02 and np.median(d_pc[c:]) < 0.06, (d_pc[:c], d_pc[c:])
-            assert np.median(np.linalg.norm((np.array(oracle_pc) - oracle)[:c, :2], axis=1)) > 0.05
+            # (the recorded episode ends at success, before the scripted retreat)
+            assert np.median(d[:c]) < 0.02 and np.median(d[c:]) < 0.06, (d[:c], d[c:])
+            assert np.median(np.linalg.norm((oracle[:c] - oracle[-1])[:, :2], axis=1)) > 0.05
             continue
         ev = gripper_events(actions[:, 6], 0.04)
         # the frame of an event already points at the next one, while the object is not yet held

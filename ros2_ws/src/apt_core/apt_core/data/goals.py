@@ -16,9 +16,11 @@ gripper events and the episode's last frame: that is where a push ends, and the 
 may never change state. An event is a frame whose commanded gripper value is on the other side of
 `threshold` (default: the middle of the dataset's gripper range) from the frame before it.
 
-A push has no gripper event where it matters: the shut fingers are a paddle from the first frame,
-so the only key frame is where the push ends, and nothing in the target says where the object to
-push is. With `push_travel` > 0 a push stroke also starts a key frame (`push_contacts`): within a
+The scripted expert shuts the gripper where a push stroke starts, behind the object (the shut
+fingers are the paddle), so that gripper event says where the object to push is. A push that runs
+shut from the first frame (the expert's before 2026-12-02, or a teleoperator who never opens) has
+no gripper event where it matters: its only key frame is where the push ends, and nothing in the
+target says where the object to push is. With `push_travel` > 0 a push stroke also starts a key frame (`push_contacts`): within a
 stretch between key frames where the gripper stays shut, the first run of frames at the stretch's
 lowest tool height (within `push_tolerance`) along which the tool travels at least `push_travel`
 horizontally. A carry also runs shut, but its lowest point is the place, reached by descending and

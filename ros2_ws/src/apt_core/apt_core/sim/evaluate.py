@@ -138,7 +138,7 @@ def run_episode(
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
     obj = task.subtasks[0].obj
-    grasp = task.subtasks[0].family != "push"  # a push keeps the fingers shut as a paddle throughout
+    grasp = task.subtasks[0].family != "push"  # a push shuts the fingers behind the object, a paddle
     start = env.body_position(obj)  # a copy
     closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
     offset, wrong, lifted = math.nan, False, False

@@ -2,9 +2,9 @@
 
 It reads privileged state (object poses) from the TabletopEnv it is given, plans a Cartesian
 waypoint path for the current subtask (approach, descend, grasp, lift, carry, place, release,
-retreat; or approach behind, descend, push, retreat), converts it to joint targets at the control
-rate with IK, and serves chunks of that plan by time: `predict(obs)` returns the plan at
-obs.stamp + dt * (1..H). When a plan ends it checks the subtask's success and moves on to the next
+retreat; or approach behind the object with the gripper open, descend, shut it, push, retreat),
+converts it to joint targets at the control rate with IK, and serves chunks of that plan by time:
+`predict(obs)` returns the plan at obs.stamp + dt * (1..H). When a plan ends it checks the subtask's success and moves on to the next
 subtask (chains) or re-plans from the new state (a slipped grasp, a push that fell short).
 
 The instruction decides the task: if it equals the env's task instruction the env's subtasks are
@@ -31,6 +31,7 @@ PUSH_BACK = 0.028 + 0.012 + 0.015  # a push starts this far behind the object's 
 # diagonal + pad half depth + clearance [m]
 PUSH_Z = 0.025  # TCP height of a push stroke [m]
 PUSH_RETREAT = 0.03  # after the stroke the paddle backs off this far along the push line, then rises [m]
+PUSH_SHUT = 0.4  # time to shut the gripper at the stroke's start [s]
 
 
 def _wrap(a: float) -> float:
@@ -51,9 +52,11 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
     """Where the tool should be at the next gripper event of the current subtask, from privileged
     state: the goal that `apt_core.data.goals` reads off the scripted demonstrations. Grasping
     families: the grasp point until the named object is held, then the release point above the
-    target. Push: where the push ends; with `push_contact` (a policy trained with
-    `--goal-push-travel`), first where the stroke starts behind the object, until the tool has come
-    within 3 cm of it or the object has moved 5 mm from where the scene put it. (3,) in the base
+    target. Push: where the stroke starts behind the object while the gripper is open (the expert
+    shuts it there) and the object has not moved 5 mm from where the scene put it, then where the
+    push ends. With `push_contact` (a policy trained with `--goal-push-travel` on demonstrations
+    whose pushes ran shut from the first frame, before the expert opened to the stroke's start),
+    the stroke's start also while the shut tool is farther than 3 cm from it. (3,) in the base
     frame [m]; a diagnostic for policies trained with a goal input (`python -m
     apt_core.sim.evaluate --oracle-goal`)."""
     if env.task is None:
@@ -66,11 +69,12 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
         z = T.BOWL_RIM_HEIGHT + 0.045 if sub.family == "pick_place" else tgt[2] + 2 * T.CUBE_HALF + 0.008
         return np.array([tgt[0], tgt[1], z])
     u, start, end = push_stroke(obj, tgt)
-    if push_contact:
-        contact = np.array([*start, PUSH_Z])
-        x0, y0, _ = env.layout.poses[sub.obj]
-        moved = float(np.linalg.norm(obj[:2] - (x0, y0))) > 0.005
-        if not moved and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
+    contact = np.array([*start, PUSH_Z])
+    x0, y0, _ = env.layout.poses[sub.obj]
+    if float(np.linalg.norm(obj[:2] - (x0, y0))) <= 0.005:  # not moved yet
+        if env.joint_positions()[6] > GRIPPER_MAX / 2:
+            return contact
+        if push_contact and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
             return contact
     last = end - u * PUSH_RETREAT  # the scripted push's last point
     return np.array([last[0], last[1], SAFE_Z])
@@ -183,15 +187,18 @@ class ScriptedExpert:
                 (place, pyaw, g_open, -0.5),
                 (np.array([tgt[0], tgt[1], SAFE_Z + 0.03]), pyaw, g_open, SLOW),
             ]
-        else:  # push: closed fingers as a paddle, pushed through the object's centre to the zone
+        else:  # push: open to the stroke's start, shut there (the fingers become a paddle), then
+            # push through the object's centre to the zone. Shutting at the start, like a grasp,
+            # makes the gripper say the phase: open, go to the object; shut, go to the target.
             u, start, end = push_stroke(obj, tgt)
             pyaw = _wrap(math.atan2(u[1], u[0]) + math.pi / 2)  # finger axis across the push line
             if abs(_wrap(pyaw - yaw0)) > math.pi / 2:
                 pyaw = _wrap(pyaw + math.pi)
             z = PUSH_Z
             wps += [
-                (np.array([*start, SAFE_Z]), pyaw, g_closed, SPEED),
-                (np.array([*start, z]), pyaw, g_closed, SLOW),
+                (np.array([*start, SAFE_Z]), pyaw, g_open, SPEED),
+                (np.array([*start, z]), pyaw, g_open, SLOW),
+                (np.array([*start, z]), pyaw, g_closed, -PUSH_SHUT),
                 (np.array([*end, z]), pyaw, g_closed, SLOW * 0.8),
                 (np.array([*(end - u * PUSH_RETREAT), z]), pyaw, g_closed, SLOW),
                 (np.array([*(end - u * PUSH_RETREAT), SAFE_Z]), pyaw, g_closed, SPEED),
