@@ -23,9 +23,8 @@ simulator's contacts, is already the place, while the policy's, which follows th
 demonstrations' goals do, is still the object); a carry (gripper shut on an object); a push
 (gripper shut on nothing while the subtask is a push: the shut fingers are the paddle; the true goal
 is where the push ends, or the stroke's start for a policy trained with push contacts while the
-tool is not yet there); a missed
-grasp (gripper shut on nothing in any other subtask; the demonstrations show it only when recorded
-with `--missed-grasp`).
+tool is not yet there); a missed grasp (gripper shut on nothing in any other subtask; the
+demonstrations show it only when recorded with `--missed-grasp`).
 It also counts the episodes with a missed grasp, and of those the ones whose gripper opened again
 afterwards and the ones that then carried an object (a retry).
 Prints the evaluation table; `--out FILE` writes the per-chunk records as JSON. These are the

@@ -20,11 +20,11 @@ The scripted expert shuts the gripper where a push stroke starts, behind the obj
 fingers are the paddle), so that gripper event says where the object to push is. A push that runs
 shut from the first frame (the expert's before 2026-12-02, or a teleoperator who never opens) has
 no gripper event where it matters: its only key frame is where the push ends, and nothing in the
-target says where the object to push is. With `push_travel` > 0 a push stroke also starts a key frame (`push_contacts`): within a
-stretch between key frames where the gripper stays shut, the first run of frames at the stretch's
-lowest tool height (within `push_tolerance`) along which the tool travels at least `push_travel`
-horizontally. A carry also runs shut, but its lowest point is the place, reached by descending and
-left by opening, so it has no such stroke.
+target says where the object to push is. With `push_travel` > 0 a push stroke also starts a key
+frame (`push_contacts`): within a stretch between key frames where the gripper stays shut, the
+first run of frames at the stretch's lowest tool height (within `push_tolerance`) along which the
+tool travels at least `push_travel` horizontally. A carry also runs shut, but its lowest point is
+the place, reached by descending and left by opening, so it has no such stroke.
 
 `valid` is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
 already that close to its target; those frames are `near` instead (they have a target, which a

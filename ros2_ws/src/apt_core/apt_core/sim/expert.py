@@ -4,8 +4,9 @@ It reads privileged state (object poses) from the TabletopEnv it is given, plans
 waypoint path for the current subtask (approach, descend, grasp, lift, carry, place, release,
 retreat; or approach behind the object with the gripper open, descend, shut it, push, retreat),
 converts it to joint targets at the control rate with IK, and serves chunks of that plan by time:
-`predict(obs)` returns the plan at obs.stamp + dt * (1..H). When a plan ends it checks the subtask's success and moves on to the next
-subtask (chains) or re-plans from the new state (a slipped grasp, a push that fell short).
+`predict(obs)` returns the plan at obs.stamp + dt * (1..H). When a plan ends it checks the
+subtask's success and moves on to the next subtask (chains) or re-plans from the new state (a
+slipped grasp, a push that fell short).
 
 The instruction decides the task: if it equals the env's task instruction the env's subtasks are
 used, otherwise it is parsed with the task grammar (so the expert also follows instructions sent
