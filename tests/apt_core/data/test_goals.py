@@ -145,10 +145,11 @@ def test_targets_of_a_scripted_demo_point_at_the_named_objects() -> None:
         def dist(p: np.ndarray, name: str, start: dict = start) -> float:
             return float(np.linalg.norm(p[:2] - start[name][:2]))
 
-        if sub.family == "push":  # the gripper stays shut: the target is where the push ends
-            assert events == 0 and dist(goals[0], sub.target) < 0.12, task.instruction
-            continue
         ev = gripper_events(actions[:, 6], 0.04)
+        if sub.family == "push":  # shut behind the object, then the target is where the push ends
+            assert len(ev) == events == 1 and dist(goals[0], sub.obj) < 0.08, task.instruction
+            assert dist(goals[ev[0] + 1], sub.target) < 0.12, task.instruction
+            continue
         assert len(ev) == events >= 2
         grasp, release = goals[0], goals[ev[0] + 1]
         np.testing.assert_array_equal(grasp, pos[ev[0]])
