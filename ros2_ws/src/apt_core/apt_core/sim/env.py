@@ -40,6 +40,7 @@ URDF_PATH = ASSETS / "tabletop_arm.urdf"
 ARM_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
 JOINT_NAMES = (*ARM_JOINTS, "gripper")
 GRIPPER_MAX = 0.08  # full finger opening [m]
+GRIPPER_SHUT = GRIPPER_MAX / 2  # an opening [m] (commanded or measured) below this counts as shut
 
 
 class SceneMismatchError(ValueError):

@@ -35,14 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from apt_core.fileio import atomic_write_text
-from apt_core.sim.env import GRIPPER_MAX, TabletopEnv
+from apt_core.sim.env import GRIPPER_SHUT, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS
 from apt_core.types import ChunkPolicy, Observation
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
 LIFT_HEIGHT = 0.03  # the task object raised this far while touching a finger pad counts as "lifted" [m]
-GRIPPER_SHUT = GRIPPER_MAX / 2  # a gripper command below this opening [m] counts as closing
 
 
 @dataclass(frozen=True)

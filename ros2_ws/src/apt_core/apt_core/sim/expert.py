@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from apt_core.sim import tasks as T
-from apt_core.sim.env import GRIPPER_MAX, JOINT_NAMES, TabletopEnv
+from apt_core.sim.env import GRIPPER_MAX, GRIPPER_SHUT, JOINT_NAMES, TabletopEnv
 from apt_core.sim.ik import ArmIK, top_down_rotation
 from apt_core.types import Observation
 
@@ -73,7 +73,7 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
     contact = np.array([*start, PUSH_Z])
     x0, y0, _ = env.layout.poses[sub.obj]
     if float(np.linalg.norm(obj[:2] - (x0, y0))) <= 0.005:  # not moved yet
-        if env.joint_positions()[6] > GRIPPER_MAX / 2:
+        if env.joint_positions()[6] > GRIPPER_SHUT:  # still open
             return contact
         if push_contact and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
             return contact
