@@ -294,3 +294,32 @@ def test_blocked_arm_trips_the_start_jump_check(processes, client: Client, tmp_p
     # at most 0.4 rad/s x (0.25 s joint-state timeout + ~0.05 s lead time and transport)
     for tr in _load(record):
         assert np.abs(tr["pos"][0] - tr["q"]).max() <= 0.1 + 0.4 * 0.3
+
+
+def test_a_chain_advances_on_the_subtasks_done_topic(processes, client: Client, tmp_path: Path) -> None:
+    """The contract's subtasks_done_topic (std_msgs/UInt32, the simulator's count of subtasks done in
+    order) completes each step of "A, then B"; the arm settling does not, while the count says no."""
+    from std_msgs.msg import UInt32
+
+    from apt_core.contract import load_contract
+
+    topic = load_contract().subtasks_done_topic
+    pub = client.node.create_publisher(UInt32, topic, 10)
+    count = [0]
+    client.node.create_timer(0.1, lambda: pub.publish(UInt32(data=count[0])))
+    start_robot(processes, record=tmp_path / "traj.jsonl")
+    policy = start_policy(processes)
+    client.wait_ready()
+    client.wait_for(lambda: pub.get_subscription_count() > 0, 15, f"{topic} subscriber")
+    feedback: list = []
+    handle = client.send_goal("left, then right", feedback=feedback)
+    assert handle.accepted
+    time.sleep(6.0)  # the arm is at "left" and has settled long ago (min_subtask_s is 1 s)
+    st = client.last_status()
+    assert st.state == PolicyStatus.STATE_RUNNING and st.subtask_index == 0, (st.state, st.subtask_index)
+    count[0] = 1
+    client.wait_for(lambda: client.last_status().subtask_index == 1, 10, "second subtask")
+    count[0] = 2
+    status, result = client.result(handle, timeout=20.0)
+    assert status == GoalStatus.STATUS_SUCCEEDED and result.subtasks_completed == 2, result.reason
+    assert policy.poll() is None

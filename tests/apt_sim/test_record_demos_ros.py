@@ -96,6 +96,34 @@ def test_missed_grasp_demos_start_shut_and_open_first(processes, tmp_path: Path)
 
 
 @pytest.mark.ros
+def test_a_chain_bag_counts_its_subtasks_as_they_are_done(processes, tmp_path: Path) -> None:
+    # /apt_sim/subtasks_done is what lets the policy node finish the first step of "A, then B"
+    # (the success topic is true only once the whole chain is done); the recorder keeps it too.
+    out, seed = tmp_path / "demos", 2
+    task = make_task(seed, "chain")[0]
+    assert len(task.subtasks) == 2
+    proc = processes.python(
+        "-m", "apt_sim.record_demos", "--episodes", "1", "--seed", str(seed), "--split", "chain",
+        "--out", str(out), name="rec",
+    )  # fmt: skip
+    assert _wait(proc, 180) == 0, processes.dump_logs()
+    bag = out / f"episode_{seed:06d}"
+    counts, success = [], []
+    with AnyReader([bag]) as r:
+        wanted = [c for c in r.connections if c.topic in (C.subtasks_done_topic, C.success_topic)]
+        for conn, t, raw in r.messages(connections=wanted):
+            msg = r.deserialize(raw, conn.msgtype)
+            (counts if conn.topic == C.subtasks_done_topic else success).append((t, msg.data))
+    values = [v for _, v in counts]
+    assert values[0] == 0 and values[-1] == 2 and values == sorted(values), values[:5]
+    first_done = next(t for t, v in counts if v == 1)
+    # the first subtask is counted done well before the chain succeeds, while success is still false
+    first_success = next(t for t, v in success if v)
+    assert first_success - first_done > 1e9
+    assert not any(v for t, v in success if t <= first_done)
+
+
+@pytest.mark.ros
 def test_record_demos_refuses_to_share_its_domain_with_another_simulator(processes, tmp_path: Path) -> None:
     # A second recorder started without its own ROS_DOMAIN_ID would drive both arms and mix their
     # joint states: it must refuse before recording anything.

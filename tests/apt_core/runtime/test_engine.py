@@ -413,3 +413,50 @@ def test_an_external_goal_rides_on_every_observation_until_cleared() -> None:
     _simulate(rt, clock, 1.0, np.zeros(3))
     assert n >= 2 and all(g is not None and g[1] == -0.1 and g[0] == 99.0 for g in seen[:n])
     assert rt.goal is None and len(seen) > n and all(g is None for g in seen[n:])
+
+
+def _events(results: list) -> list[str]:
+    return [e for r in results for e in r.events]
+
+
+def test_a_whole_task_success_signal_ends_only_the_last_subtask() -> None:
+    # A std_msgs/Bool success topic says the whole instruction is done; it cannot tell that the
+    # first step of "A, then B" is, so that one completes on the motion heuristic.
+    rt, _, clock = _make()
+    rt.on_success(False)
+    ok, tid, _ = rt.instruct("left arm, then right arm", append=False)
+    q, results = _simulate(rt, clock, 8.0, np.zeros(3))
+    assert any("subtask 0 'left arm' complete" in e for e in _events(results))
+    assert np.allclose(q, GoalPolicy.goals["right"], atol=0.02)  # arrived, but not told it is done
+    st = rt.status()
+    assert st.state == RUNNING and st.subtask_index == 1 and rt.find_task(tid).outcome == ""
+    rt.on_success(True)
+    _, results = _simulate(rt, clock, 1.0, q)
+    assert any(f"completed {tid}" in e for e in _events(results))
+
+
+def test_a_subtask_counter_completes_each_step_of_a_chain_only_when_counted() -> None:
+    rt, _, clock = _make()
+    rt.on_subtasks_done(0)
+    rt.on_success(True)  # a whole-task signal does not override the counter
+    ok, tid, _ = rt.instruct("left arm, then right arm", append=False)
+    q, results = _simulate(rt, clock, 4.0, np.zeros(3))
+    assert np.allclose(q, GoalPolicy.goals["left"], atol=0.02)
+    assert rt.status().subtask_index == 0 and not any("complete" in e for e in _events(results))
+    rt.on_subtasks_done(1)
+    q, results = _simulate(rt, clock, 4.0, q)
+    assert any("subtask 0 'left arm' complete" in e for e in _events(results))
+    assert np.allclose(q, GoalPolicy.goals["right"], atol=0.02)
+    assert rt.status().subtask_index == 1 and rt.find_task(tid).outcome == ""
+    rt.on_subtasks_done(2)
+    q, results = _simulate(rt, clock, 1.0, q)
+    assert any(f"completed {tid}" in e for e in _events(results))
+    # a new instruction starts from zero: the previous task's count of 2 must not end it
+    ok, tid2, _ = rt.instruct("home", append=False)
+    q, results = _simulate(rt, clock, 3.0, q)
+    assert np.allclose(q, 0.0, atol=0.02) and rt.find_task(tid2).outcome == ""
+    rt.on_subtasks_done(1)
+    _, results = _simulate(rt, clock, 1.0, q)
+    assert rt.find_task(tid2).outcome == "completed"
+    with pytest.raises(ValueError, match="subtasks done must be >= 0"):
+        rt.on_subtasks_done(-1)

@@ -122,6 +122,39 @@ def test_expert_solves_chains(env: TabletopEnv) -> None:
     assert all(e.success and e.subtasks_done == 2 for e in res.episodes)
 
 
+class Heard:
+    """Wraps a policy and keeps every instruction it was given, in order."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.heard = policy, []
+        self.joint_names, self.chunk_length, self.rate_hz = (
+            policy.joint_names,
+            policy.chunk_length,
+            policy.rate_hz,
+        )
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def predict(self, obs, instruction: str):
+        if not self.heard or self.heard[-1] != instruction:
+            self.heard.append(instruction)
+        return self.policy.predict(obs, instruction)
+
+
+@pytest.mark.parametrize("chain_text", ["subtask", "whole"])
+def test_a_chain_reaches_the_policy_one_subtask_at_a_time_as_the_node_gives_it(
+    env: TabletopEnv, chain_text: str
+) -> None:
+    pol = Heard(ScriptedExpert(env))
+    (ep,) = evaluate(pol, ["chain"], n_episodes=1, seed=201, env=env, chain_text=chain_text).episodes
+    assert ep.success and ep.subtasks_done == 2
+    first, second = ep.instruction.split(", then ")
+    assert pol.heard == ([first, second] if chain_text == "subtask" else [ep.instruction])
+    with pytest.raises(ValueError, match="chain_text must be one of"):
+        evaluate(pol, ["chain"], n_episodes=1, seed=201, env=env, chain_text="both")
+
+
 def test_current_subtask_follows_progress() -> None:
     env = TabletopEnv()
     with pytest.raises(RuntimeError, match="reset"):

@@ -64,7 +64,9 @@ class Contract:
     image_width: int = 128
     image_height: int = 128
     base_frame: str = "base_link"
-    success_topic: str = ""  # optional std_msgs/Bool ground-truth success (simulation)
+    success_topic: str = ""  # optional std_msgs/Bool: the whole instruction is done (simulation)
+    # optional std_msgs/UInt32: how many subtasks of the instruction are done, in order (simulation)
+    subtasks_done_topic: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +94,10 @@ class Contract:
             raise ContractError(f"action.gripper_joint {self.gripper_joint!r} is not in robot.joint_names")
         if self.image_width < 8 or self.image_height < 8:
             raise ContractError(f"image size {self.image_width}x{self.image_height} is too small")
+        for key in ("success_topic", "subtasks_done_topic"):
+            topic = getattr(self, key)
+            if topic and not topic.startswith("/"):
+                raise ContractError(f"{key} {topic!r} must be absolute (start with '/') or empty")
 
     @property
     def dt(self) -> float:
@@ -126,6 +132,7 @@ class Contract:
             "instruction": {"source": self.instruction_source, "topic": self.instruction_topic},
             "image": {"width": self.image_width, "height": self.image_height},
             "success_topic": self.success_topic,
+            "subtasks_done_topic": self.subtasks_done_topic,
         }
 
 
@@ -178,6 +185,7 @@ def contract_from_dict(d: dict[str, Any], where: str = "<dict>") -> Contract:
             image_width=int(_get(d, "image.width", 128)),
             image_height=int(_get(d, "image.height", 128)),
             success_topic=str(d.get("success_topic", "") or ""),
+            subtasks_done_topic=str(d.get("subtasks_done_topic", "") or ""),
         )
     except ContractError as e:
         if str(e).startswith(where):

@@ -93,7 +93,8 @@ POLICY_PARAMS: tuple[Param, ...] = (
     Param(
         "use_success_topic",
         True,
-        "Complete subtasks on the contract's success topic (std_msgs/Bool) when it is set",
+        "Complete subtasks on the contract's success (std_msgs/Bool) and subtasks-done (std_msgs/UInt32) "
+        "topics when it names them",
     ),
     Param(
         "publish_markers",

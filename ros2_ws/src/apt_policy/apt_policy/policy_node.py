@@ -3,7 +3,8 @@
 A thin rclpy shell around `apt_core.runtime.engine.PolicyRuntime` (all logic lives there, ROS-free):
 
   subscriptions (sensor-data QoS)   contract cameras (Image or CompressedImage), /joint_states,
-                                    success topic (std_msgs/Bool, when the contract names one);
+                                    success topic (std_msgs/Bool) and subtasks-done topic
+                                    (std_msgs/UInt32), when the contract names them;
                                     /apt/goal (geometry_msgs/PointStamped, depth 10: an external goal)
   services                          /apt/instruct (apt_msgs/Instruct), /apt/stop (std_srvs/Trigger)
   action                            /apt/execute (apt_msgs/Execute)
@@ -42,7 +43,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, UInt32
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
@@ -180,6 +181,13 @@ class PolicyNode(Node):
                 Bool,
                 c.success_topic,
                 lambda m: self._guard("success", self.rt.on_success, bool(m.data)),
+                10,
+            )
+        if c.subtasks_done_topic and g("use_success_topic"):
+            self.create_subscription(
+                UInt32,
+                c.subtasks_done_topic,
+                lambda m: self._guard("subtasks_done", self.rt.on_subtasks_done, int(m.data)),
                 10,
             )
         self.create_subscription(

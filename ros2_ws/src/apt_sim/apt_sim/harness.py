@@ -28,7 +28,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, String, UInt32
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -55,6 +55,8 @@ def recorded_topics(c: Contract) -> list[tuple[str, type, str, QoSProfile | int]
     topics.append((c.instruction_topic, String, "std_msgs/msg/String", LATCHED))
     if c.success_topic:
         topics.append((c.success_topic, Bool, "std_msgs/msg/Bool", 10))
+    if c.subtasks_done_topic:
+        topics.append((c.subtasks_done_topic, UInt32, "std_msgs/msg/UInt32", 10))
     return topics
 
 

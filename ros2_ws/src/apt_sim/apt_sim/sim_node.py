@@ -4,7 +4,8 @@
     apt-sim --ros-args -p contract:=/path/to/contract.yaml
 
 Publishes (topics from the contract): /joint_states (JointState, reliable), the camera's Image and
-CameraInfo (sensor-data QoS), /apt_sim/success (Bool) at the control rate, and the task
+CameraInfo (sensor-data QoS), /apt_sim/success (Bool: the whole task is done) and
+/apt_sim/subtasks_done (UInt32: how many of its subtasks are done, in order) at the control rate, and the task
 instruction on /apt/instruction (String, transient local). Subscribes to the contract's controller
 topic (JointTrajectory, ros2_control JTC semantics via apt_core.sim.jtc; the gripper is the joint
 "gripper" of the same trajectory, finger opening [m]) and /gripper_controller/commands
@@ -30,7 +31,7 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, String, UInt32
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -118,6 +119,9 @@ class SimNode(Node):
             else None
         )
         self.pub_success = self.create_publisher(Bool, c.success_topic or "/apt_sim/success", 10)
+        self.pub_subtasks = self.create_publisher(
+            UInt32, c.subtasks_done_topic or "/apt_sim/subtasks_done", 10
+        )
         self.pub_instr = self.create_publisher(String, c.instruction_topic, LATCHED)
         self.create_subscription(JointTrajectory, c.controller_topic, self._on_trajectory, 10)
         self.create_subscription(Float64MultiArray, GRIPPER_TOPIC, self._on_gripper, 10)
@@ -271,6 +275,7 @@ class SimNode(Node):
             info.p = np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()
             self.pub_info.publish(info)
         self.pub_success.publish(Bool(data=bool(self.env.success())))
+        self.pub_subtasks.publish(UInt32(data=int(self.env.subtask_progress())))
 
 
 def _desc(text: str):

@@ -148,6 +148,7 @@ class PolicyRuntime:
         self.n_history = _history_len(policy) if cfg.action_space != "ee_pose" else 0
         self._images: dict[str, tuple[np.ndarray, float]] = {}
         self._success: bool | None = None  # None: no success signal wired / received
+        self._subtasks_done: int | None = None  # None: no subtask counter wired / received
         self._goal: np.ndarray | None = None  # an external goal (set_goal), passed to the policy
         self._holding = False
         self._hold_reason = ""
@@ -189,9 +190,21 @@ class PolicyRuntime:
             return None if self._goal is None else self._goal.copy()
 
     def on_success(self, value: bool) -> None:
+        """The robot's own detector: the whole instruction is done. It ends the last subtask; the
+        earlier ones of a chain complete on `on_subtasks_done` when that is wired, else on the
+        motion heuristic (a whole-task signal says nothing about the first step of "A, then B")."""
         with self._lock:
             self._success = bool(value)
-            self.completion.success = bool(value)
+            if self._subtasks_done is None:
+                self.completion.success = bool(value)
+
+    def on_subtasks_done(self, count: int) -> None:
+        """The robot's own detector: how many subtasks of the active instruction are done, in order
+        (the simulator's /apt_sim/subtasks_done). Subtask i (from 0) completes once count > i."""
+        if count < 0:
+            raise ValueError(f"subtasks done must be >= 0, got {count}")
+        with self._lock:
+            self._subtasks_done = int(count)
 
     def measured(self) -> np.ndarray | None:
         with self._lock:
@@ -360,6 +373,8 @@ class PolicyRuntime:
                 if task.task_id != self._active_id:
                     self.policy.reset()
                     self._active_id = task.task_id
+                    if self._subtasks_done is not None:
+                        self._subtasks_done = 0  # a new instruction: nothing done until told
                 self._subtask_key = (task.task_id, task.index)
             obs, reasons = self._snapshot(now)
             if obs is None:
@@ -554,7 +569,12 @@ class PolicyRuntime:
             return []
         self.completion.observe_chunk(chunk, q)
         elapsed = 0.0 if task.subtask_started_at is None else now - task.subtask_started_at
-        if not self.completion.complete(elapsed, success_available=self._success is not None):
+        if self._subtasks_done is not None:
+            self.completion.success = self._subtasks_done > task.index
+            signal = True
+        else:  # a whole-instruction signal can end only the last subtask
+            signal = self._success is not None and task.index == len(task.subtasks) - 1
+        if not self.completion.complete(elapsed, success_available=signal):
             return []
         self.switch_log.append((task.task_id, task.index, now, self._success))
         sub = task.subtask

@@ -7,6 +7,10 @@
 Episode i of a split uses scene seed `seed + i`, so every policy sees exactly the same scenes and
 instructions. The policy's chunk is executed for `execute_steps` control steps before the next
 `predict` (receding horizon); an episode ends at success or after `max_steps` control steps.
+A chain ("A, then B") is given to the policy as the policy node gives it: one subtask's words at a
+time (`runtime.tasks.split_chain`), the next once the simulator counts the previous one done (the
+node does that on /apt_sim/subtasks_done). `chain_text="whole"` gives the whole instruction
+throughout instead, as this harness did until session 24.
 
 Success alone says nothing about a policy that fails everywhere, so each episode also records
 partial-progress measures for the object of the first subtask: the closest the gripper's TCP came
@@ -35,11 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from apt_core.fileio import atomic_write_text
+from apt_core.runtime.tasks import split_chain
 from apt_core.sim.env import GRIPPER_SHUT, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS
 from apt_core.types import ChunkPolicy, Observation
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
+CHAIN_TEXTS = ("subtask", "whole")  # what a chain's policy reads: the current subtask, or all of it
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
 LIFT_HEIGHT = 0.03  # the task object raised this far while touching a finger pad counts as "lifted" [m]
 
@@ -127,13 +133,19 @@ def run_episode(
     split: str,
     max_steps: int | None = None,
     execute_steps: int = 8,
+    chain_text: str = "subtask",
 ) -> EpisodeResult:
     """One episode: reset, then predict / execute `execute_steps` until success or max_steps."""
     if execute_steps < 1:
         raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
+    if chain_text not in CHAIN_TEXTS:
+        raise ValueError(f"chain_text must be one of {CHAIN_TEXTS}, got {chain_text!r}")
     obs = env.reset(seed, split)
     task = env.task
     assert task is not None
+    texts = split_chain(task.instruction) if chain_text == "subtask" else [task.instruction]
+    if len(texts) != len(task.subtasks):  # the runtime's split disagrees with the task's: say all of it
+        texts = [task.instruction]
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
     obj = task.subtasks[0].obj
@@ -143,7 +155,7 @@ def run_episode(
     offset, wrong, lifted = math.nan, False, False
     steps, ok = 0, False
     while steps < limit and not ok:
-        chunk = np.asarray(policy.predict(obs, task.instruction))
+        chunk = np.asarray(policy.predict(obs, texts[min(env.subtask_progress(), len(texts) - 1)]))
         if chunk.ndim != 2 or chunk.shape[1] != len(env.contract.joint_names):
             raise ValueError(f"policy returned a chunk of shape {chunk.shape}; expected (H, 7)")
         for a in chunk[: min(execute_steps, len(chunk))]:
@@ -209,11 +221,14 @@ def evaluate(
     execute_steps: int = 8,
     env: TabletopEnv | None = None,
     progress: bool = False,
+    chain_text: str = "subtask",
 ) -> EvalResults:
     """Run `policy` for `n_episodes` per split on seeds seed..seed+n-1 (see module docstring).
 
     env: the environment to use; default the policy's own `env` (ScriptedExpert) or a new one.
     max_steps: control-step budget per episode; default 150 per subtask (15 s at 10 Hz).
+    chain_text: "subtask" (a chain's words one subtask at a time, as the policy node gives them) or
+    "whole" (the whole instruction throughout).
     """
     bad = [s for s in splits if s not in SPLITS]
     if bad:
@@ -225,7 +240,7 @@ def evaluate(
     episodes = []
     for split in splits:
         for i in range(n_episodes):
-            ep = run_episode(env, policy, seed + i, split, max_steps, execute_steps)
+            ep = run_episode(env, policy, seed + i, split, max_steps, execute_steps, chain_text)
             episodes.append(ep)
             if progress:
                 print(f"{split} seed={ep.seed} success={ep.success} steps={ep.steps} :: {ep.instruction}")
@@ -300,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1.0,
         help="a checkpoint's sampling noise times this (0: the same chunk for the same input; docs/model.md)",
     )
+    ap.add_argument(
+        "--chain-text",
+        choices=CHAIN_TEXTS,
+        default="subtask",
+        help="a chain's words for the policy: one subtask at a time as the policy node gives them "
+        "(default), or the whole instruction throughout (this harness before session 24)",
+    )
     a = ap.parse_args(argv)
     env = TabletopEnv()
     if a.checkpoint:
@@ -322,7 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from apt_core.sim.expert import ScriptedExpert
 
         policy = ScriptedExpert(env)
-    res = evaluate(policy, a.splits, a.episodes, a.seed, a.max_steps, a.execute_steps, env=env, progress=True)
+    res = evaluate(
+        policy,
+        a.splits,
+        a.episodes,
+        a.seed,
+        a.max_steps,
+        a.execute_steps,
+        env=env,
+        progress=True,
+        chain_text=a.chain_text,
+    )
     paths = write_results(res, a.out)
     print(summary_markdown(res.summary))
     print(f"wrote {paths['markdown']} ({res.seconds:.1f} s)")

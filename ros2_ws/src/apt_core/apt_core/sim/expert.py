@@ -113,12 +113,17 @@ class ScriptedExpert:
 
     # ----- ChunkPolicy -----------------------------------------------------------------------------
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-        """(H, 7) absolute joint targets for obs.stamp + dt * (1..H)."""
-        if instruction != self._instruction:
-            self._set_instruction(instruction)
+        """(H, 7) absolute joint targets for obs.stamp + dt * (1..H).
+
+        A new instruction mid-plan (the next step of a chain, given when the simulator counts the
+        previous one done: right at the release) waits until the plan in hand has ended, so the
+        arm retreats from what it just placed before it sets off, as with the whole chain's words."""
         t = float(obs.stamp)
         q = np.asarray(obs.joint_positions, dtype=np.float64)
-        if self._plan is None or t >= self._plan_t0 + self.dt * (len(self._plan) - 0.5):
+        ended = self._plan is None or t >= self._plan_t0 + self.dt * (len(self._plan) - 0.5)
+        if instruction != self._instruction and ended:
+            self._set_instruction(instruction)
+        if ended:
             self._next_plan(q, t)
         k = np.round((t - self._plan_t0) / self.dt).astype(int) + np.arange(1, self.chunk_length + 1)
         return self._plan[np.clip(k - 1, 0, len(self._plan) - 1)].copy()
