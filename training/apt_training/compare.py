@@ -183,9 +183,9 @@ def render_report(
         f"{len(cc.seeds)} training seed(s) x {cc.episodes} episodes = {n} episodes per cell, "
         "with 95% Wilson intervals in brackets. Same dataset and total optimisation steps for every "
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
-        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}). {_recipe_line(cc.recipe)}\n\n"
-        + success
-        + "\n\n"
+        f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}). {_recipe_line(cc.recipe)} "
+        "A chain reaches each policy one subtask's words at a time, as the policy node gives them "
+        "(`apt_core.sim.evaluate`, `chain_text`).\n\n" + success + "\n\n"
         f"Partial progress: the share of episodes whose gripper (TCP) came within "
         f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object (or that succeeded), with 95% "
         "Wilson intervals.\n\n"

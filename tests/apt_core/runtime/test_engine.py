@@ -433,6 +433,9 @@ def test_a_whole_task_success_signal_ends_only_the_last_subtask() -> None:
     rt.on_success(True)
     _, results = _simulate(rt, clock, 1.0, q)
     assert any(f"completed {tid}" in e for e in _events(results))
+    # the diagnostics: the first switch was the heuristic's, which the success topic did not confirm
+    st = rt.status()
+    assert (st.switches, st.premature_switches) == (2, 1)
 
 
 def test_a_subtask_counter_completes_each_step_of_a_chain_only_when_counted() -> None:
@@ -451,6 +454,8 @@ def test_a_subtask_counter_completes_each_step_of_a_chain_only_when_counted() ->
     rt.on_subtasks_done(2)
     q, results = _simulate(rt, clock, 1.0, q)
     assert any(f"completed {tid}" in e for e in _events(results))
+    st = rt.status()
+    assert (st.switches, st.premature_switches) == (2, 0)  # both confirmed by the count
     # a new instruction starts from zero: the previous task's count of 2 must not end it
     ok, tid2, _ = rt.instruct("home", append=False)
     q, results = _simulate(rt, clock, 3.0, q)

@@ -576,7 +576,11 @@ class PolicyRuntime:
             signal = self._success is not None and task.index == len(task.subtasks) - 1
         if not self.completion.complete(elapsed, success_available=signal):
             return []
-        self.switch_log.append((task.task_id, task.index, now, self._success))
+        # confirmed by the ground truth that applies to this subtask (None: none is wired)
+        truth = (
+            self.completion.success if self._subtasks_done is not None or self._success is not None else None
+        )
+        self.switch_log.append((task.task_id, task.index, now, truth))
         sub = task.subtask
         done = self.queue.complete_subtask(now)
         if done:
