@@ -15,7 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
-from apt_bringup.demo import SCENARIOS, Outcome, contact_sheet, results_markdown
+from apt_bringup.demo import (
+    SCENARIOS,
+    Outcome,
+    contact_sheet,
+    evaluation_scenes,
+    results_markdown,
+    scene_results,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apt_policy"))
 from checkpoints import make_debug_checkpoint
@@ -42,6 +49,33 @@ def test_report_and_contact_sheet(tmp_path: Path) -> None:
     assert not (tmp_path / "sheet.tmp.png").exists()
     with pytest.raises(RuntimeError, match="no camera frames"):
         contact_sheet([_outcome("chain", False, 0)], tmp_path / "none.png")
+
+
+def test_evaluation_scenes_pair_with_the_in_process_harness(tmp_path: Path) -> None:
+    import csv
+
+    from apt_core.sim.evaluate import write_results
+
+    scenes = evaluation_scenes(["in_distribution", "chain"], 2, 1100)
+    assert [(sp, s) for _, sp, s in scenes] == [
+        ("in_distribution", 1100),
+        ("in_distribution", 1101),
+        ("chain", 1100),
+        ("chain", 1101),
+    ]
+    outcomes = [_outcome(label, i == 2, 1) for i, (label, _, _) in enumerate(scenes)]
+    outcomes[2].subtasks_done = 2
+    res = scene_results(outcomes, scenes, rate_hz=10.0)
+    write_results(res, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "episodes.csv").open()))
+    assert [(r["split"], r["seed"], r["family"], r["success"]) for r in rows][2:] == [
+        ("chain", "1100", "chain", "True"),
+        ("chain", "1101", "chain", "False"),
+    ]
+    assert rows[2]["subtasks_done"] == "2" and rows[0]["steps"] == "125"  # 12.5 s at 10 Hz
+    assert {r.split: (r.n, r.successes) for r in res.summary} == {"in_distribution": (2, 0), "chain": (2, 1)}
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluation_scenes(["kitchen"], 1, 0)
 
 
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
@@ -84,3 +118,26 @@ def test_demo_end_to_end_over_ros(tmp_path: Path, ros_env: dict[str, str]) -> No
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 22 and sheet.std() > 1.0  # camera frames, not blank
     assert "apt-demo: starting apt_sim" in r.stdout and "apt-demo: starting apt_policy" in r.stdout
+
+
+@pytest.mark.ros
+def test_demo_evaluates_scenes_over_ros(tmp_path: Path, ros_env: dict[str, str]) -> None:
+    """`--splits` runs evaluation scenes through the node graph and writes the harness's tables."""
+    import csv
+
+    ckpt = make_debug_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    r = subprocess.run(
+        [sys.executable, "-m", "apt_bringup.demo", "--checkpoint", str(ckpt), "--out", str(out)]
+        + ["--splits", "chain", "--episodes", "1", "--seed", "1100", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=ros_env,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (row,) = list(csv.DictReader((out / "episodes.csv").open()))
+    assert (row["split"], row["seed"], row["family"]) == ("chain", "1100", "chain")
+    assert row["success"] in ("True", "False") and int(row["subtasks_done"]) in (0, 1, 2)
+    md = (out / "results.md").read_text()
+    assert "over ROS in real time" in md and re.search(r"^\| chain \| 1 \| [01] \|", md, re.M), md

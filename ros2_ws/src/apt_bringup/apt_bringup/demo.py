@@ -9,6 +9,13 @@ scene from an evaluation split (/apt_sim/reset), sends the instruction through t
 action (feedback printed), and reads the simulator's ground-truth success (/apt_sim/success).
 Prints a table, writes results.md and a contact sheet (contact_sheet.png: one row of camera frames
 per instruction) into --out. The scenes are seeds the policy never saw in training.
+
+    python -m apt_bringup.demo --splits chain --episodes 20 --seed 1100 --timeout 15 --out DIR
+
+evaluates the whole ROS stack in real time on evaluation scenes instead (scene seeds --seed.. of each
+split, `--timeout` seconds per subtask as the in-process harness's 15): results.md with a row per
+split, and episodes.csv / summary.csv as `apt_core.sim.evaluate` writes them, so
+`scripts/compare_evals.py` pairs the node over ROS with the in-process harness scene by scene.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class Outcome:
     reason: str
     seconds: float
     frames: list[np.ndarray]
+    subtasks_done: int = 0  # the simulator's count (/apt_sim/subtasks_done) at the end
 
 
 def _image(msg) -> np.ndarray:
@@ -73,7 +81,7 @@ class DemoClient:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
-        from std_msgs.msg import Bool
+        from std_msgs.msg import Bool, UInt32
 
         from apt_core.contract import load_contract
         from apt_msgs.action import Execute
@@ -88,7 +96,9 @@ class DemoClient:
         self.exec_cli = ActionClient(self.node, Execute, "/apt/execute")
         self.success = False
         self.frame: np.ndarray | None = None
+        self.subtasks_done = 0
         self.node.create_subscription(Bool, c.success_topic, self._on_success, 10)
+        self.node.create_subscription(UInt32, c.subtasks_done_topic, self._on_subtasks_done, 10)
         self.node.create_subscription(Image, c.cameras[0].topic, self._on_image, qos_profile_sensor_data)
         # one thread: no callback here blocks, and rclpy 9's MultiThreadedExecutor can spin on
         # callbacks waiting for a pool thread (docs/runtime.md, "Threads")
@@ -99,6 +109,9 @@ class DemoClient:
 
     def _on_success(self, msg) -> None:
         self.success = bool(msg.data)
+
+    def _on_subtasks_done(self, msg) -> None:
+        self.subtasks_done = int(msg.data)
 
     def _on_image(self, msg) -> None:
         try:
@@ -135,7 +148,7 @@ class DemoClient:
         if not resp.success:
             raise RuntimeError(f"/apt_sim/reset failed: {resp.message}")
         time.sleep(0.5)  # let the policy see the new scene
-        self.success = False
+        self.success, self.subtasks_done = False, 0
         frames: list[np.ndarray] = []
         print(f'\n[{label}] "{resp.instruction}"', flush=True)
         t0 = time.monotonic()
@@ -167,7 +180,15 @@ class DemoClient:
         if not res_fut.done():
             handle.cancel_goal_async()
             return Outcome(
-                label, resp.instruction, True, False, self.success, "no result", time.monotonic() - t0, frames
+                label,
+                resp.instruction,
+                True,
+                False,
+                self.success,
+                "no result",
+                time.monotonic() - t0,
+                frames,
+                self.subtasks_done,
             )
         result = res_fut.result().result
         time.sleep(0.3)
@@ -182,6 +203,7 @@ class DemoClient:
             result.reason,
             time.monotonic() - t0,
             frames,
+            self.subtasks_done,
         )
 
     def close(self) -> None:
@@ -240,15 +262,62 @@ def results_markdown(outcomes: list[Outcome], checkpoint: Path) -> str:
     return "\n".join(lines)
 
 
+def evaluation_scenes(splits: list[str], episodes: int, seed: int) -> list[tuple[str, str, int]]:
+    """(label, split, scene seed) for seeds seed..seed+episodes-1 of each split, in evaluate's order."""
+    from apt_core.sim.tasks import SPLITS
+
+    bad = [x for x in splits if x not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; expected from {SPLITS}")
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    return [(f"{split} {s}", split, s) for split in splits for s in range(seed, seed + episodes)]
+
+
+def scene_results(outcomes: list[Outcome], scenes: list[tuple[str, str, int]], rate_hz: float):
+    """The outcomes as `apt_core.sim.evaluate.EvalResults` (steps: the run's seconds x rate_hz; the
+    partial-progress measures need the simulator's state and stay NaN / False, as over ROS)."""
+    from apt_core.sim.evaluate import EpisodeResult, EvalResults, summarize
+    from apt_core.sim.tasks import make_task
+
+    eps = []
+    for o, (_, split, seed) in zip(outcomes, scenes, strict=True):
+        family = make_task(seed, split)[0].family
+        eps.append(
+            EpisodeResult(
+                split, seed, o.instruction, family, o.sim_success, round(o.seconds * rate_hz), o.subtasks_done
+            )
+        )
+    return EvalResults(eps, summarize(eps), sum(o.seconds for o in outcomes))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="apt-demo", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--checkpoint", type=Path, default=None, help="policy checkpoint (default: the shipped one)"
     )
     ap.add_argument("--out", type=Path, default=Path("outputs/demo"), help="results.md and contact_sheet.png")
-    ap.add_argument("--timeout", type=float, default=40.0, help="seconds per instruction")
+    ap.add_argument(
+        "--timeout", type=float, default=40.0, help="seconds per instruction (with --splits: per subtask)"
+    )
     ap.add_argument("--only", nargs="*", default=None, help="scenario labels to run (default: all)")
+    ap.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="evaluate on these splits' scenes instead of the four demo scenarios",
+    )
+    ap.add_argument("--episodes", type=int, default=10, help="scenes per split (with --splits)")
+    ap.add_argument("--seed", type=int, default=1000, help="first scene seed (with --splits)")
     a = ap.parse_args(argv)
+    scenes: list[tuple[str, str, int]] = []
+    if a.splits:
+        if a.only is not None:
+            ap.error("--only picks demo scenarios; it does not go with --splits")
+        try:
+            scenes = evaluation_scenes(a.splits, a.episodes, a.seed)
+        except ValueError as e:
+            ap.error(str(e))
     ckpt = a.checkpoint or default_checkpoint()
     if not (ckpt / "meta.json").is_file():
         print(
@@ -257,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    scenarios = [s for s in SCENARIOS if a.only is None or s[0] in a.only]
+    scenarios = scenes or [s for s in SCENARIOS if a.only is None or s[0] in a.only]
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     procs = []
     for spec in resolve({"sim": "true", "checkpoint": str(ckpt)}):
@@ -268,7 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = DemoClient()
         client.wait_ready(timeout=120.0)
-        outcomes = [client.run(label, split, seed, a.timeout) for label, split, seed in scenarios]
+        outcomes = []
+        for label, split, seed in scenarios:
+            n_sub = 1
+            if scenes:  # per subtask, as the in-process harness
+                from apt_core.sim.tasks import make_task
+
+                n_sub = len(make_task(seed, split)[0].subtasks)
+            outcomes.append(client.run(label, split, seed, a.timeout * n_sub))
     finally:
         if client is not None:
             client.close()
@@ -281,6 +357,22 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
     a.out.mkdir(parents=True, exist_ok=True)
+    if scenes:
+        from apt_core.contract import load_contract
+        from apt_core.sim.evaluate import summary_markdown, write_results
+
+        res = scene_results(outcomes, scenes, load_contract().rate_hz)
+        write_results(res, a.out)  # episodes.csv, summary.csv, summary.md
+        md = (
+            f"# The policy node over ROS in real time, `{ckpt}`\n\n"
+            f"Scene seeds {a.seed}..{a.seed + a.episodes - 1} of each split, {a.timeout:g} s per subtask.\n\n"
+            + summary_markdown(res.summary)
+            + "\n"
+        )
+        atomic_write_text(a.out / "results.md", md)
+        print("\n" + md)
+        print(f"apt-demo: wrote {a.out / 'results.md'} and {a.out / 'episodes.csv'}")
+        return 0
     md = results_markdown(outcomes, ckpt)
     atomic_write_text(a.out / "results.md", md)
     sheet = contact_sheet(outcomes, a.out / "contact_sheet.png")
