@@ -43,6 +43,18 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     assert meta("apt_frozen")["backbone_mode"] == "frozen" and meta("apt_finetune")["backbone_mode"] == "full"
     assert meta("token_insertion")["variant"] == "token_insertion"
 
+    # a reference checkpoint is evaluated once on the same scenes and protocol, as an extra row
+    from dataclasses import replace
+
+    ref = tmp_path / "cmp" / "seed0" / "apt_frozen" / "final"
+    with_ref = run(replace(cc, reference=str(ref))).read_text()
+    assert with_ref.count("| reference |") == 3 and f"--reference {ref}" in with_ref
+    rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
+    same = lambda v: [(r["split"], r["seed"], r["instruction"], r["success"], r["steps"]) for r in rows if r["variant"] == v]  # noqa: E731
+    assert same("reference") == same("apt_frozen")  # the same checkpoint, scenes and noise: the same episodes
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        replace(cc, reference=str(tmp_path))
+
     # resumable: a second run trains nothing and re-evaluates nothing (each cell's episodes are
     # stored beside its checkpoint), and gives the same table
     import apt_training.compare as compare
@@ -52,6 +64,10 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
 
     monkeypatch.setattr(compare, "evaluate", no_eval)
     assert run(cc).read_text().split("\n\n", 2)[2] == report.split("\n\n", 2)[2]
+    # an evaluation at another sampling noise is not taken from the cache of this one
+    with pytest.raises(AssertionError, match="evaluated again"):
+        compare._eval_cell(replace(cc, noise_scale=1.0), "single_stage", 0)
+    assert "--noise-scale 0`" in report and "noise scale 0 (as the policy node serves them)" in report
     # a report written before the last cell says it is partial
     partial = compare.render_report(cc, compare._eval_cell(cc, "single_stage", 0), 1.0, done=(1, 5))
     assert "Partial: 1 of 5" in partial and "| single_stage |" in partial and "| apt_frozen |" not in partial

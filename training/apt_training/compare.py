@@ -31,7 +31,7 @@ import numpy as np
 
 from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
-from apt_core.model.runner import PolicyRunner
+from apt_core.model.runner import PolicyRunner, check_noise_scale
 from apt_core.sim.env import check_dataset_scene
 from apt_core.sim.evaluate import REACH_RADIUS, EpisodeResult, evaluate, summarize, wilson_interval
 from apt_core.sim.tasks import SPLITS
@@ -40,6 +40,7 @@ from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
+REFERENCE = "reference"  # the variant name of the --reference checkpoint's rows
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class CompareConfig:
     eval_seed: int = 1000  # first scene seed of the evaluation
     results: str = "docs/results.md"  # markdown report
     threads: int = 0  # torch threads per run (0: default)
+    # sampling temperature of every evaluation: 0, as the policy node serves (docs/experiments.md
+    # item 25); 1 samples the trained distribution
+    noise_scale: float = 0.0
+    # a checkpoint evaluated on the same scenes as an extra row (e.g. the shipped default): what the
+    # same simulator and protocol give a policy trained far beyond this comparison's budget
+    reference: str = ""
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -76,6 +83,14 @@ class CompareConfig:
             )
         if self.recipe not in TRAIN_PRESETS:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
+        check_noise_scale(self.noise_scale)
+        if self.reference and not (Path(self.reference) / "meta.json").is_file():
+            raise ValueError(f"reference {self.reference!r} is not a checkpoint folder (no meta.json)")
+
+    def eval_key(self) -> str:
+        """What defines an evaluation: a cached one is reused only when all of it matches (the
+        chain protocol is named: caches from before chains came one subtask at a time do not)."""
+        return f"{'-'.join(self.splits)}_n{self.episodes}_s{self.eval_seed}_noise{self.noise_scale:g}_chainsubtask"
 
 
 def _train(cc: CompareConfig, out: Path, seed: int, **kw) -> Path:
@@ -106,16 +121,28 @@ def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
     """Train (or reuse) one variant x seed and evaluate it; the episodes are stored next to the
     checkpoint, so a killed comparison resumes without re-evaluating finished cells."""
     ckpt = train_variant(cc, variant, seed)
-    key = f"{'-'.join(cc.splits)}_n{cc.episodes}_s{cc.eval_seed}"
-    cache = ckpt.parent / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    return _evaluate_cached(cc, ckpt, ckpt.parent, variant, seed)
+
+
+def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, seed: int) -> list[dict]:
+    """Evaluate `ckpt` on the comparison's scenes, or return the episodes stored in `store`."""
+    key = cc.eval_key()
+    cache = store / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["episodes"]
     policy, processor, meta = load_checkpoint(ckpt)
-    runner = PolicyRunner(policy, processor, meta, seed=seed)
+    runner = PolicyRunner(policy, processor, meta, seed=seed, noise_scale=cc.noise_scale)
     res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
     eps = [{"variant": variant, "train_seed": seed, **ep.__dict__} for ep in res.episodes]
+    store.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps({"key": key, "checkpoint": str(ckpt), "episodes": eps}))
     return eps
+
+
+def _reference_store(cc: CompareConfig) -> Path:
+    """Where the reference's episodes are kept: per checkpoint folder, inside the comparison's."""
+    ref = Path(cc.reference).resolve()
+    return Path(cc.out_dir) / "reference" / hashlib.sha1(str(ref).encode()).hexdigest()[:12]
 
 
 def run(cc: CompareConfig) -> Path:
@@ -143,6 +170,12 @@ def run(cc: CompareConfig) -> Path:
         report = render_report(cc, rows, time.monotonic() - t0, done=(i + 1, len(cells)))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, report)
+    if cc.reference:
+        t = time.monotonic()
+        rows += _evaluate_cached(cc, Path(cc.reference), _reference_store(cc), REFERENCE, 0)
+        print(f"compare: reference {cc.reference} evaluated ({time.monotonic() - t:.0f} s)", flush=True)
+        _write_csv(out / "episodes.csv", rows)
+        atomic_write_text(path, render_report(cc, rows, time.monotonic() - t0, done=(len(cells), len(cells))))
     print(path.read_text())
     return path
 
@@ -166,7 +199,8 @@ def render_report(
         f"apt-compare --recipe {cc.recipe} --dataset {cc.dataset} --out-dir {cc.out_dir} "
         f"--seeds {' '.join(map(str, cc.seeds))} --stage1-steps {cc.stage1_steps} "
         f"--stage2-steps {cc.stage2_steps} --finetune-mode {cc.finetune_mode} "
-        f"--variants {' '.join(cc.variants)} --episodes {cc.episodes}"
+        f"--variants {' '.join(cc.variants)} --episodes {cc.episodes} --noise-scale {cc.noise_scale:g}"
+        + (f" --reference {cc.reference}" if cc.reference else "")
     )
     n = cc.episodes * len(cc.seeds)
     partial = ""
@@ -185,7 +219,13 @@ def render_report(
         f"variant ({cc.stage1_steps + cc.stage2_steps}); APT splits them into stage 1 "
         f"({cc.stage1_steps}) and stage 2 ({cc.stage2_steps}). {_recipe_line(cc.recipe)} "
         "A chain reaches each policy one subtask's words at a time, as the policy node gives them "
-        "(`apt_core.sim.evaluate`, `chain_text`).\n\n" + success + "\n\n"
+        f"(`apt_core.sim.evaluate`, `chain_text`); actions are sampled at noise scale {cc.noise_scale:g}"
+        + (" (as the policy node serves them)" if cc.noise_scale == 0 else "")
+        + "."
+        + _reference_line(cc)
+        + "\n\n"
+        + success
+        + "\n\n"
         f"Partial progress: the share of episodes whose gripper (TCP) came within "
         f"{100 * REACH_RADIUS:.0f} cm of the first subtask's object (or that succeeded), with 95% "
         "Wilson intervals.\n\n"
@@ -198,6 +238,21 @@ def render_report(
         + "\n\nWhat the training runs behind these numbers measured, and why success is low at this "
         "scale: `docs/experiments.md`.\n"
     )
+
+
+def _reference_line(cc: CompareConfig) -> str:
+    if not cc.reference:
+        return ""
+    return (
+        f" The row `{REFERENCE}` is `{cc.reference}`, evaluated once on the same scenes ({cc.episodes} "
+        "episodes per cell): not trained on this data or budget, it shows what the same simulator "
+        "and protocol give a policy trained far longer (its training report is in its folder)."
+    )
+
+
+def _rows_order(cc: CompareConfig) -> tuple[str, ...]:
+    """The table rows: the variants, then the reference checkpoint when there is one."""
+    return cc.variants + ((REFERENCE,) if cc.reference else ())
 
 
 def _recipe_line(recipe: str) -> str:
@@ -219,7 +274,7 @@ def _recipe_line(recipe: str) -> str:
 def _table(cc: CompareConfig, rows: list[dict], measure: str) -> str:
     """One markdown row per variant: `measure` ("success" | "reached") per split, pooled over seeds."""
     lines = ["| variant | " + " | ".join(cc.splits) + " | mean |", "|" + " --- |" * (len(cc.splits) + 2)]
-    for variant in cc.variants:
+    for variant in _rows_order(cc):
         eps = [_episode(r) for r in rows if r["variant"] == variant]
         if not eps:
             continue
@@ -241,7 +296,7 @@ def _grasp_table(cc: CompareConfig, rows: list[dict]) -> str:
         "| variant | grasps (gripper shut) | shut nearer another object | median grasp offset | lifted |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for variant in cc.variants:
+    for variant in _rows_order(cc):
         eps = [_episode(r) for r in rows if r["variant"] == variant]
         if not eps:
             continue
@@ -278,8 +333,27 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--results", default="docs/results.md")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=0.0,
+        help="sampling temperature of the evaluations (0: as the policy node serves; 1: the trained distribution)",
+    )
+    p.add_argument(
+        "--reference",
+        default="",
+        help="a checkpoint evaluated on the same scenes as an extra row (e.g. the shipped default policy)",
+    )
     a = p.parse_args(argv)
-    cc = CompareConfig(
+    try:
+        cc = _config(a)
+    except ValueError as e:
+        p.error(str(e))
+    return run(cc)
+
+
+def _config(a: argparse.Namespace) -> CompareConfig:
+    return CompareConfig(
         dataset=a.dataset,
         out_dir=a.out_dir,
         recipe=a.recipe,
@@ -292,8 +366,9 @@ def main(argv: list[str] | None = None) -> Path:
         episodes=a.episodes,
         results=a.results,
         threads=a.threads,
+        noise_scale=a.noise_scale,
+        reference=a.reference,
     )
-    return run(cc)
 
 
 if __name__ == "__main__":
