@@ -50,7 +50,9 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     with_ref = run(replace(cc, reference=str(ref))).read_text()
     assert with_ref.count("| reference |") == 3 and f"--reference {ref}" in with_ref
     rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
-    same = lambda v: [(r["split"], r["seed"], r["instruction"], r["success"], r["steps"]) for r in rows if r["variant"] == v]  # noqa: E731
+    same = lambda v: [
+        (r["split"], r["seed"], r["instruction"], r["success"], r["steps"]) for r in rows if r["variant"] == v
+    ]  # noqa: E731
     assert same("reference") == same("apt_frozen")  # the same checkpoint, scenes and noise: the same episodes
     with pytest.raises(ValueError, match="not a checkpoint folder"):
         replace(cc, reference=str(tmp_path))
@@ -104,3 +106,36 @@ def test_grasp_table_counts_shut_grasps_and_wrong_objects():
     assert lines[2] == "| single_stage | 3 | 2/3 (67%) | 15.0 cm | 1/4 |"
     assert lines[3] == "| apt_frozen | 0 | n/a | n/a | 0/1 |"
     assert len(lines) == 4  # token_insertion has no episodes: no row
+
+
+def test_compare_records_its_own_demonstrations(ros_env, tmp_path):
+    """--record: the scripted expert's demos go through the ROS sim into rosbag2, are converted, and
+    the comparison trains and evaluates on them: the whole table from one command."""
+    cc = CompareConfig(
+        dataset=str(tmp_path / "cmp" / "dataset"),
+        out_dir=str(tmp_path / "cmp"),
+        seeds=(0,),
+        stage1_steps=1,
+        stage2_steps=1,
+        variants=("single_stage",),
+        splits=("in_distribution",),
+        episodes=1,
+        results=str(tmp_path / "results.md"),
+        threads=1,
+        record=2,
+        record_seed=5,
+    )
+    report = run(cc).read_text()
+    assert "--record 2 --record-seed 5 --record-workers 1 --dataset" in report
+    done = json.loads((tmp_path / "cmp" / "demos" / "DONE.json").read_text())
+    assert (done["episodes"], done["seed"]) == (2, 5)
+    info = json.loads((tmp_path / "cmp" / "dataset" / "meta" / "info.json").read_text())
+    assert 1 <= info["total_episodes"] <= 2  # the recorder keeps the demos the expert completed
+    rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
+    assert [r["variant"] for r in rows] == ["single_stage"]
+
+
+def test_compare_refuses_recorded_scenes_that_reach_the_evaluation():
+    with pytest.raises(ValueError, match="reach the evaluation scenes"):
+        CompareConfig(dataset="x", record=200, record_seed=900)
+    CompareConfig(dataset="x", record=200, record_seed=800)  # seeds 800..999: below 1000

@@ -13,6 +13,10 @@ Wilson intervals into a markdown table (docs/results.md by default).
 
     apt-compare --recipe debug --dataset data/sim --out-dir runs/compare --seeds 0 1 2 \
         --stage1-steps 300 --stage2-steps 300 --episodes 10 --results docs/results.md
+
+With `--record N` the command also records the demonstrations first (N scripted demos through the
+ROS sim, as apt-pipeline does) and converts them into `--dataset`, so the table comes from one
+command; a dataset that exists is used as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
 from .loop import train_or_reuse
+from .pipeline import PipelineConfig, convert_step, record_step
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
 REFERENCE = "reference"  # the variant name of the --reference checkpoint's rows
@@ -67,6 +72,11 @@ class CompareConfig:
     # a checkpoint evaluated on the same scenes as an extra row (e.g. the shipped default): what the
     # same simulator and protocol give a policy trained far beyond this comparison's budget
     reference: str = ""
+    # > 0: first record this many scripted demos (scene seeds record_seed.., through the ROS sim, as
+    # apt-pipeline does) into out_dir/demos and convert them into `dataset`, unless it exists
+    record: int = 0
+    record_seed: int = 0
+    record_workers: int = 1  # parallel recorder processes (own ROS domain each)
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -84,6 +94,15 @@ class CompareConfig:
         if self.recipe not in TRAIN_PRESETS:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
         check_noise_scale(self.noise_scale)
+        if self.record < 0 or self.record_workers < 1:
+            raise ValueError(
+                f"record must be >= 0 and record_workers >= 1, got {self.record}, {self.record_workers}"
+            )
+        if self.record and self.record_seed + self.record > self.eval_seed:
+            raise ValueError(
+                f"recorded scene seeds {self.record_seed}..{self.record_seed + self.record - 1} reach the "
+                f"evaluation scenes (from {self.eval_seed}): train and evaluate on different scenes"
+            )
         if self.reference and not (Path(self.reference) / "meta.json").is_file():
             raise ValueError(f"reference {self.reference!r} is not a checkpoint folder (no meta.json)")
 
@@ -150,6 +169,18 @@ def run(cc: CompareConfig) -> Path:
 
     The report is rewritten after every cell (marked partial until all are done), so a long
     comparison shows what it has so far; re-running the same command continues it."""
+    if cc.record and not (Path(cc.dataset) / "meta" / "info.json").exists():
+        pc = PipelineConfig(
+            out=cc.out_dir,
+            recipe=cc.recipe,
+            episodes=cc.record,
+            seed=cc.record_seed,
+            record_workers=cc.record_workers,
+            eval_seed=cc.eval_seed,
+        )
+        demos = Path(cc.out_dir) / "demos"
+        record_step(pc, demos)  # resumable: a complete recording is not recorded again
+        convert_step(demos, Path(cc.dataset))
     warning = check_dataset_scene(cc.dataset)  # raises when the data's scene is not this one
     if warning:
         print(f"apt-compare: warning: {warning}", flush=True)
@@ -195,8 +226,13 @@ def render_report(
     same table for reaching the task object (partial progress, apt_core.sim.evaluate), and one
     row per variant on its grasps (where the gripper shut, and whether it lifted)."""
     success, reached = _table(cc, rows, "success"), _table(cc, rows, "reached")
+    record = (
+        f"--record {cc.record} --record-seed {cc.record_seed} --record-workers {cc.record_workers} "
+        if cc.record
+        else ""
+    )
     cmd = (
-        f"apt-compare --recipe {cc.recipe} --dataset {cc.dataset} --out-dir {cc.out_dir} "
+        f"apt-compare --recipe {cc.recipe} {record}--dataset {cc.dataset} --out-dir {cc.out_dir} "
         f"--seeds {' '.join(map(str, cc.seeds))} --stage1-steps {cc.stage1_steps} "
         f"--stage2-steps {cc.stage2_steps} --finetune-mode {cc.finetune_mode} "
         f"--variants {' '.join(cc.variants)} --episodes {cc.episodes} --noise-scale {cc.noise_scale:g}"
@@ -321,7 +357,20 @@ def _episode(r: dict) -> EpisodeResult:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="apt-compare", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="LeRobot v3 dataset folder (apt-convert); with --record, where the recording is converted to",
+    )
+    p.add_argument(
+        "--record",
+        type=int,
+        default=0,
+        help="first record this many scripted demos through the ROS sim and convert them into --dataset "
+        "(skipped when --dataset exists), so that the whole comparison is one command",
+    )
+    p.add_argument("--record-seed", type=int, default=0, help="first scene seed of the recording")
+    p.add_argument("--record-workers", type=int, default=1, help="parallel recorder processes")
     p.add_argument("--out-dir", default="runs/compare")
     p.add_argument("--recipe", default="debug", choices=sorted(TRAIN_PRESETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -368,6 +417,9 @@ def _config(a: argparse.Namespace) -> CompareConfig:
         threads=a.threads,
         noise_scale=a.noise_scale,
         reference=a.reference,
+        record=a.record,
+        record_seed=a.record_seed,
+        record_workers=a.record_workers,
     )
 
 
