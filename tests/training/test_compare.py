@@ -50,9 +50,11 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     with_ref = run(replace(cc, reference=str(ref))).read_text()
     assert with_ref.count("| reference |") == 3 and f"--reference {ref}" in with_ref
     rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
-    same = lambda v: [
-        (r["split"], r["seed"], r["instruction"], r["success"], r["steps"]) for r in rows if r["variant"] == v
-    ]  # noqa: E731
+
+    def same(v: str) -> list[tuple]:
+        keys = ("split", "seed", "instruction", "success", "steps")
+        return [tuple(r[k] for k in keys) for r in rows if r["variant"] == v]
+
     assert same("reference") == same("apt_frozen")  # the same checkpoint, scenes and noise: the same episodes
     with pytest.raises(ValueError, match="not a checkpoint folder"):
         replace(cc, reference=str(tmp_path))
