@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -141,3 +142,45 @@ def test_compare_refuses_recorded_scenes_that_reach_the_evaluation():
     with pytest.raises(ValueError, match="reach the evaluation scenes"):
         CompareConfig(dataset="x", record=200, record_seed=900)
     CompareConfig(dataset="x", record=200, record_seed=800)  # seeds 800..999: below 1000
+
+
+def test_compare_runs_seeds_in_parallel_processes(tiny_dataset, tmp_path):
+    """--jobs 2: two training seeds in two spawned processes give the same table as one after the
+    other (each seed's cells are deterministic on one thread)."""
+    kw = dict(
+        dataset=str(tiny_dataset),
+        seeds=(0, 1),
+        stage1_steps=1,
+        stage2_steps=1,
+        variants=("single_stage", "apt_frozen"),
+        finetune_mode="frozen",
+        splits=("in_distribution",),
+        episodes=1,
+        threads=1,
+    )
+    tables = []
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        report = run(CompareConfig(out_dir=str(out), results=str(out / "results.md"), jobs=jobs, **kw))
+        rows = list(csv.DictReader((out / "episodes.csv").open()))
+        assert [(r["train_seed"], r["variant"]) for r in rows] == [
+            ("0", "single_stage"), ("0", "apt_frozen"), ("1", "single_stage"), ("1", "apt_frozen")
+        ]  # fmt: skip
+        assert all(
+            (out / f"seed{s}" / v / "final" / "meta.json").is_file() for s in (0, 1) for v in kw["variants"]
+        )
+        tables.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+        assert "Partial:" not in report.read_text()
+        pids = {
+            s: {json.loads(f.read_text())["pid"] for f in (out / f"seed{s}").glob("*/eval_*.json")}
+            for s in (0, 1)
+        }
+        if jobs == 2:  # each seed in its own worker process, not this one
+            assert (
+                len(pids[0]) == len(pids[1]) == 1
+                and pids[0] != pids[1]
+                and os.getpid() not in pids[0] | pids[1]
+            )
+    assert tables[0] == tables[1]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        CompareConfig(dataset="x", jobs=0)

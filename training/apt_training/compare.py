@@ -27,7 +27,10 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,9 @@ class CompareConfig:
     record: int = 0
     record_seed: int = 0
     record_workers: int = 1  # parallel recorder processes (own ROS domain each)
+    # training seeds run in this many processes at once (a seed's variants share its stage 1, so
+    # they stay in one process); give each `threads` so that jobs x threads fits the cores
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -94,6 +100,8 @@ class CompareConfig:
         if self.recipe not in TRAIN_PRESETS:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(TRAIN_PRESETS)}")
         check_noise_scale(self.noise_scale)
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.record < 0 or self.record_workers < 1:
             raise ValueError(
                 f"record must be >= 0 and record_workers >= 1, got {self.record}, {self.record_workers}"
@@ -149,13 +157,33 @@ def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, s
     cache = store / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["episodes"]
+    if cc.threads:  # an evaluation whose training was reused still keeps to its share of the cores
+        import torch
+
+        torch.set_num_threads(cc.threads)
     policy, processor, meta = load_checkpoint(ckpt)
     runner = PolicyRunner(policy, processor, meta, seed=seed, noise_scale=cc.noise_scale)
     res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
     eps = [{"variant": variant, "train_seed": seed, **ep.__dict__} for ep in res.episodes]
     store.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cache, json.dumps({"key": key, "checkpoint": str(ckpt), "episodes": eps}))
+    # the process that evaluated it: with --jobs, each training seed's own worker
+    record = {"key": key, "checkpoint": str(ckpt), "pid": os.getpid(), "episodes": eps}
+    atomic_write_text(cache, json.dumps(record))
     return eps
+
+
+def _eval_cell_logged(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
+    t = time.monotonic()
+    eps = _eval_cell(cc, variant, seed)
+    by_split = {s.split: s for s in summarize([_episode(r) for r in eps])}
+    rates = ", ".join(f"{sp}={by_split[sp].rate:.2f}" for sp in cc.splits)
+    print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
+    return eps
+
+
+def _eval_seed(cc: CompareConfig, seed: int) -> dict[str, list[dict]]:
+    """Every variant of one training seed, in order (a worker process of --jobs)."""
+    return {variant: _eval_cell_logged(cc, variant, seed) for variant in cc.variants}
 
 
 def _reference_store(cc: CompareConfig) -> Path:
@@ -186,21 +214,32 @@ def run(cc: CompareConfig) -> Path:
         print(f"apt-compare: warning: {warning}", flush=True)
     out = Path(cc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
     t0 = time.monotonic()
     cells = [(seed, variant) for seed in cc.seeds for variant in cc.variants]
     path = Path(cc.results)
-    for i, (seed, variant) in enumerate(cells):
-        t = time.monotonic()
-        eps = _eval_cell(cc, variant, seed)
-        rows += eps
-        by_split = {s.split: s for s in summarize([_episode(r) for r in eps])}
-        rates = ", ".join(f"{sp}={by_split[sp].rate:.2f}" for sp in cc.splits)
-        print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[int, str], list[dict]] = {}
+
+    def record(seed: int, variant: str, eps: list[dict]) -> None:
+        """Keep a finished cell; rewrite the CSV and the (partial) report, rows in cell order."""
+        done[(seed, variant)] = eps
+        rows = [r for cell in cells if cell in done for r in done[cell]]
         _write_csv(out / "episodes.csv", rows)
-        report = render_report(cc, rows, time.monotonic() - t0, done=(i + 1, len(cells)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, report)
+        atomic_write_text(path, render_report(cc, rows, time.monotonic() - t0, done=(len(done), len(cells))))
+
+    if cc.jobs == 1 or len(cc.seeds) == 1:
+        for seed, variant in cells:
+            record(seed, variant, _eval_cell_logged(cc, variant, seed))
+    else:  # one process per training seed, at most `jobs` at once (spawned: torch and EGL are not fork-safe)
+        ctx = multiprocessing.get_context("spawn")
+        # a fresh process per seed (max_tasks_per_child): each seed's memory goes back when it is done
+        workers = min(cc.jobs, len(cc.seeds))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+            futures = {pool.submit(_eval_seed, cc, seed): seed for seed in cc.seeds}
+            for fut in as_completed(futures):
+                for variant, eps in fut.result().items():
+                    record(futures[fut], variant, eps)
+    rows = [r for cell in cells for r in done[cell]]
     if cc.reference:
         t = time.monotonic()
         rows += _evaluate_cached(cc, Path(cc.reference), _reference_store(cc), REFERENCE, 0)
@@ -381,7 +420,13 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--results", default="docs/results.md")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training and evaluation process")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training seeds run in this many processes at once (each with --threads threads)",
+    )
     p.add_argument(
         "--noise-scale",
         type=float,
@@ -420,6 +465,7 @@ def _config(a: argparse.Namespace) -> CompareConfig:
         record=a.record,
         record_seed=a.record_seed,
         record_workers=a.record_workers,
+        jobs=a.jobs,
     )
 
 
