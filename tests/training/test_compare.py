@@ -184,3 +184,17 @@ def test_compare_runs_seeds_in_parallel_processes(tiny_dataset, tmp_path):
     assert tables[0] == tables[1]
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         CompareConfig(dataset="x", jobs=0)
+
+
+def test_cli_refuses_bad_options_by_name(capsys, tmp_path):
+    from apt_training.compare import main
+
+    for argv, msg in (
+        (["--jobs", "0"], "jobs must be >= 1"),
+        (["--record", "200", "--record-seed", "900"], "reach the evaluation scenes"),
+        (["--reference", str(tmp_path)], "not a checkpoint folder"),
+        (["--noise-scale", "-1"], "noise_scale must be"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--dataset", str(tmp_path / "none"), *argv])
+        assert msg in capsys.readouterr().err
