@@ -58,6 +58,7 @@ def test_pipeline_debug_end_to_end(ros_env, tmp_path):
     assert stage_cfg[1]["frame_stride"] == 1 and stage_cfg[2]["frame_stride"] == 2
     assert "--stage2-set frame_stride=2" in report
     assert "| in_distribution | 1 |" in report and "| chain | 1 |" in report
+    assert "Actions sampled at noise scale 0 (as the policy node serves them)" in report
     # the memorisation check: the same policy on the recorded layouts (scene seed 0)
     trained = report.split("training scenes (scene seeds 0..0)")[1]
     assert all(
@@ -148,3 +149,9 @@ def test_process_ends_finds_each_training_process_in_the_metrics():
     assert process_ends(rows((10, 1.0), (20, 2.0))) == [20]
     assert process_ends(rows((10, 1.0), (20, 2.0), (30, 1.1), (40, 0.9), (50, 2.0))) == [20, 30, 50]
     assert process_ends([]) == []
+
+
+def test_evaluation_noise_is_checked_by_name():
+    with pytest.raises(ValueError, match="eval_noise_scale: noise_scale must be a finite number >= 0"):
+        PipelineConfig(eval_noise_scale=-0.5)
+    assert PipelineConfig().eval_noise_scale == 0.0  # as the policy node serves

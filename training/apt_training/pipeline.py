@@ -29,7 +29,7 @@ from apt_core.contract import load_contract
 from apt_core.data.convert import convert
 from apt_core.fileio import atomic_write_text
 from apt_core.model.checkpoint import load_checkpoint
-from apt_core.model.runner import PolicyRunner
+from apt_core.model.runner import PolicyRunner, check_noise_scale
 from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.env import MISS_NEAR, SceneMismatchError, check_dataset_scene, scene_fingerprint
 from apt_core.sim.evaluate import evaluate, write_results
@@ -51,6 +51,8 @@ class PipelineConfig:
     eval_episodes: int = 5  # evaluation episodes per split
     eval_splits: tuple[str, ...] = SPLITS  # evaluation splits
     eval_seed: int = 1000  # first evaluation scene seed (disjoint from the training scenes)
+    # sampling temperature of the evaluation: 0, as the policy node serves (docs/experiments.md item 25)
+    eval_noise_scale: float = 0.0
     export: str = ""  # copy the final checkpoint + report here
     threads: int = 0  # torch threads (0: recipe default)
     record_workers: int = 1  # parallel recorder processes (own ROS domain each, disjoint seed ranges)
@@ -86,6 +88,10 @@ class PipelineConfig:
             raise ValueError(
                 f"record_missed_grasp_near must be one of {MISS_NEAR}, got {self.record_missed_grasp_near!r}"
             )
+        try:
+            check_noise_scale(self.eval_noise_scale)
+        except ValueError as e:
+            raise ValueError(f"eval_noise_scale: {e}") from None
         if self.eval_seed < self.seed + self.episodes:
             raise ValueError("eval_seed must be beyond the recorded scene seeds (seed + episodes)")
         for stage in (1, 2):  # refuse a malformed, unknown or invalid NAME=VALUE before recording
@@ -285,7 +291,7 @@ def run(pc: PipelineConfig) -> Path:
     _log(f"evaluating {s2} on {len(pc.eval_splits)} splits x {pc.eval_episodes} episodes")
     policy, processor, meta = load_checkpoint(s2)
     res = evaluate(
-        PolicyRunner(policy, processor, meta, seed=pc.seed),
+        PolicyRunner(policy, processor, meta, seed=pc.seed, noise_scale=pc.eval_noise_scale),
         splits=pc.eval_splits,
         n_episodes=pc.eval_episodes,
         seed=pc.eval_seed,
@@ -300,7 +306,7 @@ def run(pc: PipelineConfig) -> Path:
         t = time.monotonic()
         _log(f"evaluating on the first {pc.train_scene_episodes} training scenes")
         train_res = evaluate(
-            PolicyRunner(policy, processor, meta, seed=pc.seed),
+            PolicyRunner(policy, processor, meta, seed=pc.seed, noise_scale=pc.eval_noise_scale),
             splits=TRAIN_SCENE_SPLITS,
             n_episodes=pc.train_scene_episodes,
             seed=pc.seed,
@@ -358,6 +364,7 @@ def render_report(
         + (f" --stage1-steps {pc.stage1_steps}" if pc.stage1_steps else "")
         + (f" --stage2-steps {pc.stage2_steps}" if pc.stage2_steps else "")
         + f" --eval-episodes {pc.eval_episodes}"
+        + (f" --eval-noise-scale {pc.eval_noise_scale:g}" if pc.eval_noise_scale else "")
         + (f" --record-workers {pc.record_workers}" if pc.record_workers > 1 else "")
         + (f" --train-scene-episodes {pc.train_scene_episodes}" if pc.train_scene_episodes else "")
         + (f" --record-disturbance {pc.record_disturbance:g}" if pc.record_disturbance else "")
@@ -393,6 +400,9 @@ def render_report(
         f"- stage 2: {loss_line('stage2')}\n"
         f"- time: {times}\n\n"
         f"## Evaluation in the simulator (scene seeds from {pc.eval_seed}, unseen in training)\n\n"
+        f"Actions sampled at noise scale {pc.eval_noise_scale:g}"
+        + (" (as the policy node serves them)" if pc.eval_noise_scale == 0 else "")
+        + "; a chain is given one subtask's words at a time, as the node gives them.\n\n"
         f"{summary_markdown(res.summary)}\n"
         + (
             ""
