@@ -37,6 +37,7 @@ import torch
 from apt_core.data.dataset import DemoDataset, collate, decode_stored
 from apt_core.data.goals import GoalTargets
 from apt_core.model.checkpoint import load_checkpoint
+from apt_core.model.openloop import open_loop, sample_frames
 from apt_core.model.runner import PolicyRunner
 from apt_core.types import Observation
 
@@ -63,31 +64,9 @@ def main() -> None:
     H = policy.cfg.chunk_length
     ds = DemoDataset(a.dataset, chunk_length=H, n_action_history=policy.cfg.n_action_history)
     runner = PolicyRunner(policy, processor, meta, seed=a.seed)
-    rng = np.random.default_rng(a.seed)
-    idx = [int(i) for i in rng.choice(len(ds), min(a.frames, len(ds)), replace=False)]
+    idx = sample_frames(ds, a.frames, a.seed)
     cam_key = ds.camera_keys[0]
-    cam = cam_key.removeprefix("observation.images.")
-
-    def predict(i: int, img: np.ndarray, instruction: str) -> np.ndarray:
-        runner.reset()
-        obs = Observation(images={cam: img}, joint_positions=ds.state[i].astype(np.float64), stamp=0.0)
-        return np.asarray(runner.predict(obs, instruction))
-
-    err, hold, img_swap, lang_swap = [], [], [], []
-    for n, i in enumerate(idx):
-        img = decode_stored(ds.images[cam_key][i].as_py())
-        img2 = decode_stored(ds.images[cam_key][idx[(n + 1) % len(idx)]].as_py())
-        k = int(ds.task_index[i])
-        task, other = ds.tasks[k], ds.tasks[(k + 1) % len(ds.tasks)]
-        end = min(i + H, len(ds))
-        while end > i + 1 and ds.episode_index[end - 1] != ds.episode_index[i]:
-            end -= 1
-        gt = ds.action[i:end]  # the demonstrated chunk, within the episode
-        pred = predict(i, img, task)
-        err.append(np.abs(pred[: len(gt)] - gt).mean())
-        hold.append(np.abs(gt - ds.state[i]).mean())
-        img_swap.append(np.abs(pred - predict(i, img2, task)).mean())
-        lang_swap.append(np.abs(pred - predict(i, img, other)).mean())
+    ol = open_loop(runner, ds, idx)
 
     batch = processor.process_batch(collate([ds[i] for i in idx]))
     x0 = batch["actions"]
@@ -95,10 +74,10 @@ def main() -> None:
         sampled = policy.sample_actions(batch, generator=torch.Generator().manual_seed(a.seed))
     print(f"checkpoint {a.checkpoint} ({policy.cfg.objective.kind}), {len(idx)} frames of {a.dataset}")
     print("| measure | value |\n| --- | --- |")
-    print(f"| chunk error vs demonstration [rad] | {np.mean(err):.3f} |")
-    print(f"| holding still instead [rad] | {np.mean(hold):.3f} |")
-    print(f"| change when the image is swapped [rad] | {np.mean(img_swap):.3f} |")
-    print(f"| change when the instruction is swapped [rad] | {np.mean(lang_swap):.3f} |")
+    print(f"| chunk error vs demonstration [rad] | {ol.chunk_error:.3f} |")
+    print(f"| holding still instead [rad] | {ol.hold_error:.3f} |")
+    print(f"| change when the image is swapped [rad] | {ol.image_swap:.3f} |")
+    print(f"| change when the instruction is swapped [rad] | {ol.instruction_swap:.3f} |")
     print(f"| sampler error, normalised units | {float((sampled - x0).abs().mean()):.3f} |")
     print(f"| predicting zeros instead, normalised | {float(x0.abs().mean()):.3f} |")
     if policy.cfg.goal_dim:

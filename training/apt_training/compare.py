@@ -49,6 +49,7 @@ from .pipeline import PipelineConfig, convert_step, record_step
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
 REFERENCE = "reference"  # the variant name of the --reference checkpoint's rows
+HELDOUT_SEED = 9000  # first scene seed of --record-heldout (beyond the evaluation's)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,14 @@ class CompareConfig:
     # training seeds run in this many processes at once (a seed's variants share its stage 1, so
     # they stay in one process); give each `threads` so that jobs x threads fits the cores
     jobs: int = 1
+    # demonstrations from scenes no variant trained on (a LeRobot v3 dataset): each policy's chunk is
+    # compared with the demonstrated one on `heldout_frames` of their frames, open loop
+    # (apt_core.model.openloop): it separates policies that all fail in closed loop
+    heldout: str = ""
+    heldout_frames: int = 128
+    # > 0: record this many held-out demos first (scene seeds HELDOUT_SEED..) into out_dir/heldout_demos
+    # and convert them into out_dir/heldout, which `heldout` then defaults to
+    record_heldout: int = 0
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -111,8 +120,29 @@ class CompareConfig:
                 f"recorded scene seeds {self.record_seed}..{self.record_seed + self.record - 1} reach the "
                 f"evaluation scenes (from {self.eval_seed}): train and evaluate on different scenes"
             )
+        if self.record_heldout < 0 or self.heldout_frames < 1:
+            raise ValueError(
+                f"record_heldout must be >= 0 and heldout_frames >= 1, got {self.record_heldout}, {self.heldout_frames}"
+            )
+        if (
+            self.record_heldout
+            and self.record
+            and not (
+                self.record_seed + self.record <= HELDOUT_SEED
+                or self.record_seed >= HELDOUT_SEED + self.record_heldout
+            )
+        ):
+            raise ValueError(
+                f"held-out scene seeds {HELDOUT_SEED}..{HELDOUT_SEED + self.record_heldout - 1} overlap the "
+                f"recorded training seeds {self.record_seed}..{self.record_seed + self.record - 1}"
+            )
         if self.reference and not (Path(self.reference) / "meta.json").is_file():
             raise ValueError(f"reference {self.reference!r} is not a checkpoint folder (no meta.json)")
+
+    @property
+    def heldout_path(self) -> str:
+        """The held-out dataset: `heldout`, else the one --record-heldout makes, else none."""
+        return self.heldout or (str(Path(self.out_dir) / "heldout") if self.record_heldout else "")
 
     def eval_key(self) -> str:
         """What defines an evaluation: a cached one is reused only when all of it matches (the
@@ -172,16 +202,44 @@ def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, s
     return eps
 
 
-def _eval_cell_logged(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
+def _openloop_cached(cc: CompareConfig, ckpt: Path, store: Path, seed: int) -> dict | None:
+    """The open-loop measures of `ckpt` on the held-out demonstrations (None without them), or the
+    ones stored in `store`."""
+    if not cc.heldout_path:
+        return None
+    heldout = Path(cc.heldout_path).resolve()
+    key = f"{heldout}_f{cc.heldout_frames}_noise{cc.noise_scale:g}"
+    cache = store / f"openloop_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["result"]
+    from apt_core.data.dataset import DemoDataset
+    from apt_core.model.openloop import open_loop, sample_frames
+
+    policy, processor, meta = load_checkpoint(ckpt)
+    runner = PolicyRunner(policy, processor, meta, seed=seed, noise_scale=cc.noise_scale)
+    ds = DemoDataset(
+        heldout, chunk_length=policy.cfg.chunk_length, n_action_history=policy.cfg.n_action_history
+    )
+    result = open_loop(runner, ds, sample_frames(ds, cc.heldout_frames, seed=0)).as_dict()
+    store.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"key": key, "checkpoint": str(ckpt), "result": result}))
+    return result
+
+
+def _eval_cell_logged(cc: CompareConfig, variant: str, seed: int) -> tuple[list[dict], dict | None]:
+    """One cell's evaluation episodes and held-out open-loop measures, with a progress line."""
     t = time.monotonic()
     eps = _eval_cell(cc, variant, seed)
+    ckpt = train_variant(cc, variant, seed)  # trained by now: returns the final checkpoint
+    ol = _openloop_cached(cc, ckpt, ckpt.parent, seed)
     by_split = {s.split: s for s in summarize([_episode(r) for r in eps])}
     rates = ", ".join(f"{sp}={by_split[sp].rate:.2f}" for sp in cc.splits)
-    print(f"compare: seed {seed} {variant}: {rates} ({time.monotonic() - t:.0f} s)", flush=True)
-    return eps
+    held = f", held-out chunk error {ol['chunk_error']:.3f} rad" if ol else ""
+    print(f"compare: seed {seed} {variant}: {rates}{held} ({time.monotonic() - t:.0f} s)", flush=True)
+    return eps, ol
 
 
-def _eval_seed(cc: CompareConfig, seed: int) -> dict[str, list[dict]]:
+def _eval_seed(cc: CompareConfig, seed: int) -> dict[str, tuple[list[dict], dict | None]]:
     """Every variant of one training seed, in order (a worker process of --jobs)."""
     return {variant: _eval_cell_logged(cc, variant, seed) for variant in cc.variants}
 
@@ -209,6 +267,18 @@ def run(cc: CompareConfig) -> Path:
         demos = Path(cc.out_dir) / "demos"
         record_step(pc, demos)  # resumable: a complete recording is not recorded again
         convert_step(demos, Path(cc.dataset))
+    if cc.record_heldout and not cc.heldout and not (Path(cc.heldout_path) / "meta" / "info.json").exists():
+        pc = PipelineConfig(
+            out=cc.out_dir,
+            recipe=cc.recipe,
+            episodes=cc.record_heldout,
+            seed=HELDOUT_SEED,
+            record_workers=cc.record_workers,
+            eval_seed=HELDOUT_SEED + cc.record_heldout,
+        )
+        demos = Path(cc.out_dir) / "heldout_demos"
+        record_step(pc, demos)
+        convert_step(demos, Path(cc.heldout_path))
     warning = check_dataset_scene(cc.dataset)  # raises when the data's scene is not this one
     if warning:
         print(f"apt-compare: warning: {warning}", flush=True)
@@ -219,13 +289,19 @@ def run(cc: CompareConfig) -> Path:
     path = Path(cc.results)
     path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[int, str], list[dict]] = {}
+    openloop: dict[tuple[str, int], dict] = {}  # (variant, seed) -> held-out open-loop measures
 
-    def record(seed: int, variant: str, eps: list[dict]) -> None:
+    def record(seed: int, variant: str, cell: tuple[list[dict], dict | None]) -> None:
         """Keep a finished cell; rewrite the CSV and the (partial) report, rows in cell order."""
-        done[(seed, variant)] = eps
-        rows = [r for cell in cells if cell in done for r in done[cell]]
+        done[(seed, variant)], ol = cell
+        if ol is not None:
+            openloop[(variant, seed)] = ol
+        rows = [r for c in cells if c in done for r in done[c]]
         _write_csv(out / "episodes.csv", rows)
-        atomic_write_text(path, render_report(cc, rows, time.monotonic() - t0, done=(len(done), len(cells))))
+        report = render_report(
+            cc, rows, time.monotonic() - t0, done=(len(done), len(cells)), openloop=openloop
+        )
+        atomic_write_text(path, report)
 
     if cc.jobs == 1 or len(cc.seeds) == 1:
         for seed, variant in cells:
@@ -237,15 +313,21 @@ def run(cc: CompareConfig) -> Path:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
             futures = {pool.submit(_eval_seed, cc, seed): seed for seed in cc.seeds}
             for fut in as_completed(futures):
-                for variant, eps in fut.result().items():
-                    record(futures[fut], variant, eps)
+                for variant, cell in fut.result().items():
+                    record(futures[fut], variant, cell)
     rows = [r for cell in cells for r in done[cell]]
     if cc.reference:
         t = time.monotonic()
         rows += _evaluate_cached(cc, Path(cc.reference), _reference_store(cc), REFERENCE, 0)
+        ol = _openloop_cached(cc, Path(cc.reference), _reference_store(cc), 0)
+        if ol is not None:
+            openloop[(REFERENCE, 0)] = ol
         print(f"compare: reference {cc.reference} evaluated ({time.monotonic() - t:.0f} s)", flush=True)
         _write_csv(out / "episodes.csv", rows)
-        atomic_write_text(path, render_report(cc, rows, time.monotonic() - t0, done=(len(cells), len(cells))))
+        report = render_report(
+            cc, rows, time.monotonic() - t0, done=(len(cells), len(cells)), openloop=openloop
+        )
+        atomic_write_text(path, report)
     print(path.read_text())
     return path
 
@@ -259,7 +341,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def render_report(
-    cc: CompareConfig, rows: list[dict], seconds: float, done: tuple[int, int] | None = None
+    cc: CompareConfig,
+    rows: list[dict],
+    seconds: float,
+    done: tuple[int, int] | None = None,
+    openloop: dict[tuple[str, int], dict] | None = None,
 ) -> str:
     """Markdown: success per variant and split, pooled over seeds, with 95% Wilson intervals, the
     same table for reaching the task object (partial progress, apt_core.sim.evaluate), and one
@@ -276,6 +362,9 @@ def render_report(
         f"--stage2-steps {cc.stage2_steps} --finetune-mode {cc.finetune_mode} "
         f"--variants {' '.join(cc.variants)} --episodes {cc.episodes} --noise-scale {cc.noise_scale:g}"
         + (f" --reference {cc.reference}" if cc.reference else "")
+        + (f" --heldout {cc.heldout}" if cc.heldout else "")
+        + (f" --record-heldout {cc.record_heldout}" if cc.record_heldout else "")
+        + (f" --heldout-frames {cc.heldout_frames}" if cc.heldout_path else "")
     )
     n = cc.episodes * len(cc.seeds)
     partial = ""
@@ -310,9 +399,45 @@ def render_report(
         "one at that moment (a grounding error, not an imprecise reach), the median TCP-to-object "
         "distance then, and the episodes that lifted the named object.\n\n"
         + _grasp_table(cc, rows)
+        + _openloop_section(cc, openloop or {})
         + "\n\nWhat the training runs behind these numbers measured, and why success is low at this "
         "scale: `docs/experiments.md`.\n"
     )
+
+
+def _openloop_section(cc: CompareConfig, openloop: dict[tuple[str, int], dict]) -> str:
+    """Held-out demonstrations, open loop: one row per variant, the mean over its seeds and each
+    seed's value (apt_core.model.openloop)."""
+    if not openloop:
+        return ""
+    any_ol = next(iter(openloop.values()))
+    hold = float(np.mean([o["hold_error"] for o in openloop.values()]))
+    lines = [
+        "\n\nHeld-out demonstrations, open loop: on "
+        f"{any_ol['frames']} frames of {any_ol['episodes']} scripted demonstrations from scenes no "
+        f"policy trained on (`{cc.heldout_path}`), the mean |predicted chunk - demonstrated chunk| over "
+        "joints and horizon, and how much the chunk changes when the image (another of these frames) or "
+        "the instruction (another task's) is swapped; mean over training seeds, each seed's in brackets. "
+        f"Holding still (repeating the frame's joint state) scores {hold:.3f} rad. Lower chunk error "
+        "means a better vision-action mapping; an instruction swap that changes nothing means the words "
+        "are ignored (apt_core.model.openloop).\n",
+        "| variant | chunk error [rad] | change, image swapped [rad] | change, instruction swapped [rad] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for variant in _rows_order(cc):
+        seeds = sorted(s for v, s in openloop if v == variant)
+        if not seeds:
+            continue
+
+        def cell(measure: str, seeds: list[int] = seeds, variant: str = variant) -> str:
+            vals = [openloop[(variant, s)][measure] for s in seeds]
+            each = f" ({', '.join(f'{v:.3f}' for v in vals)})" if len(vals) > 1 else ""
+            return f"{np.mean(vals):.3f}{each}"
+
+        lines.append(
+            f"| {variant} | {cell('chunk_error')} | {cell('image_swap')} | {cell('instruction_swap')} |"
+        )
+    return "\n".join(lines)
 
 
 def _reference_line(cc: CompareConfig) -> str:
@@ -409,6 +534,18 @@ def main(argv: list[str] | None = None) -> Path:
         "(skipped when --dataset exists), so that the whole comparison is one command",
     )
     p.add_argument("--record-seed", type=int, default=0, help="first scene seed of the recording")
+    p.add_argument(
+        "--heldout",
+        default="",
+        help="a dataset of demonstrations from scenes no variant trained on: adds the open-loop table",
+    )
+    p.add_argument(
+        "--record-heldout",
+        type=int,
+        default=0,
+        help=f"record this many held-out demos first (scene seeds {HELDOUT_SEED}..) for the open-loop table",
+    )
+    p.add_argument("--heldout-frames", type=int, default=128, help="held-out frames measured per policy")
     p.add_argument("--record-workers", type=int, default=1, help="parallel recorder processes")
     p.add_argument("--out-dir", default="runs/compare")
     p.add_argument("--recipe", default="debug", choices=sorted(TRAIN_PRESETS))
@@ -466,6 +603,9 @@ def _config(a: argparse.Namespace) -> CompareConfig:
         record_seed=a.record_seed,
         record_workers=a.record_workers,
         jobs=a.jobs,
+        heldout=a.heldout,
+        record_heldout=a.record_heldout,
+        heldout_frames=a.heldout_frames,
     )
 
 
