@@ -78,14 +78,12 @@ def _bad_joint_states(rng: random.Random) -> list[JointState]:
     return out
 
 
-# KNOWN INTERMITTENT (CI of session 3's last stop, once): after the fuzzing the first plan of "left"
-# was refused by the start-jump check (first point 0.367 where 0.045 was expected), so the node held
-# instead of running. Not reproduced here in 6 runs under load; the start-jump message now names the
-# measured value and the commanded motion behind the expectation, to explain the next occurrence.
-# Session 13 removed two causes of such faults (the executor's process stalls and plans published
-# on a stale joint state, docs/runtime.md); 11 runs since without a rerun. The reruns stay until
-# that holds over more runs.
-@pytest.mark.flaky(reruns=2)
+# Once intermittent (CI of session 3's last stop, once): after the fuzzing the first plan of "left"
+# was refused by the start-jump check (first point 0.367 where 0.045 was expected). Session 13
+# removed two causes of such faults (the executor's process stalls and plans published on a stale
+# joint state, docs/runtime.md); the start-jump message names the measured value and the commanded
+# motion, to explain a next occurrence. Session 25 ran it 20 times without reruns (10 beside two
+# busy-looping processes), all passed, so it runs without reruns now.
 def test_fuzz_every_callback(processes, client: Client, tmp_path) -> None:
     start_robot(processes)
     policy = start_policy(processes)
