@@ -45,6 +45,9 @@ from apt_core.sim.tasks import OBJECTS, SPLITS
 from apt_core.types import ChunkPolicy, Observation
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
+# the policy node's default sampling temperature (config/policy.yaml, docs/experiments.md item 25):
+# a checkpoint is evaluated as it is served unless --noise-scale says otherwise
+SERVED_NOISE_SCALE = 0.0
 CHAIN_TEXTS = ("subtask", "whole")  # what a chain's policy reads: the current subtask, or all of it
 MOVED_DISTANCE = 0.02  # the task object displaced this far from its start counts as "moved" [m]
 LIFT_HEIGHT = 0.03  # the task object raised this far while touching a finger pad counts as "lifted" [m]
@@ -312,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--noise-scale",
         type=float,
-        default=1.0,
-        help="a checkpoint's sampling noise times this (0: the same chunk for the same input; docs/model.md)",
+        default=None,
+        help="a checkpoint's sampling noise times this (default 0, as the policy node serves: the same chunk "
+        "for the same input; 1 samples as trained; docs/model.md)",
     )
     ap.add_argument(
         "--chain-text",
@@ -327,18 +331,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.checkpoint:
         from apt_core.model.runner import check_noise_scale, load_runner  # lazily: torch is heavy
 
+        noise_scale = SERVED_NOISE_SCALE if a.noise_scale is None else a.noise_scale
         try:
-            check_noise_scale(a.noise_scale)
+            check_noise_scale(noise_scale)
         except ValueError as e:
             ap.error(f"--noise-scale: {e}")
-        policy = load_runner(a.checkpoint, noise_scale=a.noise_scale)
+        policy = load_runner(a.checkpoint, noise_scale=noise_scale)
         if a.oracle_goal:
             if not policy.policy.cfg.goal_input:
                 ap.error(f"--oracle-goal: {a.checkpoint} was not trained with --goal-input")
             policy = OracleGoal(policy, env)
     elif a.oracle_goal:
         ap.error("--oracle-goal needs --checkpoint (a policy trained with --goal-input)")
-    elif a.noise_scale != 1.0:
+    elif a.noise_scale is not None:
         ap.error("--noise-scale needs --checkpoint (the scripted expert samples no noise)")
     else:
         from apt_core.sim.expert import ScriptedExpert
