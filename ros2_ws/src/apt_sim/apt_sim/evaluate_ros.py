@@ -12,10 +12,18 @@ instruction on /apt/instruction and publish on the controller topic; run at --sp
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from apt_core.sim.evaluate import EpisodeResult, EvalResults, summarize, summary_markdown, write_results
+from apt_core.sim.evaluate import (
+    SERVED_NOISE_SCALE,
+    EpisodeResult,
+    EvalResults,
+    summarize,
+    summary_markdown,
+    write_results,
+)
 from apt_core.sim.tasks import SPLITS
 from apt_sim.harness import SimHarness
 
@@ -69,7 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", type=float, default=0.0, help="real-time factor; 0 = as fast as possible")
     ap.add_argument("--execute-steps", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("out/eval_ros"))
+    ap.add_argument(
+        "--noise-scale",
+        type=float,
+        default=SERVED_NOISE_SCALE,
+        help="with --checkpoint: its sampling noise times this (default 0, as the policy node serves; 1: as trained)",
+    )
     a = ap.parse_args(argv)
+    if a.noise_scale != SERVED_NOISE_SCALE and not a.checkpoint:
+        ap.error(
+            "--noise-scale needs --checkpoint (the scripted expert and an external node sample their own)"
+        )
+    if not (math.isfinite(a.noise_scale) and a.noise_scale >= 0):
+        ap.error(f"--noise-scale must be a finite number >= 0, got {a.noise_scale}")
     if a.external:
         factory = None
     elif a.checkpoint:
@@ -77,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         def factory(env):
             from apt_core.model.runner import load_runner  # lazily: torch is heavy
 
-            return load_runner(a.checkpoint)
+            return load_runner(a.checkpoint, noise_scale=a.noise_scale)
     else:
         from apt_core.sim.expert import ScriptedExpert
 
