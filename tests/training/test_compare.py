@@ -78,6 +78,13 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
     assert "Partial: 1 of 5" in partial and "| single_stage |" in partial and "| apt_frozen |" not in partial
     # the report says what the recipe trained with when it was written (recipes change over time)
     assert f"Recipe `{cc.recipe}` at the time: objective" in partial
+    # a cell trained on to more steps is evaluated again: the cache belongs to the weights it measured
+    with pytest.raises(AssertionError, match="evaluated again"):
+        compare._eval_cell(replace(cc, stage1_steps=3), "single_stage", 0)
+    assert (
+        json.loads((tmp_path / "cmp" / "seed0" / "single_stage" / "final" / "meta.json").read_text())["step"]
+        == 5
+    )
 
 
 def test_compare_rejects_unknown_variants():

@@ -181,9 +181,20 @@ def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
     return _evaluate_cached(cc, ckpt, ckpt.parent, variant, seed)
 
 
+def checkpoint_digest(ckpt: Path) -> str:
+    """A digest of a checkpoint's weights and metadata: a cached evaluation belongs to these weights
+    (a cell trained on to more steps, or a reference folder replaced, is evaluated again)."""
+    h = hashlib.sha1()
+    for name in ("meta.json", "model.safetensors"):
+        with (Path(ckpt) / name).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, seed: int) -> list[dict]:
     """Evaluate `ckpt` on the comparison's scenes, or return the episodes stored in `store`."""
-    key = cc.eval_key()
+    key = f"{cc.eval_key()}_{checkpoint_digest(ckpt)}"
     cache = store / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["episodes"]
@@ -208,7 +219,7 @@ def _openloop_cached(cc: CompareConfig, ckpt: Path, store: Path, seed: int) -> d
     if not cc.heldout_path:
         return None
     heldout = Path(cc.heldout_path).resolve()
-    key = f"{heldout}_f{cc.heldout_frames}_noise{cc.noise_scale:g}"
+    key = f"{heldout}_f{cc.heldout_frames}_noise{cc.noise_scale:g}_{checkpoint_digest(ckpt)}"
     cache = store / f"openloop_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["result"]
