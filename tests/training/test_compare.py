@@ -11,6 +11,22 @@ import pytest
 from apt_training.compare import VARIANTS, CompareConfig, run
 
 
+def _small(dataset, tmp_path, **kw) -> CompareConfig:
+    """A comparison small enough for a test: one seed, one step per stage, one scene."""
+    base = dict(
+        dataset=str(dataset),
+        out_dir=str(tmp_path / "cmp"),
+        seeds=(0,),
+        stage1_steps=1,
+        stage2_steps=1,
+        splits=("in_distribution",),
+        episodes=1,
+        results=str(tmp_path / "results.md"),
+        threads=1,
+    )
+    return CompareConfig(**{**base, **kw})
+
+
 def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_path, monkeypatch):
     cc = CompareConfig(
         dataset=str(tiny_dataset),
@@ -121,20 +137,7 @@ def test_grasp_table_counts_shut_grasps_and_wrong_objects():
 def test_compare_records_its_own_demonstrations(ros_env, tmp_path):
     """--record: the scripted expert's demos go through the ROS sim into rosbag2, are converted, and
     the comparison trains and evaluates on them: the whole table from one command."""
-    cc = CompareConfig(
-        dataset=str(tmp_path / "cmp" / "dataset"),
-        out_dir=str(tmp_path / "cmp"),
-        seeds=(0,),
-        stage1_steps=1,
-        stage2_steps=1,
-        variants=("single_stage",),
-        splits=("in_distribution",),
-        episodes=1,
-        results=str(tmp_path / "results.md"),
-        threads=1,
-        record=2,
-        record_seed=5,
-    )
+    cc = _small(tmp_path / "cmp" / "dataset", tmp_path, variants=("single_stage",), record=2, record_seed=5)
     report = run(cc).read_text()
     assert "--record 2 --record-seed 5 --record-workers 1 --dataset" in report
     done = json.loads((tmp_path / "cmp" / "demos" / "DONE.json").read_text())
@@ -212,18 +215,11 @@ def test_compare_measures_policies_open_loop_on_heldout_demos(tiny_dataset, tmp_
     reference that is a cell's own checkpoint scores exactly what that cell scores."""
     from dataclasses import replace
 
-    cc = CompareConfig(
-        dataset=str(tiny_dataset),
-        out_dir=str(tmp_path / "cmp"),
-        seeds=(0,),
-        stage1_steps=1,
-        stage2_steps=1,
+    cc = _small(
+        tiny_dataset,
+        tmp_path,
         variants=("single_stage", "apt_frozen"),
         finetune_mode="frozen",
-        splits=("in_distribution",),
-        episodes=1,
-        results=str(tmp_path / "results.md"),
-        threads=1,
         heldout=str(tiny_dataset),
         heldout_frames=6,
     )
