@@ -28,16 +28,8 @@ def _small(dataset, tmp_path, **kw) -> CompareConfig:
 
 
 def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_path, monkeypatch):
-    cc = CompareConfig(
-        dataset=str(tiny_dataset),
-        out_dir=str(tmp_path / "cmp"),
-        seeds=(0,),
-        stage1_steps=2,
-        stage2_steps=2,
-        splits=("in_distribution", "paraphrase"),
-        episodes=1,
-        results=str(tmp_path / "results.md"),
-        threads=1,
+    cc = _small(
+        tiny_dataset, tmp_path, stage1_steps=2, stage2_steps=2, splits=("in_distribution", "paraphrase")
     )
     report = run(cc).read_text()
     for v in VARIANTS:
@@ -90,7 +82,7 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
         compare._eval_cell(replace(cc, noise_scale=1.0), "single_stage", 0)
     assert "--noise-scale 0`" in report and "noise scale 0 (as the policy node serves them)" in report
     # a report written before the last cell says it is partial
-    partial = compare.render_report(cc, compare._eval_cell(cc, "single_stage", 0), 1.0, done=(1, 5))
+    partial = compare.render_report(cc, compare._eval_cell(cc, "single_stage", 0)[0], 1.0, done=(1, 5))
     assert "Partial: 1 of 5" in partial and "| single_stage |" in partial and "| apt_frozen |" not in partial
     # the report says what the recipe trained with when it was written (recipes change over time)
     assert f"Recipe `{cc.recipe}` at the time: objective" in partial

@@ -174,11 +174,13 @@ def train_variant(cc: CompareConfig, variant: str, seed: int) -> Path:
     return _train(cc, root / variant, seed, variant="token_insertion", backbone_mode="frozen", **kw)
 
 
-def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> list[dict]:
-    """Train (or reuse) one variant x seed and evaluate it; the episodes are stored next to the
-    checkpoint, so a killed comparison resumes without re-evaluating finished cells."""
+def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> tuple[list[dict], dict | None]:
+    """Train (or reuse) one variant x seed, evaluate it and measure it open loop; both are stored
+    next to the checkpoint, so a killed comparison resumes without re-evaluating finished cells."""
     ckpt = train_variant(cc, variant, seed)
-    return _evaluate_cached(cc, ckpt, ckpt.parent, variant, seed)
+    digest = checkpoint_digest(ckpt)
+    eps = _evaluate_cached(cc, ckpt, ckpt.parent, variant, seed, digest)
+    return eps, _openloop_cached(cc, ckpt, ckpt.parent, seed, digest)
 
 
 def checkpoint_digest(ckpt: Path) -> str:
@@ -192,9 +194,12 @@ def checkpoint_digest(ckpt: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, seed: int) -> list[dict]:
-    """Evaluate `ckpt` on the comparison's scenes, or return the episodes stored in `store`."""
-    key = f"{cc.eval_key()}_{checkpoint_digest(ckpt)}"
+def _evaluate_cached(
+    cc: CompareConfig, ckpt: Path, store: Path, variant: str, seed: int, digest: str
+) -> list[dict]:
+    """Evaluate `ckpt` (whose checkpoint_digest is `digest`) on the comparison's scenes, or return
+    the episodes stored in `store`."""
+    key = f"{cc.eval_key()}_{digest}"
     cache = store / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["episodes"]
@@ -213,13 +218,13 @@ def _evaluate_cached(cc: CompareConfig, ckpt: Path, store: Path, variant: str, s
     return eps
 
 
-def _openloop_cached(cc: CompareConfig, ckpt: Path, store: Path, seed: int) -> dict | None:
-    """The open-loop measures of `ckpt` on the held-out demonstrations (None without them), or the
-    ones stored in `store`."""
+def _openloop_cached(cc: CompareConfig, ckpt: Path, store: Path, seed: int, digest: str) -> dict | None:
+    """The open-loop measures of `ckpt` (whose checkpoint_digest is `digest`) on the held-out
+    demonstrations (None without them), or the ones stored in `store`."""
     if not cc.heldout_path:
         return None
     heldout = Path(cc.heldout_path).resolve()
-    key = f"{heldout}_f{cc.heldout_frames}_noise{cc.noise_scale:g}_{checkpoint_digest(ckpt)}"
+    key = f"{heldout}_f{cc.heldout_frames}_noise{cc.noise_scale:g}_{digest}"
     cache = store / f"openloop_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["result"]
@@ -240,9 +245,7 @@ def _openloop_cached(cc: CompareConfig, ckpt: Path, store: Path, seed: int) -> d
 def _eval_cell_logged(cc: CompareConfig, variant: str, seed: int) -> tuple[list[dict], dict | None]:
     """One cell's evaluation episodes and held-out open-loop measures, with a progress line."""
     t = time.monotonic()
-    eps = _eval_cell(cc, variant, seed)
-    ckpt = train_variant(cc, variant, seed)  # trained by now: returns the final checkpoint
-    ol = _openloop_cached(cc, ckpt, ckpt.parent, seed)
+    eps, ol = _eval_cell(cc, variant, seed)
     by_split = {s.split: s for s in summarize([_episode(r) for r in eps])}
     rates = ", ".join(f"{sp}={by_split[sp].rate:.2f}" for sp in cc.splits)
     held = f", held-out chunk error {ol['chunk_error']:.3f} rad" if ol else ""
@@ -253,6 +256,23 @@ def _eval_cell_logged(cc: CompareConfig, variant: str, seed: int) -> tuple[list[
 def _eval_seed(cc: CompareConfig, seed: int) -> dict[str, tuple[list[dict], dict | None]]:
     """Every variant of one training seed, in order (a worker process of --jobs)."""
     return {variant: _eval_cell_logged(cc, variant, seed) for variant in cc.variants}
+
+
+def _record_dataset(cc: CompareConfig, episodes: int, seed: int, demos: str, dataset: Path) -> None:
+    """Record `episodes` scripted demos (scene seeds seed..) into out_dir/`demos` and convert them
+    into `dataset`, as apt-pipeline does, unless `dataset` is already converted (both steps resume)."""
+    if (dataset / "meta" / "info.json").exists():
+        return
+    pc = PipelineConfig(
+        out=cc.out_dir,
+        recipe=cc.recipe,
+        episodes=episodes,
+        seed=seed,
+        record_workers=cc.record_workers,
+        eval_seed=max(cc.eval_seed, seed + episodes),
+    )
+    record_step(pc, Path(cc.out_dir) / demos)
+    convert_step(Path(cc.out_dir) / demos, dataset)
 
 
 def _reference_store(cc: CompareConfig) -> Path:
@@ -266,30 +286,10 @@ def run(cc: CompareConfig) -> Path:
 
     The report is rewritten after every cell (marked partial until all are done), so a long
     comparison shows what it has so far; re-running the same command continues it."""
-    if cc.record and not (Path(cc.dataset) / "meta" / "info.json").exists():
-        pc = PipelineConfig(
-            out=cc.out_dir,
-            recipe=cc.recipe,
-            episodes=cc.record,
-            seed=cc.record_seed,
-            record_workers=cc.record_workers,
-            eval_seed=cc.eval_seed,
-        )
-        demos = Path(cc.out_dir) / "demos"
-        record_step(pc, demos)  # resumable: a complete recording is not recorded again
-        convert_step(demos, Path(cc.dataset))
-    if cc.record_heldout and not cc.heldout and not (Path(cc.heldout_path) / "meta" / "info.json").exists():
-        pc = PipelineConfig(
-            out=cc.out_dir,
-            recipe=cc.recipe,
-            episodes=cc.record_heldout,
-            seed=HELDOUT_SEED,
-            record_workers=cc.record_workers,
-            eval_seed=HELDOUT_SEED + cc.record_heldout,
-        )
-        demos = Path(cc.out_dir) / "heldout_demos"
-        record_step(pc, demos)
-        convert_step(demos, Path(cc.heldout_path))
+    if cc.record:
+        _record_dataset(cc, cc.record, cc.record_seed, "demos", Path(cc.dataset))
+    if cc.record_heldout and not cc.heldout:
+        _record_dataset(cc, cc.record_heldout, HELDOUT_SEED, "heldout_demos", Path(cc.heldout_path))
     warning = check_dataset_scene(cc.dataset)  # raises when the data's scene is not this one
     if warning:
         print(f"apt-compare: warning: {warning}", flush=True)
@@ -329,8 +329,10 @@ def run(cc: CompareConfig) -> Path:
     rows = [r for cell in cells for r in done[cell]]
     if cc.reference:
         t = time.monotonic()
-        rows += _evaluate_cached(cc, Path(cc.reference), _reference_store(cc), REFERENCE, 0)
-        ol = _openloop_cached(cc, Path(cc.reference), _reference_store(cc), 0)
+        ref, store = Path(cc.reference), _reference_store(cc)
+        digest = checkpoint_digest(ref)
+        rows += _evaluate_cached(cc, ref, store, REFERENCE, 0, digest)
+        ol = _openloop_cached(cc, ref, store, 0, digest)
         if ol is not None:
             openloop[(REFERENCE, 0)] = ol
         print(f"compare: reference {cc.reference} evaluated ({time.monotonic() - t:.0f} s)", flush=True)
