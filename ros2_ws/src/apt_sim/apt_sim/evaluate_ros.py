@@ -12,7 +12,6 @@ instruction on /apt/instruction and publish on the controller topic; run at --sp
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -88,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             "--noise-scale needs --checkpoint (the scripted expert and an external node sample their own)"
         )
-    if not (math.isfinite(a.noise_scale) and a.noise_scale >= 0):
-        ap.error(f"--noise-scale must be a finite number >= 0, got {a.noise_scale}")
     if a.external:
         factory = None
     elif a.checkpoint:
+        from apt_core.model.runner import check_noise_scale  # lazily: torch is heavy
+
+        try:
+            check_noise_scale(a.noise_scale)
+        except ValueError as e:
+            ap.error(f"--noise-scale: {e}")
 
         def factory(env):
             from apt_core.model.runner import load_runner  # lazily: torch is heavy
