@@ -36,6 +36,9 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
         assert report.count(f"| {v} |") == 3  # success, reached-the-object and grasp rows
     assert "Partial progress:" in report and "| variant | grasps (gripper shut) |" in report
     assert "pooled over 1 training seed(s) x 1 episodes = 1 episodes per cell" in report
+    # the report says which variants train the backbone (the test's mode is "full")
+    assert "single_stage and apt_finetune train every weight of the `tiny` backbone" in report
+    assert "knowledge_insulation stops the action loss's gradient" in report
     rows = list(csv.DictReader((tmp_path / "cmp" / "episodes.csv").open()))
     assert len(rows) == len(VARIANTS) * 2
     assert all(float(r["min_distance"]) >= 0 for r in rows)  # partial progress measured per episode
@@ -93,6 +96,26 @@ def test_compare_trains_every_variant_and_writes_the_report(tiny_dataset, tmp_pa
         json.loads((tmp_path / "cmp" / "seed0" / "single_stage" / "final" / "meta.json").read_text())["step"]
         == 5
     )
+
+
+def test_report_names_what_of_the_backbone_each_mode_trains():
+    from apt_training.compare import _backbone_line
+
+    lora = _backbone_line(CompareConfig(dataset="d", recipe="cpu-demo", finetune_mode="lora"))
+    assert lora.startswith(
+        "single_stage and apt_finetune train LoRA (rank 16) on the `query`, `key`, `value`, `dense` "
+        "layers of the `text` part of the `minilm_effnet` backbone"
+    )
+    assert "0.1 times the expert's learning rate" in lora and "single-stage with the backbone frozen" in lora
+    only_apt = _backbone_line(
+        CompareConfig(dataset="d", recipe="debug", finetune_mode="lora", variants=("apt_finetune",))
+    )
+    assert only_apt.startswith("apt_finetune trains LoRA (rank 16) on the `qkv`, `proj` layers of the `tiny`")
+    assert "knowledge_insulation" not in only_apt
+    frozen = CompareConfig(
+        dataset="d", finetune_mode="frozen", variants=("single_stage", "apt_frozen", "token_insertion")
+    )
+    assert _backbone_line(frozen) == "No variant trains the backbone: every one keeps it frozen."
 
 
 def test_compare_rejects_unknown_variants():

@@ -2,7 +2,9 @@
 
 Variants (APT_METHOD.md, "Baselines the paper compares"):
   single_stage          stage-2 architecture trained end to end from scratch (pi0-like), backbone finetuned
-  knowledge_insulation  as single_stage, but no expert gradient reaches the backbone (pi0.5-like)
+  knowledge_insulation  as single_stage, but no expert gradient reaches the backbone (pi0.5-like;
+                        pi0.5 also trains its VLM on discrete action tokens and web data, which this
+                        stack does not, so here the backbone is not trained at all)
   apt_frozen            stage 1 (VA prior) -> expand -> stage 2 with the backbone frozen
   apt_finetune          stage 1 -> expand -> stage 2 with the backbone finetuned (LoRA or full)
   token_insertion       stage 1 -> expand -> stage 2 injecting language as expert tokens, not gated fusion
@@ -37,7 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from apt_core.fileio import atomic_write_text
+from apt_core.model.backbone import backbone_class
 from apt_core.model.checkpoint import load_checkpoint
+from apt_core.model.config import get_preset
 from apt_core.model.runner import PolicyRunner, check_noise_scale
 from apt_core.sim.env import check_dataset_scene
 from apt_core.sim.evaluate import REACH_RADIUS, EpisodeResult, evaluate, summarize, wilson_interval
@@ -400,6 +404,8 @@ def render_report(
         + (" (as the policy node serves them)" if cc.noise_scale == 0 else "")
         + "."
         + _reference_line(cc)
+        + " "
+        + _backbone_line(cc)
         + "\n\n"
         + success
         + "\n\n"
@@ -461,6 +467,34 @@ def _reference_line(cc: CompareConfig) -> str:
         "episodes per cell): not trained on this data or budget, it shows what the same simulator "
         "and protocol give a policy trained far longer (its training report is in its folder)."
     )
+
+
+def _backbone_line(cc: CompareConfig) -> str:
+    """Which variants train the backbone, and what of it (`--finetune-mode`, the recipe's backbone)."""
+    train = train_preset(cc.recipe, dataset=cc.dataset)
+    bb = get_preset(train.preset).backbone
+    trained = [v for v in ("single_stage", "apt_finetune") if v in cc.variants]
+    if cc.finetune_mode == "frozen" or not trained:
+        return "No variant trains the backbone: every one keeps it frozen."
+    cls = backbone_class(bb.kind)
+    where = f"the `{cls.lora_scope.rstrip('.')}` part of" if cls.lora_scope else ""
+    what = (
+        f"LoRA (rank {bb.lora_rank}) on the {', '.join(f'`{t}`' for t in cls.lora_targets)} layers of "
+        f"{where} the `{bb.kind}` backbone".replace("of  the", "of the")
+        if cc.finetune_mode == "lora"
+        else f"every weight of the `{bb.kind}` backbone"
+    )
+    line = (
+        f"{' and '.join(trained)} train{'' if len(trained) > 1 else 's'} {what} with the action loss, at {train.backbone_lr_scale:g} "
+        "times the expert's learning rate; the other variants keep it frozen."
+    )
+    if "knowledge_insulation" in cc.variants:
+        line += (
+            " knowledge_insulation stops the action loss's gradient at the backbone's features; pi0.5 "
+            "then trains its VLM on discrete action tokens and web data, which this stack does not, so "
+            "its backbone is not trained at all (it is single-stage with the backbone frozen)."
+        )
+    return line
 
 
 def _rows_order(cc: CompareConfig) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ class Backbone(nn.Module):
     tap_layers: list[int]
     pretrained: bool = False  # weights come from outside the checkpoint (shipped / hub)
     lora_targets: tuple[str, ...] = ()  # names of nn.Linear submodules LoRA wraps
+    lora_scope: str = ""  # only submodules whose name starts with this (empty: the whole backbone)
 
     @property
     def num_taps(self) -> int:
@@ -142,14 +143,21 @@ class TinyBackbone(Backbone):
         return BackboneOutput(feats, is_lang[None].expand(B, N), valid, list(self.tap_layers))
 
 
-def build_backbone(cfg: PolicyConfig, vocab_size: int) -> Backbone:
-    kind = cfg.backbone.kind
+def backbone_class(kind: str) -> type[Backbone]:
+    """The Backbone subclass of a BackboneConfig.kind (imports the heavy ones only when named)."""
     if kind == "tiny":
-        return TinyBackbone(cfg.backbone, cfg, vocab_size)
+        return TinyBackbone
     if kind == "minilm_effnet":
         from .backbone_minilm_effnet import MiniLMEffNetBackbone
 
-        return MiniLMEffNetBackbone(cfg.backbone, cfg)
+        return MiniLMEffNetBackbone
     from .backbone_qwen3vl import Qwen3VLBackbone
 
-    return Qwen3VLBackbone(cfg.backbone, cfg)
+    return Qwen3VLBackbone
+
+
+def build_backbone(cfg: PolicyConfig, vocab_size: int) -> Backbone:
+    cls = backbone_class(cfg.backbone.kind)
+    if cls is TinyBackbone:
+        return TinyBackbone(cfg.backbone, cfg, vocab_size)
+    return cls(cfg.backbone, cfg)

@@ -59,7 +59,7 @@ class APTPolicy(nn.Module):
                 self.backbone.lora_targets,
                 cfg.backbone.lora_rank,
                 cfg.backbone.lora_alpha,
-                scope=getattr(self.backbone, "lora_scope", ""),
+                scope=self.backbone.lora_scope,
             )
         apply_backbone_mode(self)
 
