@@ -51,7 +51,7 @@ class Backbone(nn.Module):
     tap_layers: list[int]
     pretrained: bool = False  # weights come from outside the checkpoint (shipped / hub)
     lora_targets: tuple[str, ...] = ()  # names of nn.Linear submodules LoRA wraps
-    lora_scope: str = ""  # only submodules whose name starts with this (empty: the whole backbone)
+    lora_scope: str = ""  # only submodules whose full name contains this (empty: anywhere)
 
     @property
     def num_taps(self) -> int:
