@@ -477,15 +477,16 @@ def _backbone_line(cc: CompareConfig) -> str:
     if cc.finetune_mode == "frozen" or not trained:
         return "No variant trains the backbone: every one keeps it frozen."
     cls = backbone_class(bb.kind)
-    where = f"the `{cls.lora_scope.rstrip('.')}` part of" if cls.lora_scope else ""
+    where = f"the `{cls.lora_scope.rstrip('.')}` part of " if cls.lora_scope else ""
+    layers = ", ".join(f"`{t}`" for t in cls.lora_targets)
     what = (
-        f"LoRA (rank {bb.lora_rank}) on the {', '.join(f'`{t}`' for t in cls.lora_targets)} layers of "
-        f"{where} the `{bb.kind}` backbone".replace("of  the", "of the")
+        f"LoRA (rank {bb.lora_rank}) on the {layers} layers of {where}the `{bb.kind}` backbone"
         if cc.finetune_mode == "lora"
         else f"every weight of the `{bb.kind}` backbone"
     )
+    verb = "train" if len(trained) > 1 else "trains"
     line = (
-        f"{' and '.join(trained)} train{'' if len(trained) > 1 else 's'} {what} with the action loss, at {train.backbone_lr_scale:g} "
+        f"{' and '.join(trained)} {verb} {what} with the action loss, at {train.backbone_lr_scale:g} "
         "times the expert's learning rate; the other variants keep it frozen."
     )
     if "knowledge_insulation" in cc.variants:
