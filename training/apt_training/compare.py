@@ -182,9 +182,19 @@ def _eval_cell(cc: CompareConfig, variant: str, seed: int) -> tuple[list[dict], 
     """Train (or reuse) one variant x seed, evaluate it and measure it open loop; both are stored
     next to the checkpoint, so a killed comparison resumes without re-evaluating finished cells."""
     ckpt = train_variant(cc, variant, seed)
+    _use_threads(cc)
     digest = checkpoint_digest(ckpt)
     eps = _evaluate_cached(cc, ckpt, ckpt.parent, variant, seed, digest)
     return eps, _openloop_cached(cc, ckpt, ckpt.parent, seed, digest)
+
+
+def _use_threads(cc: CompareConfig) -> None:
+    """Keep a cell's evaluation and open-loop measure to `threads` (its training set them, unless it
+    was reused): results depend on the thread count (docs/experiments.md item 27)."""
+    if cc.threads:
+        import torch
+
+        torch.set_num_threads(cc.threads)
 
 
 def checkpoint_digest(ckpt: Path) -> str:
@@ -207,10 +217,6 @@ def _evaluate_cached(
     cache = store / f"eval_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["episodes"]
-    if cc.threads:  # an evaluation whose training was reused still keeps to its share of the cores
-        import torch
-
-        torch.set_num_threads(cc.threads)
     policy, processor, meta = load_checkpoint(ckpt)
     runner = PolicyRunner(policy, processor, meta, seed=seed, noise_scale=cc.noise_scale)
     res = evaluate(runner, splits=cc.splits, n_episodes=cc.episodes, seed=cc.eval_seed)
@@ -333,6 +339,7 @@ def run(cc: CompareConfig) -> Path:
     rows = [r for cell in cells for r in done[cell]]
     if cc.reference:
         t = time.monotonic()
+        _use_threads(cc)
         ref, store = Path(cc.reference), _reference_store(cc)
         digest = checkpoint_digest(ref)
         rows += _evaluate_cached(cc, ref, store, REFERENCE, 0, digest)
