@@ -330,6 +330,37 @@ def test_finetune_from_goes_on_training_a_stage2_policy(tiny_dataset, tmp_path, 
         ft.replace(goal_push_travel=-0.01)
 
 
+def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_dataset, tmp_path):
+    """--train-only goal_pointer: only the pointer's weights change, its loss is the run's loss, a
+    run stopped at step 2 and resumed to 4 gives the uninterrupted run's losses and weights, and the
+    option is refused by name where it cannot apply."""
+    import torch
+
+    _, cfg = _stage1_and_stage2_config(
+        tiny_dataset, tmp_path, 2, goal_weight=0.5, goal_input=True, goal_pointer=True
+    )
+    base = stage2.main(cfg)
+    src = load_checkpoint(base)[0].state_dict()
+    ft = cfg.replace(init_from="", finetune_from=str(base), train_only="goal_pointer", steps=4, save_every=2)
+    whole = stage2.main(ft.replace(out_dir=str(tmp_path / "whole")))
+    stage2.main(ft.replace(steps=2, out_dir=str(tmp_path / "split")))
+    split = stage2.main(ft.replace(out_dir=str(tmp_path / "split")))
+    a, b = load_checkpoint(whole)[0].state_dict(), load_checkpoint(split)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "whole"), rel=1e-6)
+    moved = {k for k in src if not torch.equal(src[k], a[k])}
+    assert moved and all(k.startswith("goal_pointer.") for k in moved)
+    rows = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["pointer_loss"] and 0 < r["pointer_err_cm"] < 100 for r in rows)
+    # the option defines the run, and it needs a goal-pointer policy to go on training
+    with pytest.raises(TrainConfigError, match=r"holds another run \(train_only: 'goal_pointer' there, '' now"):
+        train_or_reuse(ft.replace(train_only="", out_dir=str(tmp_path / "whole")))
+    with pytest.raises(TrainConfigError, match="train_only goal_pointer trains the goal pointer"):
+        cfg.replace(train_only="goal_pointer")
+    with pytest.raises(TrainConfigError, match="train_only 'expert' unknown"):
+        ft.replace(train_only="expert")
+
+
 def test_bad_training_configs_name_the_field(tiny_dataset):
     with pytest.raises(TrainConfigError, match="steps must be >= 1"):
         train_preset("debug", dataset=str(tiny_dataset), steps=0)

@@ -78,6 +78,10 @@ class TrainConfig:
     # off (the pointer's error when the policy runs) instead of following it; 0 disables
     goal_noise: float = 0.0
     goal_noise_frac: float = 0.5
+    # "" trains what the stage trains; "goal_pointer" (with finetune_from) trains only the goal
+    # pointer, on its loss alone: the backbone, its neck and the action expert stay exactly as they
+    # were, so the actions given a goal do not change, and a step skips the expert
+    train_only: str = ""
     # observe every k-th frame of each episode (at an offset that differs per episode, so every
     # phase is covered); action chunks still come from every frame. The frozen-encoder memo grows
     # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
@@ -141,6 +145,14 @@ class TrainConfig:
         check(
             self.goal_noise == 0 or self.goal_input,
             "goal_noise moves the goal the actions see in training, so it needs goal_input",
+        )
+        check(
+            self.train_only in ("", "goal_pointer"), f"train_only {self.train_only!r} unknown (goal_pointer)"
+        )
+        check(
+            self.train_only != "goal_pointer" or (self.goal_pointer and self.finetune_from),
+            "train_only goal_pointer trains the goal pointer of a policy that has one: pass --finetune-from "
+            "a stage-2 goal-pointer policy and --goal-pointer (with its other goal flags)",
         )
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

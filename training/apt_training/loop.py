@@ -33,7 +33,7 @@ from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
-from apt_core.model.stages import expand_to_stage2
+from apt_core.model.stages import expand_to_stage2, train_only
 
 from .config import TrainConfig, TrainConfigError
 from .plots import plot_run
@@ -69,6 +69,8 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]):
         c = self.cfg
+        if c.train_only == "goal_pointer":
+            return self.policy.compute_pointer_loss(batch)
         return self.policy.compute_loss(
             batch, goal_weight=c.goal_weight, goal_noise=c.goal_noise, goal_noise_frac=c.goal_noise_frac
         )
@@ -336,6 +338,8 @@ def train(cfg: TrainConfig) -> Path:
     resume = _latest(ckpt_root)
     if resume is not None:
         policy, processor, _ = load_checkpoint(resume)
+    if cfg.train_only:  # after a resume too: loading a checkpoint sets the stage's trainable weights
+        train_only(policy, cfg.train_only)
     policy.to(cfg.device).train()
     n_obs = len(observed_frames(dataset, cfg.frame_stride))
     if cfg.cache_features and hasattr(policy.backbone, "enable_feature_cache"):
@@ -480,6 +484,7 @@ RUN_FIELDS = (
     "goal_pointer",
     "goal_noise",
     "goal_noise_frac",
+    "train_only",
     "frame_stride",
 )
 

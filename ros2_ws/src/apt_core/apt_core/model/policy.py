@@ -150,16 +150,31 @@ class APTPolicy(nn.Module):
             loss = loss + goal_weight * g_loss
             info.update(g_info)
         if use_goal and self.cfg.goal_pointer:
-            # the pointer reads no arm joint, so "the target is about where the tool is" is no
-            # shortcut for it: it also learns the frames close to their target (`goal_near`), which
-            # are the ones the policy acts on at the end of every reach
-            valid = batch["goal_valid"] | batch.get("goal_near", torch.zeros_like(batch["goal_valid"]))
-            p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], valid)
+            p_loss, p_info = self._pointer_loss(enc, batch)
             loss = loss + goal_weight * p_loss
-            info.update(
-                {f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"}
-            )
+            info.update(p_info)
         return loss, info
+
+    def compute_pointer_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The goal pointer's loss alone (training it with everything else fixed, TrainConfig
+        train_only): the backbone runs, the action expert does not. info["loss"] is that loss."""
+        if not self.cfg.goal_pointer:
+            raise ValueError("this policy has no goal pointer (train it with goal_pointer)")
+        for key in ("goal", "goal_valid"):
+            if key not in batch:
+                raise KeyError(f"processed batch is missing {key!r} (the pointer's targets need goal_weight > 0)")
+        loss, info = self._pointer_loss(self.encode(batch), batch)
+        return loss, {"loss": float(loss.detach()), **info}
+
+    def _pointer_loss(
+        self, enc: dict[str, object], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        # the pointer reads no arm joint, so "the target is about where the tool is" is no shortcut
+        # for it: it also learns the frames close to their target (`goal_near`), which are the ones
+        # the policy acts on at the end of every reach
+        valid = batch["goal_valid"] | batch.get("goal_near", torch.zeros_like(batch["goal_valid"]))
+        p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], valid)
+        return p_loss, {f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"}
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
 

@@ -94,6 +94,19 @@ def freeze_backbone(policy: APTPolicy) -> None:
     apply_backbone_mode(policy)
 
 
+def train_only(policy: APTPolicy, module: str) -> int:
+    """Fix every weight of `policy` except those of its submodule `module` (e.g. "goal_pointer");
+    returns how many parameters stay trainable."""
+    sub = getattr(policy, module, None)
+    if not isinstance(sub, nn.Module):
+        raise ValueError(f"the policy has no module {module!r} to train")
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    for p in sub.parameters():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in sub.parameters())
+
+
 def trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
     """Parameters the optimiser should see (requires_grad)."""
     return [p for p in policy.parameters() if p.requires_grad]
