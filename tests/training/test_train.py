@@ -353,7 +353,9 @@ def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_d
     rows = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["pointer_loss"] and 0 < r["pointer_err_cm"] < 100 for r in rows)
     # the option defines the run, and it needs a goal-pointer policy to go on training
-    with pytest.raises(TrainConfigError, match=r"holds another run \(train_only: 'goal_pointer' there, '' now"):
+    with pytest.raises(
+        TrainConfigError, match=r"holds another run \(train_only: 'goal_pointer' there, '' now"
+    ):
         train_or_reuse(ft.replace(train_only="", out_dir=str(tmp_path / "whole")))
     with pytest.raises(TrainConfigError, match="train_only goal_pointer trains the goal pointer"):
         cfg.replace(train_only="goal_pointer")

@@ -162,7 +162,9 @@ class APTPolicy(nn.Module):
             raise ValueError("this policy has no goal pointer (train it with goal_pointer)")
         for key in ("goal", "goal_valid"):
             if key not in batch:
-                raise KeyError(f"processed batch is missing {key!r} (the pointer's targets need goal_weight > 0)")
+                raise KeyError(
+                    f"processed batch is missing {key!r} (the pointer's targets need goal_weight > 0)"
+                )
         loss, info = self._pointer_loss(self.encode(batch), batch)
         return loss, {"loss": float(loss.detach()), **info}
 
@@ -174,7 +176,9 @@ class APTPolicy(nn.Module):
         # the policy acts on at the end of every reach
         valid = batch["goal_valid"] | batch.get("goal_near", torch.zeros_like(batch["goal_valid"]))
         p_loss, p_info = self.goal_loss(self._pointer_units(enc), batch["goal"], valid)
-        return p_loss, {f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"}
+        return p_loss, {
+            f"pointer_{k.removeprefix('goal_')}": v for k, v in p_info.items() if k != "goal_frac"
+        }
 
     GOAL_SCALE = 0.1  # [m] per unit of the goal head's output
 
