@@ -297,6 +297,39 @@ def test_goal_pointer_also_learns_the_near_frames_the_head_skips(stats) -> None:
         proc.process_batch(dict(_with_goals(raw, goals, far), goal_near=near[:2]))
 
 
+def test_pointer_loss_alone_is_the_pointers_part_of_the_loss_and_trains_only_the_pointer(stats) -> None:
+    """compute_pointer_loss: the pointer's term of compute_loss, without running the expert; with
+    stages.train_only(policy, "goal_pointer") its gradient reaches the pointer's weights only."""
+    from apt_core.model.stages import train_only
+
+    p, proc = _policy(stats, goal_dim=3, goal_input=True, goal_pointer=True)
+    goals = torch.tensor([[0.45, 0.2, 0.03]] * 4)
+    near = torch.tensor([0, 1, 0, 0]).bool()
+    batch = proc.process_batch(
+        dict(_with_goals(make_raw_batch(4), goals, torch.tensor([1, 0, 1, 0]).bool()), goal_near=near),
+        train=True,
+    )
+    _, full = p.compute_loss(batch, generator=torch.Generator().manual_seed(0), goal_weight=1.0)
+    calls: list[int] = []
+    p.expert.register_forward_hook(lambda *a: calls.append(1))
+    n = train_only(p, "goal_pointer")
+    assert n == sum(q.numel() for q in p.goal_pointer.parameters()) > 0
+    loss, info = p.compute_pointer_loss(batch)
+    assert not calls  # no expert pass
+    assert info["loss"] == pytest.approx(full["pointer_loss"], rel=1e-6)
+    assert info["pointer_err_cm"] == pytest.approx(full["pointer_err_cm"], rel=1e-6)
+    loss.backward()
+    trained = {name for name, q in p.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0}
+    assert trained and all(name.startswith("goal_pointer.") for name in trained)
+    plain, _ = _policy(stats, goal_dim=3, goal_input=True)
+    with pytest.raises(ValueError, match="no goal pointer"):
+        plain.compute_pointer_loss(batch)
+    with pytest.raises(ValueError, match="no module 'goal_pointer' to train"):
+        train_only(plain, "goal_pointer")
+    with pytest.raises(KeyError, match="missing 'goal'"):
+        p.compute_pointer_loss({k: v for k, v in batch.items() if k != "goal"})
+
+
 def test_goal_noise_moves_a_share_of_the_goals_the_actions_see_in_training(stats) -> None:
     """compute_loss(goal_noise=s, goal_noise_frac=f): about f of the samples see their recorded goal
     moved horizontally by N(0, s^2) per axis, the rest and every height exactly; the goal losses
