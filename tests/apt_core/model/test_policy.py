@@ -103,10 +103,20 @@ def test_frozen_backbone_gets_no_gradient_full_does(stats):
 def test_knowledge_insulation_blocks_gradient_into_backbone(stats):
     raw = make_raw_batch(2)
     p, proc = _setup(stats, stage=2, variant="knowledge_insulation", backbone={"mode": "full"})
+    # nothing trains the insulated encoder here (no second objective), so its weights are fixed
+    # in every mode, LoRA included (apply_backbone_mode)
+    assert not any(x.requires_grad for x in p.backbone.parameters())
+    for x in p.backbone.parameters():  # made trainable anyway, it is still insulated
+        x.requires_grad_(True)
     bb, ex = _grads(p, proc, raw)
-    assert all(x.requires_grad for x in bb)  # trainable in principle ...
-    assert all(x.grad is None or float(x.grad.abs().sum()) == 0 for x in bb)  # ... but insulated
+    assert all(x.grad is None or float(x.grad.abs().sum()) == 0 for x in bb)
     assert sum(float(x.grad.abs().sum()) for x in ex if x.grad is not None) > 0
+    lora, _ = _setup(
+        stats, stage=2, variant="knowledge_insulation", backbone={"mode": "lora", "lora_rank": 4}
+    )
+    named = dict(lora.backbone.named_parameters())
+    assert any("lora_" in n for n in named) and not any(x.requires_grad for x in named.values())
+    assert lora.num_parameters(trainable_only=True) == sum(x.numel() for x in lora.expert.parameters())
 
 
 def test_lora_trains_only_adapters(stats):

@@ -307,15 +307,20 @@ def apply_backbone_mode(policy: APTPolicy) -> None:
 
     frozen: backbone weights fixed (necks/adapters that map raw encoder outputs stay trainable);
     lora: only LoRA A/B matrices of the backbone train; full: everything trains.
+    Knowledge insulation stops the action loss where the encoders' outputs enter the neck, and
+    this stack has no second objective to train them (docs/model.md), so in every mode its encoder
+    weights, LoRA included, are fixed: no gradient could reach them, and fixed they need no graph
+    and their outputs can come from the frozen-feature memo.
     """
     mode = policy.cfg.backbone_mode
+    insulated = policy.cfg.variant == "knowledge_insulation"
     for name, p in policy.backbone.named_parameters():
-        if "lora_" in name:
-            p.requires_grad_(mode == "lora")
-        elif name.startswith("neck."):
+        if name.startswith("neck."):
             p.requires_grad_(True)
+        elif "lora_" in name:
+            p.requires_grad_(mode == "lora" and not insulated)
         else:
-            p.requires_grad_(mode == "full")
+            p.requires_grad_(mode == "full" and not insulated)
     for p in policy.expert.parameters():
         p.requires_grad_(True)
     if mode == "lora" and not any(isinstance(m, LoRALinear) for m in policy.backbone.modules()):
