@@ -53,6 +53,8 @@ MODES = {  # name -> backbone overrides
     "pooled 4x4 (cpu-demo preset)": {"vision_tokens": "pooled", "vision_grid": 4},
     "pooled 8x8 (recipe before)": {"vision_tokens": "pooled", "vision_grid": 8},
     "keypoints 32 (recipe now)": {"vision_tokens": "keypoints", "keypoints": 32},
+    "keypoints 16": {"vision_tokens": "keypoints", "keypoints": 16},
+    "keypoints 64": {"vision_tokens": "keypoints", "keypoints": 64},
 }
 NAMED_MODES = {  # --named: name -> (stage-2 backbone overrides, the probe reads the instruction tokens)
     "keypoints 32 + instruction tokens": ({"vision_tokens": "keypoints", "keypoints": 32}, True),
@@ -339,7 +341,7 @@ def main_named(args: argparse.Namespace, images: np.ndarray, xy: np.ndarray, n_t
         f"instruction-queried score maps in the backbone (docs/model.md).\n\n{table}\n"
     )
     print(body)
-    if not args.no_write:
+    if not (args.no_write or args.only):  # a partial table is not written
         print(f"wrote {write_section('grounding_probe', 'Grounding probe: locating the named object', body)}")
 
 
@@ -354,7 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--one-instruction", action="store_true", help="--named: one instruction per training scene"
     )
-    ap.add_argument("--only", default="", help="--named: run only the modes whose name contains this")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="run only the modes whose name contains this (the table is then printed, not written)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -370,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for name, mode in MODES.items():
+        if args.only and args.only not in name:
+            continue
         r = probe(mode, images, xy, n_train, args.steps, args.seed)
         print(f"{name}: {r}", flush=True)
         rows.append(
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{table}\n"
     )
     print(body)
-    if not args.no_write:
+    if not (args.no_write or args.only):  # a partial table is not written
         print(f"wrote {write_section('vision_probe', 'Vision tokens: object localisation probe', body)}")
 
 
