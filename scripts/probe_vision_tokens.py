@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         rows,
     )  # fmt: skip
     body = (
-        f"`python scripts/probe_vision_tokens.py --scenes {args.scenes} --steps {args.steps}`: the "
+        f"`python scripts/probe_vision_tokens.py --scenes {args.scenes} --steps {args.steps}"
+        f"{f' --only {args.only}' if args.only else ''}`: the "
         f"cpu-demo backbone's neck + an attention probe trained to locate the 4 objects of "
         f"{n_train} rendered scenes, tested on {args.scenes - n_train} others (object position "
         f"spread: {spread:.1f} cm median from the mean). A cube is 4 cm wide; the gripper opens 8 cm.\n\n"
