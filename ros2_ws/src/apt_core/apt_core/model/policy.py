@@ -64,8 +64,9 @@ class APTPolicy(nn.Module):
         apply_backbone_mode(self)
 
     # ---- encoding (once per chunk) -------------------------------------------------------------
-    def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
-        """Backbone forward + per-layer context keys/values + expert prefix tokens and masks."""
+    def encode_backbone(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+        """Backbone forward only: its tapped features, language and valid masks, and the state.
+        What the goal pointer reads; `encode` adds what the action expert needs."""
         for key in ("images", "lang_ids", "lang_mask", "state"):
             if key not in batch:
                 raise KeyError(f"processed batch is missing {key!r} (build it with Processor.process_batch)")
@@ -73,12 +74,22 @@ class APTPolicy(nn.Module):
         insulate = self.cfg.variant == "knowledge_insulation"
         with torch.set_grad_enabled(bb_grad):
             out = self.backbone(batch["images"], batch["lang_ids"], batch["lang_mask"], insulate=insulate)
-        lang, valid = out.lang_mask, out.valid_mask  # (B, N)
+        return {
+            "features": out.features,
+            "lang": out.lang_mask,
+            "valid": out.valid_mask,
+            "state": batch["state"],
+        }
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+        """Backbone forward + per-layer context keys/values + expert prefix tokens and masks."""
+        enc = self.encode_backbone(batch)
+        features, lang, valid = enc["features"], enc["lang"], enc["valid"]  # lang, valid: (B, N)
         see_lang = self.cfg.language_visible and self.cfg.variant != "token_insertion"
         # stage 1 (and token insertion) hide every language key from the gated fusion
         ctx_allowed = (valid if see_lang else valid & ~lang)[:, None, None, :]  # (B, 1, 1, N)
         ctx = [
-            layer.context(out.features[tap])
+            layer.context(features[tap])
             for layer, tap in zip(self.expert.layers, self.layer_taps, strict=True)
         ]
         lang_tokens = None
@@ -88,22 +99,14 @@ class APTPolicy(nn.Module):
                 raise ValueError(
                     "token insertion needs language tokens at the same positions in every sample"
                 )
-            top = out.features[-1][:, sel]  # (B, L, D)
+            top = features[-1][:, sel]  # (B, L, D)
             lang_tokens = (self.expert.lang_in(self.expert.lang_norm(top)), valid[:, sel])
         hist = batch.get("action_history")
         if self.cfg.n_action_history and hist is None:
             raise KeyError("processed batch is missing 'action_history'")
         prefix, self_allowed = self.expert.prefix(batch["state"], hist, lang_tokens)
         masks = self.expert.build_masks(ctx_allowed, self_allowed, prefix.dtype)
-        return {
-            "ctx": ctx,
-            "masks": masks,
-            "prefix": prefix,
-            "features": out.features,
-            "lang": lang,
-            "valid": valid,
-            "state": batch["state"],
-        }
+        return {**enc, "ctx": ctx, "masks": masks, "prefix": prefix}
 
     def _denoise(
         self,
@@ -165,7 +168,7 @@ class APTPolicy(nn.Module):
                 raise KeyError(
                     f"processed batch is missing {key!r} (the pointer's targets need goal_weight > 0)"
                 )
-        loss, info = self._pointer_loss(self.encode(batch), batch)
+        loss, info = self._pointer_loss(self.encode_backbone(batch), batch)
         return loss, {"loss": float(loss.detach()), **info}
 
     def _pointer_loss(
@@ -243,9 +246,9 @@ class APTPolicy(nn.Module):
         drew that time at random, this uses t = 0.5."""
         if not self.cfg.goal_dim:
             raise ValueError("this policy has no goal head (goal_dim 0)")
+        if self.cfg.goal_pointer:  # the pointer reads the backbone only
+            return self._pointer_units(self.encode_backbone(batch)) * self.GOAL_SCALE
         enc = self.encode(batch)  # (no goal input: the state token never sees the action tokens)
-        if self.cfg.goal_pointer:
-            return self._pointer_units(enc) * self.GOAL_SCALE
         B = batch["state"].shape[0]
         x = torch.randn((B, self.cfg.chunk_length, self.cfg.action_dim), generator=generator)
         return self._head_units(enc, x.to(batch["state"])) * self.GOAL_SCALE
