@@ -363,6 +363,42 @@ def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_d
         ft.replace(train_only="expert")
 
 
+def test_finetune_with_more_keypoints_widens_the_policy(tiny_dataset, tmp_path):
+    """--keypoints N on --finetune-from a keypoint policy with fewer: the run starts from the same
+    policy with N keypoint tokens (its own kept, with a zero learning rate unchanged), the count
+    defines the run, and taking keypoints away is refused by name."""
+    import torch
+
+    cfg = train_preset(
+        "cpu-demo",
+        dataset=str(tiny_dataset),
+        out_dir=str(tmp_path / "base"),
+        stage=2,
+        variant="single_stage",  # stage 2 from scratch: a keypoint policy to fine-tune
+        keypoints=8,
+        steps=1,
+    ).replace(**{**FAST, "batch_size": 2})
+    base = stage2.main(cfg)
+    src = load_checkpoint(base)[0]
+    assert src.cfg.backbone.keypoints == 8
+    ft = cfg.replace(finetune_from=str(base), keypoints=12, lr=1e-30, out_dir=str(tmp_path / "ft"))
+    out = load_checkpoint(stage2.main(ft))[0]
+    assert out.cfg.backbone.keypoints == 12 and out.backbone.n_vis == 12
+    a, b = src.state_dict(), out.state_dict()
+    for k in a:
+        if k.startswith("backbone.neck.kp.") or k == "backbone.neck.pos":
+            torch.testing.assert_close(b[k][:8], a[k], rtol=0, atol=1e-20)
+            assert b[k].shape[0] == 12, k
+        else:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-20)
+    with pytest.raises(TrainConfigError, match=r"holds another run \(keypoints: 12 there, 16 now"):
+        train_or_reuse(ft.replace(keypoints=16))
+    with pytest.raises(TrainConfigError, match="has 8 per camera and tap, and keypoints can be added"):
+        stage2.main(ft.replace(keypoints=4, out_dir=str(tmp_path / "ft2")))
+    with pytest.raises(TrainConfigError, match="keypoints must be >= 0"):
+        ft.replace(keypoints=-1)
+
+
 def test_bad_training_configs_name_the_field(tiny_dataset):
     with pytest.raises(TrainConfigError, match="steps must be >= 1"):
         train_preset("debug", dataset=str(tiny_dataset), steps=0)

@@ -52,6 +52,9 @@ class TrainConfig:
     vision_grid: int = 0
     # vision tokens of the minilm_effnet backbone: pooled | keypoints; "" keeps the preset's
     vision_tokens: str = ""
+    # keypoint tokens per camera and tap (vision_tokens "keypoints"); 0 keeps the preset's. Stage 2 from
+    # a checkpoint with fewer: its keypoints are kept and the rest added fresh (widen_keypoints)
+    keypoints: int = 0
     # instruction-queried keypoints per camera and tap (cpu-demo backbone, stage 2; docs/model.md);
     # -1 keeps the preset's (stage 2 from a checkpoint: the stage-1 checkpoint's, i.e. none)
     grounded_keypoints: int = -1
@@ -110,6 +113,7 @@ class TrainConfig:
             self.vision_tokens in ("", "pooled", "keypoints"),
             f"vision_tokens {self.vision_tokens!r} unknown (pooled | keypoints)",
         )
+        check(self.keypoints >= 0, f"keypoints must be >= 0, got {self.keypoints}")
         check(
             self.grounded_keypoints >= -1, f"grounded_keypoints must be >= -1, got {self.grounded_keypoints}"
         )

@@ -33,7 +33,7 @@ from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
-from apt_core.model.stages import expand_to_stage2, train_only
+from apt_core.model.stages import expand_to_stage2, train_only, widen_keypoints
 
 from .config import TrainConfig, TrainConfigError
 from .plots import plot_run
@@ -96,6 +96,8 @@ def policy_config_for(cfg: TrainConfig, dataset: DemoDataset) -> PolicyConfig:
         backbone["vision_grid"] = cfg.vision_grid
     if cfg.vision_tokens:
         backbone["vision_tokens"] = cfg.vision_tokens
+    if cfg.keypoints:
+        backbone["keypoints"] = cfg.keypoints
     if cfg.grounded_keypoints >= 0:
         backbone["grounded_keypoints"] = cfg.grounded_keypoints
     if backbone:
@@ -234,11 +236,32 @@ def finetune_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, 
     return policy, processor
 
 
+def with_keypoints(cfg: TrainConfig, policy: APTPolicy, processor: Processor) -> tuple[APTPolicy, Processor]:
+    """A policy from a checkpoint, widened to `cfg.keypoints` keypoint tokens when it has fewer (its
+    own keypoints kept exactly, the added ones fresh); unchanged when cfg.keypoints is 0 or its own."""
+    have = policy.cfg.backbone.keypoints
+    if not cfg.keypoints or cfg.keypoints == have:
+        return policy, processor
+    source = cfg.finetune_from or cfg.init_from
+    if policy.cfg.backbone.vision_tokens != "keypoints":
+        raise TrainConfigError(
+            f"keypoints {cfg.keypoints}: {source} has vision_tokens {policy.cfg.backbone.vision_tokens!r}, "
+            "and only a keypoint backbone can be widened"
+        )
+    if cfg.keypoints < have:
+        raise TrainConfigError(
+            f"keypoints {cfg.keypoints}: {source} has {have} per camera and "
+            "tap, and keypoints can be added to a trained policy but not taken away"
+        )
+    policy = widen_keypoints(policy, cfg.keypoints, seed=cfg.seed)
+    return policy, Processor(policy.cfg, processor.stats)
+
+
 def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Processor]:
     """A fresh policy for this stage: stage 1 from the preset; stage 2 expanded from `init_from`,
     or `finetune_from` itself (its weights, not reinitialised)."""
     if cfg.stage == 2 and cfg.finetune_from:
-        return finetune_models(cfg, dataset)
+        return with_keypoints(cfg, *finetune_models(cfg, dataset))
     if cfg.stage == 2 and cfg.init_from:
         stage1, processor, meta = load_checkpoint(cfg.init_from, expect={"stage": 1})
         _check_joints("init_from", cfg.init_from, meta, dataset)
@@ -251,7 +274,9 @@ def build_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, Pro
         if backbone:
             changes["backbone"] = backbone
         changes.update(goal_fields(cfg, dataset))
-        policy = expand_to_stage2(stage1, stage1.cfg.replace(**changes))
+        policy, processor = with_keypoints(
+            cfg, expand_to_stage2(stage1, stage1.cfg.replace(**changes)), processor
+        )
     else:
         pcfg = policy_config_for(cfg, dataset)
         processor = Processor.from_stats(pcfg, dataset.stats)
@@ -474,6 +499,7 @@ RUN_FIELDS = (
     "n_action_history",
     "vision_grid",
     "vision_tokens",
+    "keypoints",
     "grounded_keypoints",
     "goal_weight",
     "goal_urdf",

@@ -120,3 +120,55 @@ def test_pooled_and_keypoint_backbones_never_share_a_memo(kp_stage1):
         assert next(iter(pooled._vision_memo.values()))[0].dim() == 2
     finally:
         kp._vision_memo = kp._text_memo = pooled._vision_memo = pooled._text_memo = None
+
+
+def test_widen_keypoints_keeps_the_old_tokens_and_weights_and_the_new_keypoints_learn(kp_stage1, tmp_path):
+    """widen_keypoints 8 -> 12: the 8 keypoints' tokens and every other weight are exactly the
+    policy's, the 4 new keypoints are fresh (other score maps, so other tokens) and get gradients, the
+    wider policy saves and loads, and narrowing or a pooled backbone is refused by name."""
+    from apt_core.model.stages import ExpansionError, widen_keypoints
+
+    from .conftest import make_raw_batch
+
+    p, proc = kp_stage1
+    s2 = expand_to_stage2(p, p.cfg.replace(stage=2)).eval()
+    wide = widen_keypoints(s2, 12).eval()
+    assert wide.cfg.backbone.keypoints == 12 and wide.backbone.n_vis == 12
+    a, b = s2.state_dict(), wide.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("backbone.neck.kp."):
+            assert torch.equal(b[k][:8], a[k]) and b[k].shape[0] == 12
+            assert not torch.equal(b[k][8:], b[k][:4]), k  # fresh, not copies
+        elif k == "backbone.neck.pos":
+            assert torch.equal(b[k][:8], a[k]) and b[k].shape == (12, a[k].shape[1])
+        else:
+            assert torch.equal(a[k], b[k]), k
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 1, 3, 128, 128, generator=g)
+    ids, mask = torch.randint(1000, 5000, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.bool)
+    with torch.no_grad():
+        old, new = s2.backbone(images, ids, mask), wide.backbone(images, ids, mask)
+    for f, w in zip(old.features, new.features, strict=True):
+        assert torch.equal(w[:, :8], f[:, :8])  # the kept keypoints' tokens
+        assert torch.equal(w[:, 12:], f[:, 8:])  # the instruction's tokens
+        assert (w[:, 8:12] - w[:, :4]).abs().max() > 1e-3
+    # the new keypoints train (their score maps' rows get gradients), the frozen encoders stay fixed
+    assert [n for n, x in wide.named_parameters() if x.requires_grad] == [
+        n for n, x in s2.named_parameters() if x.requires_grad
+    ]
+    wide.train()
+    raw = make_raw_batch(2, img=128)
+    loss, _ = wide.compute_loss(proc.process_batch(raw, train=True))
+    loss.backward()
+    assert wide.backbone.neck.kp[1].weight.grad[8:].abs().sum() > 0
+    assert all(x.grad is None for x in wide.backbone.pretrained_parameters())
+    wide.eval()
+    back, _, _ = load_checkpoint(save_checkpoint(tmp_path / "wide", wide, proc, {}))
+    assert back.cfg.backbone.keypoints == 12
+    assert all(torch.equal(x, y) for x, y in zip(back.state_dict().values(), b.values(), strict=True))
+    with pytest.raises(ExpansionError, match="the policy has 8 per camera and tap, asked for 8"):
+        widen_keypoints(s2, 8)
+    pooled = APTPolicy(get_preset("cpu-demo"))
+    with pytest.raises(ExpansionError, match="vision_tokens 'pooled'"):
+        widen_keypoints(pooled, 64)

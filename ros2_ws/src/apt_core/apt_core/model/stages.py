@@ -84,6 +84,49 @@ def expand_to_stage2(stage1: APTPolicy, stage2_cfg: PolicyConfig, seed: int | No
     return s2
 
 
+def widen_keypoints(policy: APTPolicy, keypoints: int, seed: int | None = 0) -> APTPolicy:
+    """`policy` with `keypoints` spatial-softmax keypoints per camera and tap instead of its K (cpu-demo
+    backbone, vision_tokens "keypoints"; keypoints > K).
+
+    The K keypoints keep their score maps and position embeddings, so their tokens are exactly what
+    they were; the new ones get fresh score maps and position embeddings, as a new policy would.
+    Every other weight is copied. The expert attends over the extra tokens too, so the actions change
+    until a fine-tune has taught it to read them.
+    """
+    b = policy.cfg.backbone
+    if b.kind != "minilm_effnet" or b.vision_tokens != "keypoints":
+        raise ExpansionError(
+            "widen_keypoints needs a minilm_effnet backbone with vision_tokens 'keypoints', got kind "
+            f"{b.kind!r}, vision_tokens {b.vision_tokens!r}"
+        )
+    if keypoints <= b.keypoints:
+        raise ExpansionError(
+            f"widen_keypoints adds keypoints: the policy has {b.keypoints} per camera and tap, "
+            f"asked for {keypoints}"
+        )
+    if seed is not None:
+        torch.manual_seed(seed)  # the new keypoints' initialisation is reproducible
+    wide = APTPolicy(policy.cfg.replace(backbone={"keypoints": keypoints}))
+    K, n_cams = b.keypoints, len(policy.cfg.camera_names)
+    state = policy.state_dict()
+    target = wide.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            if k not in target:
+                raise ExpansionError(f"widen_keypoints: {k} has no place in the wider policy")
+            t = target[k]
+            if k.startswith("backbone.neck.kp."):  # score maps: rows 0..K-1 of K' output channels
+                t[:K].copy_(v)
+            elif k == "backbone.neck.pos":  # (cams * K, 384): camera c's keypoint k at c * K' + k
+                t.view(n_cams, keypoints, -1)[:, :K].copy_(v.view(n_cams, K, -1))
+            else:
+                t.copy_(v)
+    wide.load_state_dict(target)
+    for name, p in policy.named_parameters():  # what was fixed stays fixed
+        wide.get_parameter(name).requires_grad_(p.requires_grad)
+    return wide
+
+
 def va_layer_indices(stage1_layers: int) -> list[int]:
     """Stage-2 indices of the layers that came from stage 1 (the VA prior): 1, 3, 5, ..."""
     return [2 * i + 1 for i in range(stage1_layers)]
