@@ -113,6 +113,8 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], targets: GoalT
     cm = 100.0
     err = np.linalg.norm(pred - want, axis=1) * cm
     print(f"| goal error, median [cm] | {np.median(err):.1f} |")
+    print(f"| goal error, 90th percentile [cm] | {np.percentile(err, 90):.1f} |")
+    print(f"| frames whose goal is {NEAR_GOAL * cm:.0f} cm or more off | {np.mean(err >= NEAR_GOAL * cm):.0%} |")
     is_near = near[idx]
     for label, m in ((f"under {NEAR_GOAL * cm:.0f}", is_near), (f"{NEAR_GOAL * cm:.0f} or more", ~is_near)):
         value = f"{np.median(err[m]):.1f} ({m.sum()} frames)" if m.any() else "- (0 frames)"
