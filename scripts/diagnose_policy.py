@@ -114,11 +114,29 @@ def goal_rows(policy, processor, ds: DemoDataset, idx: list[int], targets: GoalT
     err = np.linalg.norm(pred - want, axis=1) * cm
     print(f"| goal error, median [cm] | {np.median(err):.1f} |")
     print(f"| goal error, 90th percentile [cm] | {np.percentile(err, 90):.1f} |")
-    print(f"| frames whose goal is {NEAR_GOAL * cm:.0f} cm or more off | {np.mean(err >= NEAR_GOAL * cm):.0%} |")
+    print(
+        f"| frames whose goal is {NEAR_GOAL * cm:.0f} cm or more off | {np.mean(err >= NEAR_GOAL * cm):.0%} |"
+    )
     is_near = near[idx]
     for label, m in ((f"under {NEAR_GOAL * cm:.0f}", is_near), (f"{NEAR_GOAL * cm:.0f} or more", ~is_near)):
         value = f"{np.median(err[m]):.1f} ({m.sum()} frames)" if m.any() else "- (0 frames)"
         print(f"| goal error, median, tool {label} cm from its goal [cm] | {value} |")
+    # the phase, as the pointer reads it: the observed gripper open (reaching for a grasp or a push
+    # stroke's start) or shut (carrying to a release, or pushing)
+    from apt_core.data.goals import dataset_gripper_joint
+
+    gi = list(ds.meta["features"]["observation.state"]["names"]).index(dataset_gripper_joint(ds))
+    shut = raw["observation.state"][:, gi].numpy() < targets.info.threshold
+    for label, m in (("open", ~shut), ("shut", shut)):
+        value = (
+            f"{np.median(err[m]):.1f} / {np.percentile(err[m], 90):.1f} / {np.mean(err[m] >= NEAR_GOAL * cm):.0%} "
+            f"({m.sum()} frames)"
+            if m.any()
+            else "- (0 frames)"
+        )
+        print(
+            f"| goal error with the gripper {label}: median / p90 [cm] / share {NEAR_GOAL * cm:.0f} cm or more off | {value} |"
+        )
     print(
         f"| predicting the mean goal instead [cm] | {np.median(np.linalg.norm(want - mean, axis=1)) * cm:.1f} |"
     )
