@@ -363,10 +363,11 @@ def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_d
         ft.replace(train_only="expert")
 
 
-def test_finetune_with_more_keypoints_widens_the_policy(tiny_dataset, tmp_path):
+def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(tiny_dataset, tmp_path):
     """--keypoints N on --finetune-from a keypoint policy with fewer: the run starts from the same
     policy with N keypoint tokens (its own kept, with a zero learning rate unchanged), the count
-    defines the run, and taking keypoints away is refused by name."""
+    defines the run, and taking keypoints away is refused by name. --goal-pointer-coords on a
+    pointer policy without the readout adds it (fresh); it too defines the run."""
     import torch
 
     cfg = train_preset(
@@ -377,14 +378,25 @@ def test_finetune_with_more_keypoints_widens_the_policy(tiny_dataset, tmp_path):
         variant="single_stage",  # stage 2 from scratch: a keypoint policy to fine-tune
         keypoints=8,
         steps=1,
+        goal_weight=0.5,
+        goal_input=True,
+        goal_pointer=True,
     ).replace(**{**FAST, "batch_size": 2})
     base = stage2.main(cfg)
     src = load_checkpoint(base)[0]
     assert src.cfg.backbone.keypoints == 8
-    ft = cfg.replace(finetune_from=str(base), keypoints=12, lr=1e-30, out_dir=str(tmp_path / "ft"))
+    ft = cfg.replace(
+        finetune_from=str(base),
+        keypoints=12,
+        goal_pointer_coords=True,
+        lr=1e-30,
+        out_dir=str(tmp_path / "ft"),
+    )
     out = load_checkpoint(stage2.main(ft))[0]
     assert out.cfg.backbone.keypoints == 12 and out.backbone.n_vis == 12
+    assert out.cfg.goal_pointer_coords and not src.cfg.goal_pointer_coords
     a, b = src.state_dict(), out.state_dict()
+    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.coord.")} != set()
     for k in a:
         if k.startswith("backbone.neck.kp.") or k == "backbone.neck.pos":
             torch.testing.assert_close(b[k][:8], a[k], rtol=0, atol=1e-20)
@@ -397,6 +409,12 @@ def test_finetune_with_more_keypoints_widens_the_policy(tiny_dataset, tmp_path):
         stage2.main(ft.replace(keypoints=4, out_dir=str(tmp_path / "ft2")))
     with pytest.raises(TrainConfigError, match="keypoints must be >= 0"):
         ft.replace(keypoints=-1)
+    with pytest.raises(
+        TrainConfigError, match=r"holds another run \(goal_pointer_coords: True there, False now"
+    ):
+        train_or_reuse(ft.replace(goal_pointer_coords=False))
+    with pytest.raises(TrainConfigError, match="goal_pointer_coords is a readout of the goal pointer"):
+        ft.replace(goal_pointer=False, goal_pointer_coords=True)
 
 
 def test_bad_training_configs_name_the_field(tiny_dataset):

@@ -76,6 +76,9 @@ class TrainConfig:
     # with goal_input: a separate goal pointer (model/pointer.py), trained on the same goal targets,
     # supplies the goal when the policy runs, instead of the goal head on the expert's state token
     goal_pointer: bool = False
+    # with goal_pointer, keypoint tokens: the pointer also averages the keypoints' image positions
+    # with its attention (model/pointer.py). Fine-tuning a pointer policy without it adds it fresh
+    goal_pointer_coords: bool = False
     # with goal_input: [m] a `goal_noise_frac` share of each batch sees its recorded goal moved
     # horizontally by N(0, goal_noise^2) per axis, so the actions learn to tolerate a goal a few cm
     # off (the pointer's error when the policy runs) instead of following it; 0 disables
@@ -141,6 +144,10 @@ class TrainConfig:
         check(
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
+        )
+        check(
+            not self.goal_pointer_coords or self.goal_pointer,
+            "goal_pointer_coords is a readout of the goal pointer, so it needs goal_pointer",
         )
         check(self.goal_noise >= 0, f"goal_noise must be >= 0 [m], got {self.goal_noise}")
         check(

@@ -33,7 +33,13 @@ from apt_core.model.checkpoint import load_checkpoint, save_checkpoint
 from apt_core.model.config import PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
 from apt_core.model.processor import Processor
-from apt_core.model.stages import expand_to_stage2, train_only, widen_keypoints
+from apt_core.model.stages import (
+    ExpansionError,
+    add_pointer_coords,
+    expand_to_stage2,
+    train_only,
+    widen_keypoints,
+)
 
 from .config import TrainConfig, TrainConfigError
 from .plots import plot_run
@@ -216,8 +222,21 @@ def finetune_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, 
     a goal input cannot start using one, and the reverse)."""
     policy, processor, meta = load_checkpoint(cfg.finetune_from, expect={"stage": 2})
     _check_joints("finetune_from", cfg.finetune_from, meta, dataset)
-    have = {"goal_dim": 0, "goal_input": False, "goal_pointer": False, "goal_pointer_state": ()}
+    have = {
+        "goal_dim": 0,
+        "goal_input": False,
+        "goal_pointer": False,
+        "goal_pointer_state": (),
+        "goal_pointer_coords": False,
+    }
     want = {**have, **goal_fields(cfg, dataset)}
+    if want["goal_pointer_coords"] and not policy.cfg.goal_pointer_coords and policy.cfg.goal_pointer:
+        # the one goal setting a fine-tune may add: the pointer's coordinate readout (fresh, at zero)
+        try:
+            policy = add_pointer_coords(policy, seed=cfg.seed)
+        except ExpansionError as e:
+            raise TrainConfigError(f"finetune_from {cfg.finetune_from}: {e}") from None
+        processor = Processor(policy.cfg, processor.stats)
     diff = [
         f"{k}: {getattr(policy.cfg, k)!r} there, {v!r} asked"
         for k, v in want.items()
@@ -303,7 +322,11 @@ def goal_fields(cfg: TrainConfig, dataset: DemoDataset) -> dict[str, Any]:
         return fields
     from apt_core.data.goals import dataset_gripper_joint
 
-    return {**fields, "goal_pointer_state": (dataset_gripper_joint(dataset),)}
+    return {
+        **fields,
+        "goal_pointer_state": (dataset_gripper_joint(dataset),),
+        "goal_pointer_coords": cfg.goal_pointer_coords,
+    }
 
 
 def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
@@ -508,6 +531,7 @@ RUN_FIELDS = (
     "goal_push_travel",
     "goal_input",
     "goal_pointer",
+    "goal_pointer_coords",
     "goal_noise",
     "goal_noise_frac",
     "train_only",

@@ -12,7 +12,7 @@ from apt_core.model.config import ConfigError, PolicyConfig, get_preset
 from apt_core.model.policy import APTPolicy
 from apt_core.model.stages import expand_to_stage2
 
-from .conftest import check_stage1_ignores_language_and_backprops
+from .conftest import KP, check_stage1_ignores_language_and_backprops
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +172,101 @@ def test_widen_keypoints_keeps_the_old_tokens_and_weights_and_the_new_keypoints_
     pooled = APTPolicy(get_preset("cpu-demo"))
     with pytest.raises(ExpansionError, match="vision_tokens 'pooled'"):
         widen_keypoints(pooled, 64)
+
+
+def test_backbone_points_carry_each_keypoints_position_and_camera():
+    """BackboneOutput.points: for every keypoint token of camera c, (x, y, 1) in camera c's slot (the
+    position its spatial softmax found) and zeros in the other cameras' slots; language tokens zero."""
+    torch.manual_seed(0)
+    cfg = get_preset("cpu-demo", camera_names=("front", "wrist"), backbone={**KP, "keypoints": 4})
+    bb = APTPolicy(cfg).backbone.eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 2, 3, 128, 128, generator=g)
+    ids, mask = torch.randint(1000, 5000, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.bool)
+    with torch.no_grad():
+        out = bb(images, ids, mask)
+        maps = bb._pool(images.flatten(0, 1))
+    assert len(out.points) == len(out.features)
+    for j, pts in enumerate(out.points):
+        assert pts.shape == (2, 8 + 16, 2, 3)
+        xy = bb._spatial_softmax(j, maps[j])[0].reshape(2, 2, 4, 2)  # (B, camera, keypoint, 2)
+        for c in range(2):
+            mine = pts[:, 4 * c : 4 * (c + 1)]  # camera c's keypoint tokens
+            torch.testing.assert_close(mine[:, :, c, :2], xy[:, c])
+            assert torch.equal(mine[:, :, c, 2], torch.ones(2, 4))
+            assert torch.equal(mine[:, :, 1 - c], torch.zeros(2, 4, 3))
+        assert torch.equal(pts[:, 8:], torch.zeros(2, 16, 2, 3))  # the instruction's tokens
+        assert (xy[:, 0] - xy[:, 1]).abs().max() > 1e-4  # two images, two sets of positions
+
+
+def test_pointer_coordinate_readout_starts_at_zero_reads_the_attended_positions_and_is_checked():
+    """GoalPointer(coords=C): with its last layer at zero it answers what the pointer without it
+    does; trained, its answer moves with the keypoints' positions (the features held fixed) and its
+    weights get gradients; missing or mismatched points are refused by name; the config needs
+    goal_pointer on keypoint tokens."""
+    from apt_core.model.pointer import GoalPointer
+
+    torch.manual_seed(0)
+    D, B, N = 32, 3, 10
+    plain = GoalPointer(D, 1, [0], coords=0)
+    torch.manual_seed(0)
+    ptr = GoalPointer(D, 1, [0], coords=1)
+    feats = [torch.randn(B, N, D)]
+    lang = torch.zeros(B, N, dtype=torch.bool)
+    lang[:, 6:] = True
+    valid = torch.ones(B, N, dtype=torch.bool)
+    state = torch.randn(B, 1)
+    pts = torch.zeros(B, N, 1, 3)
+    pts[:, :6, 0, :2] = torch.rand(B, 6, 2) * 2 - 1
+    pts[:, :6, 0, 2] = 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(ptr(feats, lang, valid, state, [pts]), plain(feats, lang, valid, state))
+        torch.nn.init.normal_(ptr.coord[-1].weight)
+        moved = pts.clone()
+        moved[:, :6, 0, :2] = moved[:, :6, 0, :2].flip(1)  # the same keypoints, other positions
+        assert (
+            ptr(feats, lang, valid, state, [pts]) - ptr(feats, lang, valid, state, [moved])
+        ).abs().max() > 1e-4
+    ptr(feats, lang, valid, state, [pts]).sum().backward()
+    assert ptr.coord[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="coordinate readout needs the backbone's keypoint points"):
+        ptr(feats, lang, valid, state)
+    with pytest.raises(ValueError, match="reads 1 cameras' points, the backbone gave 2"):
+        ptr(feats, lang, valid, state, [torch.zeros(B, N, 2, 3)])
+    with pytest.raises(ConfigError, match="goal_pointer_coords reads keypoint positions"):
+        get_preset(
+            "cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_coords=True
+        )
+    with pytest.raises(ConfigError, match="goal_pointer_coords reads keypoint positions"):
+        get_preset("cpu-demo", stage=2, backbone=KP, goal_pointer_coords=True)
+
+
+def test_add_pointer_coords_keeps_the_policys_goals_and_adds_a_trainable_readout(kp_stage1, tmp_path):
+    from apt_core.model.stages import ExpansionError, add_pointer_coords
+
+    from .conftest import make_raw_batch
+
+    p, proc = kp_stage1
+    s2 = expand_to_stage2(p, p.cfg.replace(stage=2, goal_dim=3, goal_input=True, goal_pointer=True)).eval()
+    with_coords = add_pointer_coords(s2).eval()
+    assert with_coords.cfg.goal_pointer_coords and with_coords.goal_pointer.coords == 1
+    a, b = s2.state_dict(), with_coords.state_dict()
+    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.coord.")}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    batch = proc.process_batch(make_raw_batch(2, img=128))
+    with torch.no_grad():
+        torch.testing.assert_close(with_coords.predict_goal(batch), s2.predict_goal(batch), rtol=0, atol=1e-6)
+    with_coords.train()
+    batch = proc.process_batch(make_raw_batch(2, img=128), train=True)
+    batch["goal"], batch["goal_valid"] = torch.rand(2, 3), torch.ones(2, dtype=torch.bool)
+    loss, _ = with_coords.compute_pointer_loss(batch)
+    loss.backward()
+    assert with_coords.goal_pointer.coord[-1].weight.grad.abs().sum() > 0
+    back = load_checkpoint(save_checkpoint(tmp_path / "c", with_coords.eval(), proc, {}))[0]
+    assert back.cfg.goal_pointer_coords
+    with pytest.raises(ExpansionError, match="has the coordinate readout already"):
+        add_pointer_coords(with_coords)
+    with pytest.raises(ExpansionError, match="goal_pointer_coords reads keypoint positions"):
+        add_pointer_coords(
+            APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True))
+        )

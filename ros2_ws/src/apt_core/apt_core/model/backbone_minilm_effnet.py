@@ -243,22 +243,38 @@ class MiniLMEffNetBackbone(Backbone):
 
     def _keypoint_tokens(
         self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Tap j's stage map (n, C_s, h, w) -> keypoint tokens (n, K, 384), before the neck norm, and
-        with grounded keypoints their tokens (B, C * G, 384), normed and position-embedded (else None).
-        Both kinds share one spatial softmax (one value map, one pixel grid) over K + G score maps."""
+        with grounded keypoints their tokens (B, C * G, 384), normed and position-embedded (else None),
+        and every keypoint's image position (n, K + G, 2). Both kinds share one spatial softmax (one
+        value map, one pixel grid) over K + G score maps."""
         scores = self.neck.kp[j](m).flatten(2)  # (n, K, h*w)
         K = scores.shape[1]
         if self.n_ground:
             scores = torch.cat([scores, self.grounded_scores(j, m, t, mask)], 1)  # (n, K + G, h*w)
-        feats = self._keypoint_features(*self._spatial_softmax(j, m, scores))
+        xy, value = self._spatial_softmax(j, m, scores)
+        feats = self._keypoint_features(xy, value)
         tokens = self.neck.proj[j](feats[:, :K])  # (n, K, 384)
         if not self.n_ground:
-            return tokens, None
+            return tokens, None, xy
         g = self.neck.ground_proj[j](feats[:, K:])  # (B*C, G, 384)
-        return tokens, self.neck.ground_norm[j](
-            g.reshape(t.shape[0], -1, MINILM_WIDTH)
-        ) + self.neck.ground_pos
+        return (
+            tokens,
+            self.neck.ground_norm[j](g.reshape(t.shape[0], -1, MINILM_WIDTH)) + self.neck.ground_pos,
+            xy,
+        )
+
+    def _points(self, xy: torch.Tensor, B: int, L: int) -> torch.Tensor:
+        """BackboneOutput.points of one tap from its keypoints' positions xy (B*C, K + G, 2): per
+        token (vision, grounded, language) and camera, (x, y, 1) where the token is that camera's
+        keypoint, zeros elsewhere."""
+        C, K = self.n_cams, self.n_vis // self.n_cams
+        own = torch.eye(C, dtype=xy.dtype, device=xy.device)  # own[c, c'] = 1 if c == c'
+        xy1 = torch.cat([xy, torch.ones_like(xy[..., :1])], -1).reshape(B, C, -1, 3)  # (B, C, K+G, 3)
+        per_cam = xy1[:, :, :, None, :] * own[None, :, None, :, None]  # (B, C, K+G, C, 3)
+        vis = per_cam[:, :, :K].reshape(B, C * K, C, 3)
+        ground = per_cam[:, :, K:].reshape(B, -1, C, 3)  # (B, C*G, C, 3)
+        return torch.cat([vis, ground, xy.new_zeros(B, L, C, 3)], 1)
 
     def grounded_scores(self, j: int, m: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Instruction-queried score maps of tap j: (B*C, G, h*w) pixel logits for the stage maps m
@@ -302,7 +318,7 @@ class MiniLMEffNetBackbone(Backbone):
         with torch.set_grad_enabled(vis_grad):
             pooled = self._pooled_vision(images.flatten(0, 1), vis_grad)  # per tap, see _pool
         hs = self._text_states(lang_ids, lang_mask, txt_grad)
-        feats = []
+        feats, points = [], []
         for j, layer in enumerate(self.tap_layers):
             # per camera image: cells (B*C, g*g, C_s) or map (B*C, C_s, h, w); text (B, L, 384)
             v, t = pooled[j], hs[layer]
@@ -310,7 +326,8 @@ class MiniLMEffNetBackbone(Backbone):
                 v, t = v.detach(), t.detach()
             ground = None  # grounded keypoint tokens (B, C*G, 384), keypoint mode only
             if self.keypoints:
-                v, ground = self._keypoint_tokens(j, v, t, lang_mask)  # (B*C, P, 384)
+                v, ground, xy = self._keypoint_tokens(j, v, t, lang_mask)  # (B*C, P, 384)
+                points.append(self._points(xy, B, t.shape[1]))
             else:
                 v = self.neck.proj[j](v)  # (B*C, P, 384)
             v = self.neck.norm[j](v.reshape(B, self.n_vis, -1)) + self.neck.pos  # (B, Nv, 384)
@@ -322,4 +339,4 @@ class MiniLMEffNetBackbone(Backbone):
         valid = torch.cat(
             [torch.ones(B, self.n_vis + Ng, dtype=torch.bool, device=images.device), lang_mask], 1
         )
-        return BackboneOutput(feats, lang, valid, list(self.tap_layers))
+        return BackboneOutput(feats, lang, valid, list(self.tap_layers), points or None)

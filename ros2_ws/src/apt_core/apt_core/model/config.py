@@ -189,6 +189,9 @@ class PolicyConfig:
     # Training sets the gripper only: the arm's joints say where it is heading, a shortcut that
     # fits mid-reach frames without reading the words (docs/experiments.md item 19)
     goal_pointer_state: tuple[str, ...] = ()
+    # the pointer also averages the keypoints' image positions with its attention (model/pointer.py);
+    # needs goal_pointer and a minilm_effnet backbone with keypoint tokens
+    goal_pointer_coords: bool = False
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be 1 or 2, got {self.stage!r}")
@@ -222,6 +225,17 @@ class PolicyConfig:
         _check(
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when sampling, so it needs goal_input",
+        )
+        _check(
+            not self.goal_pointer_coords
+            or (
+                self.goal_pointer
+                and self.backbone.kind == "minilm_effnet"
+                and self.backbone.vision_tokens == "keypoints"
+            ),
+            "goal_pointer_coords reads keypoint positions: it needs goal_pointer and a minilm_effnet "
+            f"backbone with vision_tokens 'keypoints' (got goal_pointer {self.goal_pointer}, backbone "
+            f"{self.backbone.kind!r} with {self.backbone.vision_tokens!r})",
         )
         if self.goal_pointer_state:
             _check(self.goal_pointer, "goal_pointer_state is read by the goal pointer: set goal_pointer")

@@ -16,6 +16,13 @@ grasp: the object's words or the target's); its map starts at zero. The second t
 move the goal away from what is pointed at (where a push ends); it starts at zero too. With
 cfg.goal_pointer the sampled actions are conditioned on its answer instead of the goal head's,
 which also saves the head's extra expert pass.
+
+Coordinate readout (cfg.goal_pointer_coords, keypoint backbones): the MLP above regresses a position
+from the attended tokens' features, and a feature says where its keypoint is only through a learned
+projection of (x, y). The readout takes the pointing attention's weights (mean over heads) and
+averages the keypoints' own sub-pixel image positions with them, per camera, and maps those
+positions and each camera's share of the attention to a correction of the goal; the camera is
+fixed, so that map is a smooth one from the image to the table. Its last layer starts at zero.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from torch import nn
 
 
 class GoalPointer(nn.Module):
-    def __init__(self, dim: int, state_dim: int, taps: list[int], goal_dim: int = 3, heads: int = 4) -> None:
+    def __init__(
+        self, dim: int, state_dim: int, taps: list[int], goal_dim: int = 3, heads: int = 4, coords: int = 0
+    ) -> None:
+        """coords: the cameras of a keypoint backbone, for the coordinate readout (0: none)."""
         super().__init__()
         if not taps:
             raise ValueError("GoalPointer needs at least one backbone tap to read")
@@ -39,12 +49,23 @@ class GoalPointer(nn.Module):
         for layer in (self.state_in, self.offset):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.coords = coords
+        if coords:  # per camera: attended (x, y) and the camera's attention share -> goal correction
+            self.coord = nn.Sequential(nn.Linear(3 * coords, 128), nn.GELU(), nn.Linear(128, goal_dim))
+            nn.init.zeros_(self.coord[-1].weight)
+            nn.init.zeros_(self.coord[-1].bias)
 
     def forward(
-        self, features: list[torch.Tensor], lang: torch.Tensor, valid: torch.Tensor, state: torch.Tensor
+        self,
+        features: list[torch.Tensor],
+        lang: torch.Tensor,
+        valid: torch.Tensor,
+        state: torch.Tensor,
+        points: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """features: the backbone's taps, each (B, N, D); lang: (B, N) language tokens; valid: (B, N)
-        real tokens; state: (B, S) normalised. Returns (B, goal_dim)."""
+        real tokens; state: (B, S) normalised; points: the backbone's keypoint positions per tap
+        (BackboneOutput.points), needed by the coordinate readout. Returns (B, goal_dim)."""
         if max(self.taps) >= len(features):
             raise ValueError(f"GoalPointer reads taps {self.taps}, the backbone gave {len(features)}")
         n = len(self.taps)
@@ -55,5 +76,20 @@ class GoalPointer(nn.Module):
         q = self.query.expand(tokens.shape[0], -1, -1) + self.state_in(state)[:, None]
         words, _ = self.read(q, tokens, tokens, key_padding_mask=~(valid & lang), need_weights=False)
         words = words + q
-        seen, _ = self.point(words, tokens, tokens, key_padding_mask=~(valid & ~lang), need_weights=False)
-        return (self.head(seen) + self.offset(words))[:, 0]
+        seen, att = self.point(
+            words, tokens, tokens, key_padding_mask=~(valid & ~lang), need_weights=bool(self.coords)
+        )
+        out = (self.head(seen) + self.offset(words))[:, 0]
+        if not self.coords:
+            return out
+        if points is None:
+            raise ValueError("GoalPointer's coordinate readout needs the backbone's keypoint points")
+        pts = torch.cat([points[j] for j in self.taps], 1)  # (B, n * N, C, 3)
+        if pts.shape[2] != self.coords:
+            raise ValueError(
+                f"GoalPointer reads {self.coords} cameras' points, the backbone gave {pts.shape[2]}"
+            )
+        s = torch.einsum("bn,bncd->bcd", att[:, 0], pts)  # (B, C, 3): sum of w * (x, y, 1) per camera
+        share = s[..., 2:]
+        xy = s[..., :2] / share.clamp_min(1e-6)  # attention-weighted mean position per camera
+        return out + self.coord(torch.cat([xy, share], -1).flatten(1))

@@ -51,7 +51,11 @@ class APTPolicy(nn.Module):
                 [cfg.joint_names.index(n) for n in names] if names else list(range(cfg.state_dim))
             )
             self.goal_pointer = GoalPointer(
-                self.backbone.feature_dim, len(self.pointer_state), list(range(1, K, 2)), cfg.goal_dim
+                self.backbone.feature_dim,
+                len(self.pointer_state),
+                list(range(1, K, 2)),
+                cfg.goal_dim,
+                coords=len(cfg.camera_names) if cfg.goal_pointer_coords else 0,
             )
         if cfg.backbone_mode == "lora":
             inject_lora(
@@ -79,6 +83,7 @@ class APTPolicy(nn.Module):
             "lang": out.lang_mask,
             "valid": out.valid_mask,
             "state": batch["state"],
+            "points": out.points,
         }
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -221,7 +226,7 @@ class APTPolicy(nn.Module):
         """The goal pointer on the backbone's tokens and the state entries it reads
         (cfg.goal_pointer_state): (B, 3) in units of GOAL_SCALE."""
         state = enc["state"][:, self.pointer_state]
-        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], state)
+        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], state, enc["points"])
 
     def goal_loss(
         self, units: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor

@@ -127,6 +127,29 @@ def widen_keypoints(policy: APTPolicy, keypoints: int, seed: int | None = 0) -> 
     return wide
 
 
+def add_pointer_coords(policy: APTPolicy, seed: int | None = 0) -> APTPolicy:
+    """`policy` (a goal-pointer policy on keypoint tokens) with the pointer's coordinate readout added
+    (cfg.goal_pointer_coords, model/pointer.py): every weight copied, the readout fresh, its last
+    layer zero, so the policy's goals and actions are exactly what they were until it is trained."""
+    if policy.cfg.goal_pointer_coords:
+        raise ExpansionError("add_pointer_coords: the policy's pointer has the coordinate readout already")
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        cfg = policy.cfg.replace(goal_pointer_coords=True)
+    except ValueError as e:
+        raise ExpansionError(f"add_pointer_coords: {e}") from None
+    out = APTPolicy(cfg)
+    missing, unexpected = out.load_state_dict(policy.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("goal_pointer.coord.") for k in missing):
+        raise ExpansionError(
+            f"add_pointer_coords: weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, p in policy.named_parameters():  # what was fixed stays fixed
+        out.get_parameter(name).requires_grad_(p.requires_grad)
+    return out
+
+
 def va_layer_indices(stage1_layers: int) -> list[int]:
     """Stage-2 indices of the layers that came from stage 1 (the VA prior): 1, 3, 5, ..."""
     return [2 * i + 1 for i in range(stage1_layers)]
