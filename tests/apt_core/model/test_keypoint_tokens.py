@@ -176,9 +176,19 @@ def test_widen_keypoints_keeps_the_old_tokens_and_weights_and_the_new_keypoints_
 
 def test_backbone_points_carry_each_keypoints_position_and_camera():
     """BackboneOutput.points: for every keypoint token of camera c, (x, y, 1) in camera c's slot (the
-    position its spatial softmax found) and zeros in the other cameras' slots; language tokens zero."""
+    position its spatial softmax found) and zeros in the other cameras' slots; language tokens zero.
+    Only a policy with the pointer's coordinate readout, their one reader, has them built."""
     torch.manual_seed(0)
-    cfg = get_preset("cpu-demo", camera_names=("front", "wrist"), backbone={**KP, "keypoints": 4})
+    cfg = get_preset(
+        "cpu-demo",
+        stage=2,
+        camera_names=("front", "wrist"),
+        backbone={**KP, "keypoints": 4},
+        goal_dim=3,
+        goal_input=True,
+        goal_pointer=True,
+        goal_pointer_coords=True,
+    )
     bb = APTPolicy(cfg).backbone.eval()
     g = torch.Generator().manual_seed(1)
     images = torch.rand(2, 2, 3, 128, 128, generator=g)
@@ -197,6 +207,9 @@ def test_backbone_points_carry_each_keypoints_position_and_camera():
             assert torch.equal(mine[:, :, 1 - c], torch.zeros(2, 4, 3))
         assert torch.equal(pts[:, 8:], torch.zeros(2, 16, 2, 3))  # the instruction's tokens
         assert (xy[:, 0] - xy[:, 1]).abs().max() > 1e-4  # two images, two sets of positions
+    plain = APTPolicy(cfg.replace(goal_pointer_coords=False)).backbone.eval()
+    with torch.no_grad():
+        assert plain(images, ids, mask).points is None
 
 
 def test_pointer_coordinate_readout_starts_at_zero_reads_the_attended_positions_and_is_checked():

@@ -27,7 +27,8 @@ class BackboneOutput:
     lang_mask: torch.Tensor  # (B, N) bool: True where the token is a language token
     valid_mask: torch.Tensor  # (B, N) bool: True for real tokens, False for padding
     tap_layers: list[int]  # hidden-state index of each tap (0 = embeddings)
-    # keypoint backbones only: per tap (B, N, C, 3), for each token and camera c the token's image
+    # keypoint backbones of policies with goal_pointer_coords only: per tap (B, N, C, 3), for each
+    # token and camera c the token's image
     # position (x, y) in [-1, 1] and 1 when it is a keypoint of camera c, zeros otherwise (language
     # tokens, other cameras): what the goal pointer's coordinate readout averages (model/pointer.py)
     points: list[torch.Tensor] | None = None

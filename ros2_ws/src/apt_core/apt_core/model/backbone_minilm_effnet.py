@@ -95,6 +95,8 @@ class MiniLMEffNetBackbone(Backbone):
         self.neck.norm = nn.ModuleList(nn.LayerNorm(MINILM_WIDTH) for _ in self.tap_layers)
         self.neck.pos = nn.Parameter(torch.randn(n_vis, MINILM_WIDTH) * 0.02)
         self.n_vis = n_vis
+        # BackboneOutput.points: built only for the goal pointer's coordinate readout, its one reader
+        self.report_points = self.keypoints and policy_cfg.goal_pointer_coords
         # grounded keypoints (stage 2 only: they read the instruction); all named neck.ground*,
         # which stage-1 checkpoints lack and the expansion initialises fresh
         self.n_ground = cfg.grounded_keypoints if policy_cfg.stage == 2 else 0
@@ -327,7 +329,8 @@ class MiniLMEffNetBackbone(Backbone):
             ground = None  # grounded keypoint tokens (B, C*G, 384), keypoint mode only
             if self.keypoints:
                 v, ground, xy = self._keypoint_tokens(j, v, t, lang_mask)  # (B*C, P, 384)
-                points.append(self._points(xy, B, t.shape[1]))
+                if self.report_points:
+                    points.append(self._points(xy, B, t.shape[1]))
             else:
                 v = self.neck.proj[j](v)  # (B*C, P, 384)
             v = self.neck.norm[j](v.reshape(B, self.n_vis, -1)) + self.neck.pos  # (B, Nv, 384)
