@@ -122,8 +122,7 @@ def widen_keypoints(policy: APTPolicy, keypoints: int, seed: int | None = 0) -> 
             else:
                 t.copy_(v)
     wide.load_state_dict(target)
-    for name, p in policy.named_parameters():  # what was fixed stays fixed
-        wide.get_parameter(name).requires_grad_(p.requires_grad)
+    _keep_trainable_flags(policy, wide)
     return wide
 
 
@@ -145,9 +144,15 @@ def add_pointer_coords(policy: APTPolicy, seed: int | None = 0) -> APTPolicy:
         raise ExpansionError(
             f"add_pointer_coords: weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for name, p in policy.named_parameters():  # what was fixed stays fixed
-        out.get_parameter(name).requires_grad_(p.requires_grad)
+    _keep_trainable_flags(policy, out)
     return out
+
+
+def _keep_trainable_flags(src: APTPolicy, dst: APTPolicy) -> None:
+    """Give `dst` the requires_grad of each parameter `src` has by the same name (what was fixed
+    stays fixed); parameters only `dst` has keep theirs."""
+    for name, p in src.named_parameters():
+        dst.get_parameter(name).requires_grad_(p.requires_grad)
 
 
 def va_layer_indices(stage1_layers: int) -> list[int]:
