@@ -366,8 +366,9 @@ def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_d
 def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(tiny_dataset, tmp_path):
     """--keypoints N on --finetune-from a keypoint policy with fewer: the run starts from the same
     policy with N keypoint tokens (its own kept, with a zero learning rate unchanged), the count
-    defines the run, and taking keypoints away is refused by name. --goal-pointer-coords on a
-    pointer policy without the readout adds it (fresh); it too defines the run."""
+    defines the run, and taking keypoints away is refused by name. --goal-pointer-coords and
+    --goal-pointer-pixels on a pointer policy without those readouts add them (fresh); they too
+    define the run."""
     import torch
 
     cfg = train_preset(
@@ -389,14 +390,19 @@ def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(
         finetune_from=str(base),
         keypoints=12,
         goal_pointer_coords=True,
+        goal_pointer_pixels=True,
         lr=1e-30,
         out_dir=str(tmp_path / "ft"),
     )
     out = load_checkpoint(stage2.main(ft))[0]
     assert out.cfg.backbone.keypoints == 12 and out.backbone.n_vis == 12
     assert out.cfg.goal_pointer_coords and not src.cfg.goal_pointer_coords
+    assert out.cfg.goal_pointer_pixels and not src.cfg.goal_pointer_pixels
     a, b = src.state_dict(), out.state_dict()
-    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.coord.")} != set()
+    new = {k for k in b if k not in a}
+    assert new == {k for k in b if k.startswith(("goal_pointer.coord.", "goal_pointer.pix_"))}
+    assert any(k.startswith("goal_pointer.coord.") for k in new)
+    assert any(k.startswith("goal_pointer.pix_") for k in new)
     for k in a:
         if k.startswith("backbone.neck.kp.") or k == "backbone.neck.pos":
             torch.testing.assert_close(b[k][:8], a[k], rtol=0, atol=1e-20)
@@ -414,7 +420,13 @@ def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(
     ):
         train_or_reuse(ft.replace(goal_pointer_coords=False))
     with pytest.raises(TrainConfigError, match="goal_pointer_coords is a readout of the goal pointer"):
-        ft.replace(goal_pointer=False, goal_pointer_coords=True)
+        ft.replace(goal_pointer=False, goal_pointer_coords=True, goal_pointer_pixels=False)
+    with pytest.raises(
+        TrainConfigError, match=r"holds another run \(goal_pointer_pixels: True there, False now"
+    ):
+        train_or_reuse(ft.replace(goal_pointer_pixels=False))
+    with pytest.raises(TrainConfigError, match="goal_pointer_pixels is a readout of the goal pointer"):
+        ft.replace(goal_pointer=False, goal_pointer_coords=False, goal_pointer_pixels=True)
 
 
 def test_bad_training_configs_name_the_field(tiny_dataset):

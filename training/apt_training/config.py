@@ -79,6 +79,9 @@ class TrainConfig:
     # with goal_pointer, keypoint tokens: the pointer also averages the keypoints' image positions
     # with its attention (model/pointer.py). Fine-tuning a pointer policy without it adds it fresh
     goal_pointer_coords: bool = False
+    # with goal_pointer, keypoint tokens: the pointer also points at the EfficientNet maps' pixels
+    # (its pixel readout, model/pointer.py). Fine-tuning a pointer policy without it adds it fresh
+    goal_pointer_pixels: bool = False
     # with goal_input: [m] a `goal_noise_frac` share of each batch sees its recorded goal moved
     # horizontally by N(0, goal_noise^2) per axis, so the actions learn to tolerate a goal a few cm
     # off (the pointer's error when the policy runs) instead of following it; 0 disables
@@ -145,10 +148,11 @@ class TrainConfig:
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
         )
-        check(
-            not self.goal_pointer_coords or self.goal_pointer,
-            "goal_pointer_coords is a readout of the goal pointer, so it needs goal_pointer",
-        )
+        for name in ("goal_pointer_coords", "goal_pointer_pixels"):
+            check(
+                not getattr(self, name) or self.goal_pointer,
+                f"{name} is a readout of the goal pointer, so it needs goal_pointer",
+            )
         check(self.goal_noise >= 0, f"goal_noise must be >= 0 [m], got {self.goal_noise}")
         check(
             0 <= self.goal_noise_frac <= 1, f"goal_noise_frac must be in [0, 1], got {self.goal_noise_frac}"

@@ -36,6 +36,7 @@ from apt_core.model.processor import Processor
 from apt_core.model.stages import (
     ExpansionError,
     add_pointer_coords,
+    add_pointer_pixels,
     expand_to_stage2,
     train_only,
     widen_keypoints,
@@ -228,15 +229,20 @@ def finetune_models(cfg: TrainConfig, dataset: DemoDataset) -> tuple[APTPolicy, 
         "goal_pointer": False,
         "goal_pointer_state": (),
         "goal_pointer_coords": False,
+        "goal_pointer_pixels": False,
     }
     want = {**have, **goal_fields(cfg, dataset)}
-    if want["goal_pointer_coords"] and not policy.cfg.goal_pointer_coords and policy.cfg.goal_pointer:
-        # the one goal setting a fine-tune may add: the pointer's coordinate readout (fresh, at zero)
-        try:
-            policy = add_pointer_coords(policy, seed=cfg.seed)
-        except ExpansionError as e:
-            raise TrainConfigError(f"finetune_from {cfg.finetune_from}: {e}") from None
-        processor = Processor(policy.cfg, processor.stats)
+    # the goal settings a fine-tune may add: the pointer's readouts (fresh, at zero)
+    for field, add in (
+        ("goal_pointer_coords", add_pointer_coords),
+        ("goal_pointer_pixels", add_pointer_pixels),
+    ):
+        if want[field] and not getattr(policy.cfg, field) and policy.cfg.goal_pointer:
+            try:
+                policy = add(policy, seed=cfg.seed)
+            except ExpansionError as e:
+                raise TrainConfigError(f"finetune_from {cfg.finetune_from}: {e}") from None
+            processor = Processor(policy.cfg, processor.stats)
     diff = [
         f"{k}: {getattr(policy.cfg, k)!r} there, {v!r} asked"
         for k, v in want.items()
@@ -326,6 +332,7 @@ def goal_fields(cfg: TrainConfig, dataset: DemoDataset) -> dict[str, Any]:
         **fields,
         "goal_pointer_state": (dataset_gripper_joint(dataset),),
         "goal_pointer_coords": cfg.goal_pointer_coords,
+        "goal_pointer_pixels": cfg.goal_pointer_pixels,
     }
 
 
@@ -532,6 +539,7 @@ RUN_FIELDS = (
     "goal_input",
     "goal_pointer",
     "goal_pointer_coords",
+    "goal_pointer_pixels",
     "goal_noise",
     "goal_noise_frac",
     "train_only",

@@ -246,11 +246,11 @@ def test_pointer_coordinate_readout_starts_at_zero_reads_the_attended_positions_
         ptr(feats, lang, valid, state)
     with pytest.raises(ValueError, match="reads 1 cameras' points, the backbone gave 2"):
         ptr(feats, lang, valid, state, [torch.zeros(B, N, 2, 3)])
-    with pytest.raises(ConfigError, match="goal_pointer_coords reads keypoint positions"):
+    with pytest.raises(ConfigError, match="goal_pointer_coords reads the keypoint backbone"):
         get_preset(
             "cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_coords=True
         )
-    with pytest.raises(ConfigError, match="goal_pointer_coords reads keypoint positions"):
+    with pytest.raises(ConfigError, match="goal_pointer_coords reads the keypoint backbone"):
         get_preset("cpu-demo", stage=2, backbone=KP, goal_pointer_coords=True)
 
 
@@ -277,9 +277,140 @@ def test_add_pointer_coords_keeps_the_policys_goals_and_adds_a_trainable_readout
     assert with_coords.goal_pointer.coord[-1].weight.grad.abs().sum() > 0
     back = load_checkpoint(save_checkpoint(tmp_path / "c", with_coords.eval(), proc, {}))[0]
     assert back.cfg.goal_pointer_coords
-    with pytest.raises(ExpansionError, match="has the coordinate readout already"):
+    with pytest.raises(ExpansionError, match="has goal_pointer_coords already"):
         add_pointer_coords(with_coords)
-    with pytest.raises(ExpansionError, match="goal_pointer_coords reads keypoint positions"):
+    with pytest.raises(ExpansionError, match="goal_pointer_coords reads the keypoint backbone"):
         add_pointer_coords(
+            APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True))
+        )
+
+
+def test_backbone_maps_are_the_tapped_stage_maps_and_only_for_the_pixel_readout():
+    """BackboneOutput.maps: per tap the EfficientNet map the keypoints came from, (B * C, C_s, h, w);
+    built only for a policy with the pointer's pixel readout."""
+    torch.manual_seed(0)
+    cfg = get_preset(
+        "cpu-demo",
+        stage=2,
+        camera_names=("front", "wrist"),
+        backbone={**KP, "keypoints": 4},
+        goal_dim=3,
+        goal_input=True,
+        goal_pointer=True,
+        goal_pointer_pixels=True,
+    )
+    bb = APTPolicy(cfg).backbone.eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 2, 3, 128, 128, generator=g)
+    ids, mask = torch.randint(1000, 5000, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.bool)
+    with torch.no_grad():
+        out = bb(images, ids, mask)
+        maps = bb._pool(images.flatten(0, 1))
+    assert out.points is None and len(out.maps) == len(out.features) == len(bb.map_channels)
+    for j, m in enumerate(out.maps):
+        assert m.shape[:2] == (4, bb.map_channels[j])
+        torch.testing.assert_close(m, maps[j])
+    plain = APTPolicy(cfg.replace(goal_pointer_pixels=False)).backbone.eval()
+    with torch.no_grad():
+        assert plain(images, ids, mask).maps is None
+
+
+def test_pointer_pixel_readout_starts_at_zero_points_at_the_matching_pixel_and_is_checked():
+    """GoalPointer(pixels=...): with its last layer at zero it answers what the pointer without it
+    does; with a query that matches one channel, each head's soft argmax lands on the pixel where
+    that channel lights up (and moves with it, through a map resized to the finest one); trained,
+    its weights get gradients; missing or mismatched maps are refused by name; the config needs
+    goal_pointer on keypoint tokens."""
+    from apt_core.model.backbone import pixel_centres
+    from apt_core.model.pointer import PIXEL_DIM, GoalPointer
+
+    torch.manual_seed(0)
+    D, B, N = 32, 2, 10
+    plain = GoalPointer(D, 1, [0])
+    torch.manual_seed(0)
+    ptr = GoalPointer(D, 1, [0], pixels=(1, (3, 5)))  # one camera; taps of 3 and 5 channels
+    feats = [torch.randn(B, N, D)]
+    lang = torch.zeros(B, N, dtype=torch.bool)
+    lang[:, 6:] = True
+    valid = torch.ones(B, N, dtype=torch.bool)
+    state = torch.randn(B, 1)
+    maps = [torch.randn(B, 3, 8, 8) * 0.01, torch.randn(B, 5, 4, 4) * 0.01]  # finest: 8 x 8
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ptr(feats, lang, valid, state, maps=maps), plain(feats, lang, valid, state)
+        )
+        # keys: channel 1 of the 8x8 tap, in every key dimension; the 4x4 tap silent; the query a
+        # large constant, so the scores are channel 1 times a large number
+        for conv in ptr.pix_key:
+            conv.weight.zero_(), conv.bias.zero_()
+        ptr.pix_key[0].weight[:, 1] = 1.0
+        ptr.pix_query.weight.zero_()
+        ptr.pix_query.bias.fill_(50.0 / PIXEL_DIM**0.5)
+        words = torch.randn(B, D)
+        lit = [m.clone() for m in maps]
+        lit[0][0, 1, 2, 5] = 1.0  # sample 0: row 2, column 5
+        lit[0][1, 1, 6, 1] = 1.0  # sample 1: row 6, column 1
+        xy = ptr.pixel_points(words, lit)
+        assert xy.shape == (B, 1, 4, 2)
+        centres = pixel_centres(8, 8, xy)
+        torch.testing.assert_close(xy[0, 0], centres[2 * 8 + 5].expand(4, 2), rtol=0, atol=1e-3)
+        torch.testing.assert_close(xy[1, 0], centres[6 * 8 + 1].expand(4, 2), rtol=0, atol=1e-3)
+        # the same spot on the coarse tap (resized to 8 x 8) pulls towards its place too
+        ptr.pix_key[0].weight.zero_()
+        ptr.pix_key[1].weight[:, 0] = 1.0
+        coarse = [m.clone() for m in maps]
+        coarse[1][:, 0, 3, 3] = 1.0  # the bottom-right cell of the 4 x 4 map
+        assert (ptr.pixel_points(words, coarse)[:, 0] > 0.5).all()
+        torch.nn.init.normal_(ptr.pix_read[-1].weight)
+        assert (
+            ptr(feats, lang, valid, state, maps=lit) - ptr(feats, lang, valid, state, maps=coarse)
+        ).abs().max() > 1e-4
+    ptr(feats, lang, valid, state, maps=lit).sum().backward()
+    assert ptr.pix_read[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pixel readout needs the backbone's stage maps"):
+        ptr(feats, lang, valid, state)
+    with pytest.raises(ValueError, match=r"reads maps of \[3, 5\] channels, got \[3, 4\]"):
+        ptr(feats, lang, valid, state, maps=[maps[0], torch.zeros(B, 4, 4, 4)])
+    with pytest.raises(ValueError, match="expects 1 camera maps per sample, got 4"):
+        ptr(feats, lang, valid, state, maps=[torch.cat([m, m]) for m in maps])
+    with pytest.raises(ValueError, match="has no pixel readout"):
+        plain.pixel_points(words, maps)
+    with pytest.raises(ConfigError, match="goal_pointer_pixels reads the keypoint backbone"):
+        get_preset(
+            "cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_pixels=True
+        )
+    with pytest.raises(ConfigError, match="goal_pointer_pixels reads the keypoint backbone"):
+        get_preset("cpu-demo", stage=2, backbone=KP, goal_pointer_pixels=True)
+
+
+def test_add_pointer_pixels_keeps_the_policys_goals_and_adds_a_trainable_readout(kp_stage1, tmp_path):
+    from apt_core.model.stages import ExpansionError, add_pointer_pixels
+
+    from .conftest import make_raw_batch
+
+    p, proc = kp_stage1
+    s2 = expand_to_stage2(p, p.cfg.replace(stage=2, goal_dim=3, goal_input=True, goal_pointer=True)).eval()
+    with_pixels = add_pointer_pixels(s2).eval()
+    assert with_pixels.cfg.goal_pointer_pixels and with_pixels.goal_pointer.pixels is not None
+    a, b = s2.state_dict(), with_pixels.state_dict()
+    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.pix_")} != set()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    batch = proc.process_batch(make_raw_batch(2, img=128))
+    with torch.no_grad():
+        torch.testing.assert_close(with_pixels.predict_goal(batch), s2.predict_goal(batch), rtol=0, atol=1e-6)
+    with_pixels.train()
+    batch = proc.process_batch(make_raw_batch(2, img=128), train=True)
+    batch["goal"], batch["goal_valid"] = torch.rand(2, 3), torch.ones(2, dtype=torch.bool)
+    loss, _ = with_pixels.compute_pointer_loss(batch)
+    loss.backward()
+    assert with_pixels.goal_pointer.pix_read[-1].weight.grad.abs().sum() > 0
+    back = load_checkpoint(save_checkpoint(tmp_path / "c", with_pixels.eval(), proc, {}))[0]
+    assert back.cfg.goal_pointer_pixels
+    with torch.no_grad():
+        torch.testing.assert_close(back.predict_goal(batch), with_pixels.predict_goal(batch))
+    with pytest.raises(ExpansionError, match="has goal_pointer_pixels already"):
+        add_pointer_pixels(with_pixels)
+    with pytest.raises(ExpansionError, match="goal_pointer_pixels reads the keypoint backbone"):
+        add_pointer_pixels(
             APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True))
         )

@@ -32,6 +32,18 @@ class BackboneOutput:
     # position (x, y) in [-1, 1] and 1 when it is a keypoint of camera c, zeros otherwise (language
     # tokens, other cameras): what the goal pointer's coordinate readout averages (model/pointer.py)
     points: list[torch.Tensor] | None = None
+    # keypoint backbones of policies with goal_pointer_pixels only: per tap the EfficientNet stage
+    # map the keypoints were taken from, (B * C, C_s, h, w), camera-major per sample: what the goal
+    # pointer's pixel readout points into (model/pointer.py)
+    maps: list[torch.Tensor] | None = None
+
+
+def pixel_centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """The centres of an h x w map's pixels as (x, y) in [-1, 1], row-major: (h * w, 2), on like's
+    device and dtype. A softmax over the pixels times this is a soft argmax (finer than a pixel)."""
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=like.device, dtype=like.dtype)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(h * w, 2)
 
 
 def select_taps(n_layers: int, every: int) -> list[int]:

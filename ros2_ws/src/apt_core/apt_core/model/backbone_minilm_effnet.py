@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import Backbone, BackboneOutput, select_taps
+from .backbone import Backbone, BackboneOutput, pixel_centres, select_taps
 from .config import BackboneConfig, PolicyConfig
 from .efficientnet import STAGE_CHANNELS, fold_batchnorm, load_efficientnet_lite0
 
@@ -97,6 +97,9 @@ class MiniLMEffNetBackbone(Backbone):
         self.n_vis = n_vis
         # BackboneOutput.points: built only for the goal pointer's coordinate readout, its one reader
         self.report_points = self.keypoints and policy_cfg.goal_pointer_coords
+        # BackboneOutput.maps: the tapped stage maps, for the goal pointer's pixel readout only
+        self.report_maps = self.keypoints and policy_cfg.goal_pointer_pixels
+        self.map_channels = [STAGE_CHANNELS[layer] for layer in self.tap_layers]
         # grounded keypoints (stage 2 only: they read the instruction); all named neck.ground*,
         # which stage-1 checkpoints lack and the expansion initialises fresh
         self.n_ground = cfg.grounded_keypoints if policy_cfg.stage == 2 else 0
@@ -230,9 +233,7 @@ class MiniLMEffNetBackbone(Backbone):
         softmax-weighted value feature (n, K, KP_VALUE)."""
         n, _, h, w = m.shape
         att = (self.neck.kp[j](m).flatten(2) if scores is None else scores).softmax(-1)  # (n, K, h*w)
-        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=m.device, dtype=m.dtype)  # pixel centres
-        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=m.device, dtype=m.dtype)
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(h * w, 2)  # (h*w, 2)
+        grid = pixel_centres(h, w, m)  # (h*w, 2)
         value = att @ self.neck.val[j](m).flatten(2).transpose(1, 2)  # (n, K, KP_VALUE)
         return att @ grid, value
 
@@ -320,13 +321,15 @@ class MiniLMEffNetBackbone(Backbone):
         with torch.set_grad_enabled(vis_grad):
             pooled = self._pooled_vision(images.flatten(0, 1), vis_grad)  # per tap, see _pool
         hs = self._text_states(lang_ids, lang_mask, txt_grad)
-        feats, points = [], []
+        feats, points, maps = [], [], []
         for j, layer in enumerate(self.tap_layers):
             # per camera image: cells (B*C, g*g, C_s) or map (B*C, C_s, h, w); text (B, L, 384)
             v, t = pooled[j], hs[layer]
             if insulate:
                 v, t = v.detach(), t.detach()
             ground = None  # grounded keypoint tokens (B, C*G, 384), keypoint mode only
+            if self.report_maps:
+                maps.append(v)
             if self.keypoints:
                 v, ground, xy = self._keypoint_tokens(j, v, t, lang_mask)  # (B*C, P, 384)
                 if self.report_points:
@@ -342,4 +345,4 @@ class MiniLMEffNetBackbone(Backbone):
         valid = torch.cat(
             [torch.ones(B, self.n_vis + Ng, dtype=torch.bool, device=images.device), lang_mask], 1
         )
-        return BackboneOutput(feats, lang, valid, list(self.tap_layers), points or None)
+        return BackboneOutput(feats, lang, valid, list(self.tap_layers), points or None, maps or None)

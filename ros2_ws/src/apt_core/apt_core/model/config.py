@@ -192,6 +192,10 @@ class PolicyConfig:
     # the pointer also averages the keypoints' image positions with its attention (model/pointer.py);
     # needs goal_pointer and a minilm_effnet backbone with keypoint tokens
     goal_pointer_coords: bool = False
+    # the pointer also points at pixels: per camera a spatial softmax over the tapped EfficientNet
+    # maps, queried by the words it read, whose expected (x, y) a readout maps to a goal correction
+    # (model/pointer.py, "pixel readout"); needs goal_pointer and a minilm_effnet keypoint backbone
+    goal_pointer_pixels: bool = False
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be 1 or 2, got {self.stage!r}")
@@ -226,17 +230,18 @@ class PolicyConfig:
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when sampling, so it needs goal_input",
         )
-        _check(
-            not self.goal_pointer_coords
-            or (
-                self.goal_pointer
-                and self.backbone.kind == "minilm_effnet"
-                and self.backbone.vision_tokens == "keypoints"
-            ),
-            "goal_pointer_coords reads keypoint positions: it needs goal_pointer and a minilm_effnet "
-            f"backbone with vision_tokens 'keypoints' (got goal_pointer {self.goal_pointer}, backbone "
-            f"{self.backbone.kind!r} with {self.backbone.vision_tokens!r})",
+        pointer_reads_maps = (
+            self.goal_pointer
+            and self.backbone.kind == "minilm_effnet"
+            and self.backbone.vision_tokens == "keypoints"
         )
+        for name in ("goal_pointer_coords", "goal_pointer_pixels"):
+            _check(
+                not getattr(self, name) or pointer_reads_maps,
+                f"{name} reads the keypoint backbone's maps: it needs goal_pointer and a minilm_effnet "
+                f"backbone with vision_tokens 'keypoints' (got goal_pointer {self.goal_pointer}, backbone "
+                f"{self.backbone.kind!r} with {self.backbone.vision_tokens!r})",
+            )
         if self.goal_pointer_state:
             _check(self.goal_pointer, "goal_pointer_state is read by the goal pointer: set goal_pointer")
             missing = [n for n in self.goal_pointer_state if n not in self.joint_names]

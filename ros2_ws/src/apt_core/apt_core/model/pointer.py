@@ -23,19 +23,42 @@ projection of (x, y). The readout takes the pointing attention's weights (mean o
 averages the keypoints' own sub-pixel image positions with them, per camera, and maps those
 positions and each camera's share of the attention to a correction of the goal; the camera is
 fixed, so that map is a smooth one from the image to the table. Its last layer starts at zero.
+
+Pixel readout (cfg.goal_pointer_pixels, keypoint backbones): the pointer also points at pixels, not
+only at the keypoints the neck chose. Every tapped EfficientNet map is projected (1x1 conv) to
+PIXEL_DIM channels, resized to the finest tapped map and summed, so each pixel's key holds its
+colour and shape at several depths. PIXEL_HEADS queries, projected from the words the pointer read
+(which also carry the phase), score every pixel of each camera; a softmax over the pixels gives each
+head's expected (x, y), finer than a pixel. An MLP maps those positions and the goal above to a
+correction of the goal (last layer at zero). The keys carry no position, so what is pointed at is
+chosen by appearance alone and its place comes from the soft argmax.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .backbone import pixel_centres
+
+PIXEL_DIM = 64  # width of the space in which the pixel readout's queries score pixels
+PIXEL_HEADS = 4  # pixel queries per camera
 
 
 class GoalPointer(nn.Module):
     def __init__(
-        self, dim: int, state_dim: int, taps: list[int], goal_dim: int = 3, heads: int = 4, coords: int = 0
+        self,
+        dim: int,
+        state_dim: int,
+        taps: list[int],
+        goal_dim: int = 3,
+        heads: int = 4,
+        coords: int = 0,
+        pixels: tuple[int, int] | None = None,
     ) -> None:
-        """coords: the cameras of a keypoint backbone, for the coordinate readout (0: none)."""
+        """coords: the cameras of a keypoint backbone, for the coordinate readout (0: none).
+        pixels: (cameras, map channels of every backbone tap) for the pixel readout (None: none)."""
         super().__init__()
         if not taps:
             raise ValueError("GoalPointer needs at least one backbone tap to read")
@@ -54,6 +77,16 @@ class GoalPointer(nn.Module):
             self.coord = nn.Sequential(nn.Linear(3 * coords, 128), nn.GELU(), nn.Linear(128, goal_dim))
             nn.init.zeros_(self.coord[-1].weight)
             nn.init.zeros_(self.coord[-1].bias)
+        self.pixels = pixels
+        if pixels is not None:
+            cams, channels = pixels
+            self.pix_key = nn.ModuleList(nn.Conv2d(c, PIXEL_DIM, 1) for c in channels)
+            self.pix_query = nn.Linear(dim, PIXEL_HEADS * PIXEL_DIM)
+            self.pix_read = nn.Sequential(
+                nn.Linear(cams * PIXEL_HEADS * 2 + goal_dim, 128), nn.GELU(), nn.Linear(128, goal_dim)
+            )
+            nn.init.zeros_(self.pix_read[-1].weight)
+            nn.init.zeros_(self.pix_read[-1].bias)
 
     def forward(
         self,
@@ -62,10 +95,12 @@ class GoalPointer(nn.Module):
         valid: torch.Tensor,
         state: torch.Tensor,
         points: list[torch.Tensor] | None = None,
+        maps: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """features: the backbone's taps, each (B, N, D); lang: (B, N) language tokens; valid: (B, N)
         real tokens; state: (B, S) normalised; points: the backbone's keypoint positions per tap
-        (BackboneOutput.points), needed by the coordinate readout. Returns (B, goal_dim)."""
+        (BackboneOutput.points), needed by the coordinate readout; maps: the backbone's stage maps
+        per tap (BackboneOutput.maps), needed by the pixel readout. Returns (B, goal_dim)."""
         if max(self.taps) >= len(features):
             raise ValueError(f"GoalPointer reads taps {self.taps}, the backbone gave {len(features)}")
         n = len(self.taps)
@@ -80,6 +115,8 @@ class GoalPointer(nn.Module):
             words, tokens, tokens, key_padding_mask=~(valid & ~lang), need_weights=bool(self.coords)
         )
         out = (self.head(seen) + self.offset(words))[:, 0]
+        if self.pixels is not None:
+            out = out + self.pix_read(torch.cat([self.pixel_points(words[:, 0], maps).flatten(1), out], 1))
         if not self.coords:
             return out
         if points is None:
@@ -93,3 +130,30 @@ class GoalPointer(nn.Module):
         share = s[..., 2:]
         xy = s[..., :2] / share.clamp_min(1e-6)  # attention-weighted mean position per camera
         return out + self.coord(torch.cat([xy, share], -1).flatten(1))
+
+    def pixel_points(self, words: torch.Tensor, maps: list[torch.Tensor] | None) -> torch.Tensor:
+        """The pixel readout's pointing: words (B, D), maps per backbone tap (B * C, C_s, h, w) ->
+        each camera's and head's expected pixel position (B, C, PIXEL_HEADS, 2), (x, y) in [-1, 1]."""
+        if self.pixels is None:
+            raise ValueError("GoalPointer has no pixel readout (build it with pixels)")
+        cams, channels = self.pixels
+        if maps is None:
+            raise ValueError("GoalPointer's pixel readout needs the backbone's stage maps")
+        if len(maps) != len(channels) or any(m.shape[1] != c for m, c in zip(maps, channels, strict=False)):
+            got = [m.shape[1] for m in maps]
+            raise ValueError(
+                f"GoalPointer's pixel readout reads maps of {list(channels)} channels, got {got}"
+            )
+        n = maps[0].shape[0]
+        if n != words.shape[0] * cams:
+            raise ValueError(f"GoalPointer's pixel readout expects {cams} camera maps per sample, got {n}")
+        h, w = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+        keys = sum(  # (B * C, PIXEL_DIM, h, w)
+            F.interpolate(conv(m), size=(h, w), mode="bilinear", align_corners=False)
+            if m.shape[-2:] != (h, w)
+            else conv(m)
+            for conv, m in zip(self.pix_key, maps, strict=True)
+        )
+        q = self.pix_query(words).view(-1, 1, PIXEL_HEADS, PIXEL_DIM).expand(-1, cams, -1, -1)
+        scores = q.reshape(n, PIXEL_HEADS, PIXEL_DIM) @ keys.flatten(2) / PIXEL_DIM**0.5  # (B*C, H, h*w)
+        return (scores.softmax(-1) @ pixel_centres(h, w, keys)).view(-1, cams, PIXEL_HEADS, 2)

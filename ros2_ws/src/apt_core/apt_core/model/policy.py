@@ -56,6 +56,11 @@ class APTPolicy(nn.Module):
                 list(range(1, K, 2)),
                 cfg.goal_dim,
                 coords=len(cfg.camera_names) if cfg.goal_pointer_coords else 0,
+                pixels=(
+                    (len(cfg.camera_names), tuple(self.backbone.map_channels))
+                    if cfg.goal_pointer_pixels
+                    else None
+                ),
             )
         if cfg.backbone_mode == "lora":
             inject_lora(
@@ -84,6 +89,7 @@ class APTPolicy(nn.Module):
             "valid": out.valid_mask,
             "state": batch["state"],
             "points": out.points,
+            "maps": out.maps,
         }
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -226,7 +232,9 @@ class APTPolicy(nn.Module):
         """The goal pointer on the backbone's tokens and the state entries it reads
         (cfg.goal_pointer_state): (B, 3) in units of GOAL_SCALE."""
         state = enc["state"][:, self.pointer_state]
-        return self.goal_pointer(enc["features"], enc["lang"], enc["valid"], state, enc["points"])
+        return self.goal_pointer(
+            enc["features"], enc["lang"], enc["valid"], state, enc["points"], enc["maps"]
+        )
 
     def goal_loss(
         self, units: torch.Tensor, goal: torch.Tensor, valid: torch.Tensor

@@ -130,19 +130,32 @@ def add_pointer_coords(policy: APTPolicy, seed: int | None = 0) -> APTPolicy:
     """`policy` (a goal-pointer policy on keypoint tokens) with the pointer's coordinate readout added
     (cfg.goal_pointer_coords, model/pointer.py): every weight copied, the readout fresh, its last
     layer zero, so the policy's goals and actions are exactly what they were until it is trained."""
-    if policy.cfg.goal_pointer_coords:
-        raise ExpansionError("add_pointer_coords: the policy's pointer has the coordinate readout already")
+    return _add_pointer_readout(policy, "goal_pointer_coords", "goal_pointer.coord.", seed)
+
+
+def add_pointer_pixels(policy: APTPolicy, seed: int | None = 0) -> APTPolicy:
+    """`policy` (a goal-pointer policy on keypoint tokens) with the pointer's pixel readout added
+    (cfg.goal_pointer_pixels, model/pointer.py), fresh, on the same terms as add_pointer_coords."""
+    return _add_pointer_readout(policy, "goal_pointer_pixels", "goal_pointer.pix_", seed)
+
+
+def _add_pointer_readout(policy: APTPolicy, field: str, prefix: str, seed: int | None) -> APTPolicy:
+    """`policy` with the boolean config `field` turned on: every weight copied; the new ones, all
+    named `prefix`*, fresh (a readout whose last layer starts at zero)."""
+    name = "add_pointer_" + field.removeprefix("goal_pointer_")
+    if getattr(policy.cfg, field):
+        raise ExpansionError(f"{name}: the policy has {field} already")
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        cfg = policy.cfg.replace(goal_pointer_coords=True)
+        cfg = policy.cfg.replace(**{field: True})
     except ValueError as e:
-        raise ExpansionError(f"add_pointer_coords: {e}") from None
+        raise ExpansionError(f"{name}: {e}") from None
     out = APTPolicy(cfg)
     missing, unexpected = out.load_state_dict(policy.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("goal_pointer.coord.") for k in missing):
+    if unexpected or any(not k.startswith(prefix) for k in missing):
         raise ExpansionError(
-            f"add_pointer_coords: weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{name}: weights do not transfer: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     _keep_trainable_flags(policy, out)
     return out
