@@ -318,9 +318,9 @@ def test_backbone_maps_are_the_tapped_stage_maps_and_only_for_the_pixel_readout(
 def test_pointer_pixel_readout_starts_at_zero_points_at_the_matching_pixel_and_is_checked():
     """GoalPointer(pixels=...): with its last layer at zero it answers what the pointer without it
     does; with a query that matches one channel, each head's soft argmax lands on the pixel where
-    that channel lights up (and moves with it, through a map resized to the finest one); trained,
-    its weights get gradients; missing or mismatched maps are refused by name; the config needs
-    goal_pointer on keypoint tokens."""
+    that channel lights up, in the image itself or in a tapped map resized to the readout's size, and
+    moves with it; trained, its weights get gradients; missing or mismatched inputs are refused by
+    name; the config needs goal_pointer on keypoint tokens."""
     from apt_core.model.backbone import pixel_centres
     from apt_core.model.pointer import PIXEL_DIM, GoalPointer
 
@@ -334,47 +334,58 @@ def test_pointer_pixel_readout_starts_at_zero_points_at_the_matching_pixel_and_i
     lang[:, 6:] = True
     valid = torch.ones(B, N, dtype=torch.bool)
     state = torch.randn(B, 1)
-    maps = [torch.randn(B, 3, 8, 8) * 0.01, torch.randn(B, 5, 4, 4) * 0.01]  # finest: 8 x 8
+    maps = [torch.randn(B, 3, 8, 8) * 0.01, torch.randn(B, 5, 4, 4) * 0.01]
+    images = torch.rand(B, 1, 3, 16, 16) * 0.01  # under PIXEL_SIZE: the readout works at 16 x 16
+    words = torch.randn(B, D)
+    centres = pixel_centres(16, 16, images)
     with torch.no_grad():
         torch.testing.assert_close(
-            ptr(feats, lang, valid, state, maps=maps), plain(feats, lang, valid, state)
+            ptr(feats, lang, valid, state, maps=maps, images=images), plain(feats, lang, valid, state)
         )
-        # keys: channel 1 of the 8x8 tap, in every key dimension; the 4x4 tap silent; the query a
-        # large constant, so the scores are channel 1 times a large number
-        for conv in ptr.pix_key:
-            conv.weight.zero_(), conv.bias.zero_()
-        ptr.pix_key[0].weight[:, 1] = 1.0
+        # the query a large constant, so the scores are a large number times the sum of the keys
         ptr.pix_query.weight.zero_()
         ptr.pix_query.bias.fill_(50.0 / PIXEL_DIM**0.5)
-        words = torch.randn(B, D)
-        lit = [m.clone() for m in maps]
-        lit[0][0, 1, 2, 5] = 1.0  # sample 0: row 2, column 5
-        lit[0][1, 1, 6, 1] = 1.0  # sample 1: row 6, column 1
-        xy = ptr.pixel_points(words, lit)
+        for conv in ptr.pix_key:
+            conv.weight.zero_(), conv.bias.zero_()
+        for layer in (ptr.pix_image[0], ptr.pix_image[2]):
+            layer.weight.zero_(), layer.bias.zero_()
+        # the image term alone: the red channel at the pixel itself, into every key dimension
+        ptr.pix_image[0].weight[0, 0, 1, 1] = 1.0
+        ptr.pix_image[2].weight[:, 0] = 1.0
+        red = images.clone()
+        red[0, 0, 0, 3, 11] = 1.0  # sample 0: row 3, column 11
+        red[1, 0, 0, 12, 2] = 1.0  # sample 1: row 12, column 2
+        xy = ptr.pixel_points(words, maps, red)
         assert xy.shape == (B, 1, 4, 2)
-        centres = pixel_centres(8, 8, xy)
-        torch.testing.assert_close(xy[0, 0], centres[2 * 8 + 5].expand(4, 2), rtol=0, atol=1e-3)
-        torch.testing.assert_close(xy[1, 0], centres[6 * 8 + 1].expand(4, 2), rtol=0, atol=1e-3)
-        # the same spot on the coarse tap (resized to 8 x 8) pulls towards its place too
-        ptr.pix_key[0].weight.zero_()
-        ptr.pix_key[1].weight[:, 0] = 1.0
-        coarse = [m.clone() for m in maps]
-        coarse[1][:, 0, 3, 3] = 1.0  # the bottom-right cell of the 4 x 4 map
-        assert (ptr.pixel_points(words, coarse)[:, 0] > 0.5).all()
+        torch.testing.assert_close(xy[0, 0], centres[3 * 16 + 11].expand(4, 2), rtol=0, atol=1e-3)
+        torch.testing.assert_close(xy[1, 0], centres[12 * 16 + 2].expand(4, 2), rtol=0, atol=1e-3)
+        # a tapped map alone (8 x 8, resized to 16 x 16): its lit pixel's place
+        ptr.pix_image[2].weight.zero_()
+        ptr.pix_key[0].weight[:, 1] = 1.0
+        lit = [m.clone() for m in maps]
+        lit[0][0, 1, 2, 5] = 1.0  # sample 0: row 2, column 5 of 8
+        lit[0][1, 1, 6, 1] = 1.0  # sample 1: row 6, column 1 of 8
+        xy = ptr.pixel_points(words, lit, images)
+        coarse = pixel_centres(8, 8, images)
+        torch.testing.assert_close(xy[0, 0], coarse[2 * 8 + 5].expand(4, 2), rtol=0, atol=0.02)
+        torch.testing.assert_close(xy[1, 0], coarse[6 * 8 + 1].expand(4, 2), rtol=0, atol=0.02)
         torch.nn.init.normal_(ptr.pix_read[-1].weight)
         assert (
-            ptr(feats, lang, valid, state, maps=lit) - ptr(feats, lang, valid, state, maps=coarse)
+            ptr(feats, lang, valid, state, maps=lit, images=images)
+            - ptr(feats, lang, valid, state, maps=maps, images=images)
         ).abs().max() > 1e-4
-    ptr(feats, lang, valid, state, maps=lit).sum().backward()
+    ptr(feats, lang, valid, state, maps=lit, images=images).sum().backward()
     assert ptr.pix_read[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="pixel readout needs the backbone's stage maps"):
-        ptr(feats, lang, valid, state)
+    with pytest.raises(ValueError, match="pixel readout needs the backbone's stage maps and the images"):
+        ptr(feats, lang, valid, state, maps=maps)
     with pytest.raises(ValueError, match=r"reads maps of \[3, 5\] channels, got \[3, 4\]"):
-        ptr(feats, lang, valid, state, maps=[maps[0], torch.zeros(B, 4, 4, 4)])
-    with pytest.raises(ValueError, match="expects 1 camera maps per sample, got 4"):
-        ptr(feats, lang, valid, state, maps=[torch.cat([m, m]) for m in maps])
+        ptr(feats, lang, valid, state, maps=[maps[0], torch.zeros(B, 4, 4, 4)], images=images)
+    with pytest.raises(ValueError, match="expects 1 camera maps per sample and one image set per sample"):
+        ptr(feats, lang, valid, state, maps=[torch.cat([m, m]) for m in maps], images=images)
+    with pytest.raises(ValueError, match=r"expects images \(B, 1, 3, S, S\), got \(2, 3, 16, 16\)"):
+        ptr(feats, lang, valid, state, maps=maps, images=images[:, 0])
     with pytest.raises(ValueError, match="has no pixel readout"):
-        plain.pixel_points(words, maps)
+        plain.pixel_points(words, maps, images)
     with pytest.raises(ConfigError, match="goal_pointer_pixels reads the keypoint backbone"):
         get_preset(
             "cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True, goal_pointer_pixels=True

@@ -25,13 +25,15 @@ positions and each camera's share of the attention to a correction of the goal; 
 fixed, so that map is a smooth one from the image to the table. Its last layer starts at zero.
 
 Pixel readout (cfg.goal_pointer_pixels, keypoint backbones): the pointer also points at pixels, not
-only at the keypoints the neck chose. Every tapped EfficientNet map is projected (1x1 conv) to
-PIXEL_DIM channels, resized to the finest tapped map and summed, so each pixel's key holds its
-colour and shape at several depths. PIXEL_HEADS queries, projected from the words the pointer read
-(which also carry the phase), score every pixel of each camera; a softmax over the pixels gives each
-head's expected (x, y), finer than a pixel. An MLP maps those positions and the goal above to a
-correction of the goal (last layer at zero). The keys carry no position, so what is pointed at is
-chosen by appearance alone and its place comes from the soft argmax.
+only at the keypoints the neck chose. Its keys are a PIXEL_SIZE x PIXEL_SIZE map per camera: the
+image itself, average-pooled to that size, through a small conv (its colours and edges at 2 px in a
+128 px image), plus every tapped EfficientNet map projected (1x1 conv) to PIXEL_DIM channels and
+resized to that size (what the objects are, at several depths). PIXEL_HEADS queries, projected
+from the words the pointer read (which also carry the phase), score every pixel of each camera; a
+softmax over the pixels gives each head's expected (x, y), finer than a pixel. An MLP maps those
+positions and the goal above to a correction of the goal (last layer at zero). The keys carry no
+position, so what is pointed at is chosen by appearance alone and its place comes from the soft
+argmax. In the 128 px front image 1 cm on the table is about 1.7 px.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .backbone import pixel_centres
 
 PIXEL_DIM = 64  # width of the space in which the pixel readout's queries score pixels
 PIXEL_HEADS = 4  # pixel queries per camera
+PIXEL_SIZE = 64  # the pixel readout's map side (at most; smaller images keep their size)
 
 
 class GoalPointer(nn.Module):
@@ -81,6 +84,9 @@ class GoalPointer(nn.Module):
         if pixels is not None:
             cams, channels = pixels
             self.pix_key = nn.ModuleList(nn.Conv2d(c, PIXEL_DIM, 1) for c in channels)
+            self.pix_image = nn.Sequential(
+                nn.Conv2d(3, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, PIXEL_DIM, 1)
+            )
             self.pix_query = nn.Linear(dim, PIXEL_HEADS * PIXEL_DIM)
             self.pix_read = nn.Sequential(
                 nn.Linear(cams * PIXEL_HEADS * 2 + goal_dim, 128), nn.GELU(), nn.Linear(128, goal_dim)
@@ -96,11 +102,13 @@ class GoalPointer(nn.Module):
         state: torch.Tensor,
         points: list[torch.Tensor] | None = None,
         maps: list[torch.Tensor] | None = None,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """features: the backbone's taps, each (B, N, D); lang: (B, N) language tokens; valid: (B, N)
         real tokens; state: (B, S) normalised; points: the backbone's keypoint positions per tap
         (BackboneOutput.points), needed by the coordinate readout; maps: the backbone's stage maps
-        per tap (BackboneOutput.maps), needed by the pixel readout. Returns (B, goal_dim)."""
+        per tap (BackboneOutput.maps) and images: the processed images (B, C, 3, S, S), both needed
+        by the pixel readout. Returns (B, goal_dim)."""
         if max(self.taps) >= len(features):
             raise ValueError(f"GoalPointer reads taps {self.taps}, the backbone gave {len(features)}")
         n = len(self.taps)
@@ -116,7 +124,9 @@ class GoalPointer(nn.Module):
         )
         out = (self.head(seen) + self.offset(words))[:, 0]
         if self.pixels is not None:
-            out = out + self.pix_read(torch.cat([self.pixel_points(words[:, 0], maps).flatten(1), out], 1))
+            out = out + self.pix_read(
+                torch.cat([self.pixel_points(words[:, 0], maps, images).flatten(1), out], 1)
+            )
         if not self.coords:
             return out
         if points is None:
@@ -131,29 +141,36 @@ class GoalPointer(nn.Module):
         xy = s[..., :2] / share.clamp_min(1e-6)  # attention-weighted mean position per camera
         return out + self.coord(torch.cat([xy, share], -1).flatten(1))
 
-    def pixel_points(self, words: torch.Tensor, maps: list[torch.Tensor] | None) -> torch.Tensor:
-        """The pixel readout's pointing: words (B, D), maps per backbone tap (B * C, C_s, h, w) ->
-        each camera's and head's expected pixel position (B, C, PIXEL_HEADS, 2), (x, y) in [-1, 1]."""
+    def pixel_points(
+        self, words: torch.Tensor, maps: list[torch.Tensor] | None, images: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The pixel readout's pointing: words (B, D), maps per backbone tap (B * C, C_s, h, w),
+        images (B, C, 3, S, S) -> each camera's and head's expected pixel position
+        (B, C, PIXEL_HEADS, 2), (x, y) in [-1, 1]."""
         if self.pixels is None:
             raise ValueError("GoalPointer has no pixel readout (build it with pixels)")
         cams, channels = self.pixels
-        if maps is None:
-            raise ValueError("GoalPointer's pixel readout needs the backbone's stage maps")
+        if maps is None or images is None:
+            raise ValueError("GoalPointer's pixel readout needs the backbone's stage maps and the images")
         if len(maps) != len(channels) or any(m.shape[1] != c for m, c in zip(maps, channels, strict=False)):
             got = [m.shape[1] for m in maps]
             raise ValueError(
                 f"GoalPointer's pixel readout reads maps of {list(channels)} channels, got {got}"
             )
+        if images.dim() != 5 or images.shape[1:3] != (cams, 3):
+            raise ValueError(
+                f"GoalPointer's pixel readout expects images (B, {cams}, 3, S, S), got {tuple(images.shape)}"
+            )
         n = maps[0].shape[0]
-        if n != words.shape[0] * cams:
-            raise ValueError(f"GoalPointer's pixel readout expects {cams} camera maps per sample, got {n}")
-        h, w = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
-        keys = sum(  # (B * C, PIXEL_DIM, h, w)
-            F.interpolate(conv(m), size=(h, w), mode="bilinear", align_corners=False)
-            if m.shape[-2:] != (h, w)
-            else conv(m)
-            for conv, m in zip(self.pix_key, maps, strict=True)
-        )
+        if n != words.shape[0] * cams or images.shape[0] != words.shape[0]:
+            raise ValueError(
+                f"GoalPointer's pixel readout expects {cams} camera maps per sample and one image set "
+                f"per sample, got {n} maps and {images.shape[0]} image sets for {words.shape[0]} samples"
+            )
+        h, w = min(images.shape[-2], PIXEL_SIZE), min(images.shape[-1], PIXEL_SIZE)
+        keys = self.pix_image(F.adaptive_avg_pool2d(images.flatten(0, 1), (h, w)))  # (B*C, PIXEL_DIM, h, w)
+        for conv, m in zip(self.pix_key, maps, strict=True):
+            keys = keys + F.interpolate(conv(m), size=(h, w), mode="bilinear", align_corners=False)
         q = self.pix_query(words).view(-1, 1, PIXEL_HEADS, PIXEL_DIM).expand(-1, cams, -1, -1)
         scores = q.reshape(n, PIXEL_HEADS, PIXEL_DIM) @ keys.flatten(2) / PIXEL_DIM**0.5  # (B*C, H, h*w)
         return (scores.softmax(-1) @ pixel_centres(h, w, keys)).view(-1, cams, PIXEL_HEADS, 2)

@@ -90,6 +90,7 @@ class APTPolicy(nn.Module):
             "state": batch["state"],
             "points": out.points,
             "maps": out.maps,
+            "images": batch["images"] if self.cfg.goal_pointer_pixels else None,
         }
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -233,7 +234,7 @@ class APTPolicy(nn.Module):
         (cfg.goal_pointer_state): (B, 3) in units of GOAL_SCALE."""
         state = enc["state"][:, self.pointer_state]
         return self.goal_pointer(
-            enc["features"], enc["lang"], enc["valid"], state, enc["points"], enc["maps"]
+            enc["features"], enc["lang"], enc["valid"], state, enc["points"], enc["maps"], enc["images"]
         )
 
     def goal_loss(
