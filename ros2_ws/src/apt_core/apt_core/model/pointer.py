@@ -168,9 +168,20 @@ class GoalPointer(nn.Module):
                 f"per sample, got {n} maps and {images.shape[0]} image sets for {words.shape[0]} samples"
             )
         h, w = min(images.shape[-2], PIXEL_SIZE), min(images.shape[-1], PIXEL_SIZE)
-        keys = self.pix_image(F.adaptive_avg_pool2d(images.flatten(0, 1), (h, w)))  # (B*C, PIXEL_DIM, h, w)
-        for conv, m in zip(self.pix_key, maps, strict=True):
-            keys = keys + F.interpolate(conv(m), size=(h, w), mode="bilinear", align_corners=False)
         q = self.pix_query(words).view(-1, 1, PIXEL_HEADS, PIXEL_DIM).expand(-1, cams, -1, -1)
-        scores = q.reshape(n, PIXEL_HEADS, PIXEL_DIM) @ keys.flatten(2) / PIXEL_DIM**0.5  # (B*C, H, h*w)
-        return (scores.softmax(-1) @ pixel_centres(h, w, keys)).view(-1, cams, PIXEL_HEADS, 2)
+        q = q.reshape(n, PIXEL_HEADS, PIXEL_DIM) / PIXEL_DIM**0.5
+
+        def score(conv: nn.Conv2d, m: torch.Tensor) -> torch.Tensor:
+            """q . conv(m) at m's size, (n, H, h', w'), with the 1x1 conv folded into the query:
+            q . (W m + b) = (q W) . m + q . b, so no PIXEL_DIM-channel key map is built."""
+            wq = q @ conv.weight[:, :, 0, 0]  # (n, H, C_in)
+            return torch.einsum("nhc,ncyx->nhyx", wq, m) + (q @ conv.bias)[..., None, None]
+
+        # a score is linear in its key, and so is the bilinear resize: each tap is scored at its own
+        # size and the scores (PIXEL_HEADS channels) are resized
+        hidden = self.pix_image[1](self.pix_image[0](F.adaptive_avg_pool2d(images.flatten(0, 1), (h, w))))
+        scores = score(self.pix_image[2], hidden)
+        for conv, m in zip(self.pix_key, maps, strict=True):
+            scores = scores + F.interpolate(score(conv, m), size=(h, w), mode="bilinear", align_corners=False)
+        att = scores.flatten(2).softmax(-1)  # (B*C, H, h*w)
+        return (att @ pixel_centres(h, w, scores)).view(-1, cams, PIXEL_HEADS, 2)
