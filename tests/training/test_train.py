@@ -422,6 +422,10 @@ def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(
     with pytest.raises(TrainConfigError, match="goal_pointer_coords is a readout of the goal pointer"):
         ft.replace(goal_pointer=False, goal_pointer_coords=True, goal_pointer_pixels=False)
     with pytest.raises(
+        TrainConfigError, match=r"holds another run \(goal_source: 'state' there, 'action' now"
+    ):
+        train_or_reuse(ft.replace(goal_source="action"))
+    with pytest.raises(
         TrainConfigError, match=r"holds another run \(goal_pointer_pixels: True there, False now"
     ):
         train_or_reuse(ft.replace(goal_pointer_pixels=False))
@@ -438,6 +442,8 @@ def test_bad_training_configs_name_the_field(tiny_dataset):
         train_preset("nope")
     with pytest.raises(TrainConfigError, match="init_from is only used by stage 2"):
         train_preset("debug", init_from="x")
+    with pytest.raises(TrainConfigError, match="goal_source must be 'state' .* or 'action' .*, got 'ee'"):
+        train_preset("debug", goal_source="ee")
 
 
 @pytest.mark.slow

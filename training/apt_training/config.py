@@ -70,6 +70,10 @@ class TrainConfig:
     # that run shut from the first frame (apt_core.data.goals); the scripted expert shuts the
     # gripper where the stroke starts, which is a key frame anyway
     goal_push_travel: float = 0.0
+    # which joints give the tool position at a key frame: "state" (measured) or "action" (commanded;
+    # joint-position actions). The measured tool lags and sags ~1.5 cm off where it was sent
+    # (apt_core.data.goals, docs/experiments.md item 36)
+    goal_source: str = "state"
     # "predict where, then act" (stage 2, needs goal_weight > 0): the action tokens also get the goal,
     # the recorded one in training and the goal head's prediction when the policy runs (docs/model.md)
     goal_input: bool = False
@@ -147,6 +151,10 @@ class TrainConfig:
         check(
             not self.goal_pointer or self.goal_input,
             "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
+        )
+        check(
+            self.goal_source in ("state", "action"),
+            f"goal_source must be 'state' (measured joints) or 'action' (commanded), got {self.goal_source!r}",
         )
         for name in ("goal_pointer_coords", "goal_pointer_pixels"):
             check(

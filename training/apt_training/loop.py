@@ -352,9 +352,10 @@ def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
         tip_link=cfg.goal_link,
         min_distance=cfg.goal_min_distance,
         push_travel=cfg.goal_push_travel,
+        source=cfg.goal_source,
     )
     dataset.set_goals(goals, valid, near)
-    return f"goals ({Path(urdf).name}, link {cfg.goal_link}): {info.line()}"
+    return f"goals ({Path(urdf).name}, link {cfg.goal_link}, {cfg.goal_source} joints): {info.line()}"
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -536,6 +537,7 @@ RUN_FIELDS = (
     "goal_link",
     "goal_min_distance",
     "goal_push_travel",
+    "goal_source",
     "goal_input",
     "goal_pointer",
     "goal_pointer_coords",

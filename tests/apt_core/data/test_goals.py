@@ -157,6 +157,9 @@ def test_targets_of_a_scripted_demo_point_at_the_named_objects() -> None:
         # the grasp is on the named object, nearer it than any other object; the release is over
         # the named target
         assert dist(grasp, sub.obj) < 0.02, (task.instruction, dist(grasp, sub.obj))
+        # the commanded joints at the event put the tool on the object's centre
+        cmd = tool_positions(actions, JOINT_NAMES, chain)
+        assert dist(cmd[ev[0]], sub.obj) < 0.005, (task.instruction, dist(cmd[ev[0]], sub.obj))
         assert all(dist(grasp, sub.obj) < dist(grasp, o) for o in T.OBJECTS if o != sub.obj)
         assert dist(release, sub.target) < 0.05, (task.instruction, dist(release, sub.target))
         if len(seen) == 3:
@@ -211,6 +214,38 @@ def test_dataset_goals_use_the_contract_gripper_and_reach_samples(tiny: Path) ->
         ds.set_goals(far, fvalid, fnear[:3])
     with pytest.raises(GoalError, match="no frame's tool is 100.0 m or more"):
         dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=100.0)
+
+
+def test_dataset_goals_from_the_commanded_joints(tiny: Path) -> None:
+    """source="action": a key frame's target is the tool where the action column sent it; which
+    frames are near is still decided by the measured tool; other sources and actions that are not
+    joint positions over the state's joints are refused by name."""
+    ds = DemoDataset(tiny, chunk_length=4)
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    measured, _, info, _ = dataset_goals(ds, URDF_PATH, tip_link="tcp")
+    commanded, valid, cinfo, _ = dataset_goals(ds, URDF_PATH, tip_link="tcp", source="action")
+    assert cinfo.events == info.events and valid.all()
+    cmd = ds.action[:, JOINT_NAMES.index("gripper")]
+    for e in range(2):
+        lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
+        k = lo + int(gripper_events(cmd[lo:hi], info.threshold)[0])
+        np.testing.assert_allclose(
+            commanded[lo], chain.forward(ds.action[k][:6].astype(float))[0][:3, 3], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            measured[lo], chain.forward(ds.state[k][:6].astype(float))[0][:3, 3], atol=1e-5
+        )
+    assert np.abs(commanded - measured).max() > 1e-3  # the synthetic arm does not track exactly
+    pos = tool_positions(ds.state, JOINT_NAMES, chain)
+    d = float(np.median(np.linalg.norm(commanded - pos, axis=1)))
+    _, fvalid, _, fnear = dataset_goals(ds, URDF_PATH, tip_link="tcp", min_distance=d, source="action")
+    np.testing.assert_array_equal(fnear, np.linalg.norm(commanded - pos, axis=1) < d)
+    assert fnear.any() and fvalid.any()
+    with pytest.raises(GoalError, match="goal source 'ee' is not one of"):
+        dataset_goals(ds, URDF_PATH, tip_link="tcp", source="ee")
+    ds.contract = {**ds.contract, "action": {**ds.contract["action"], "space": "ee_delta"}}
+    with pytest.raises(GoalError, match="goal source 'action' needs joint-position actions"):
+        dataset_goals(ds, URDF_PATH, tip_link="tcp", source="action")
 
 
 def test_goal_errors_name_what_is_missing(tiny: Path, tmp_path: Path) -> None:

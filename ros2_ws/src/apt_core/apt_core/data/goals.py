@@ -26,6 +26,14 @@ first run of frames at the stretch's lowest tool height (within `push_tolerance`
 tool travels at least `push_travel` horizontally. A carry also runs shut, but its lowest point is
 the place, reached by descending and left by opening, so it has no such stroke.
 
+`source` says which joints give the tool position at a key frame: "state", the measured joints
+(observation.state), or "action", the commanded ones (the action column, joint positions only). A
+real arm lags its command and sags under load: on the simulated arm the measured tool sits 1.5 cm
+(median, horizontal) from the named object's centre when the gripper shuts on it, the commanded
+one on it (docs/experiments.md item 36). With "action" the target is where the demonstrator sent
+the tool, which is what the image shows and what the actions command; the distance that decides
+`near` is still the measured tool's.
+
 `valid` is False for the frame of a one-frame episode, and, with `min_distance`, for frames whose tool is
 already that close to its target; those frames are `near` instead (they have a target, which a
 predictor that does not read the arm's joints should still learn).
@@ -44,6 +52,9 @@ from apt_core.runtime.ik import UrdfChain
 
 class GoalError(ValueError):
     """Grounding targets cannot be computed for this dataset; the message says what is missing."""
+
+
+GOAL_SOURCES = ("state", "action")  # measured or commanded joints give the target (dataset_goals)
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ def dataset_goals(
     threshold: float | None = None,
     min_distance: float = 0.0,
     push_travel: float = 0.0,
+    source: str = "state",
 ) -> GoalTargets:
     """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,),
     the summary, near (N,)).
@@ -189,16 +201,28 @@ def dataset_goals(
     that close to it: late in a reach the target is about where the tool is, which the joint state
     alone tells, so only the earlier frames ask where the words point. Those frames are returned
     as `near`: the goal pointer, which does not read the arm's joints, is trained on them too.
-    `push_travel` [m] > 0 also makes the start of each push stroke a key frame (module docstring)."""
+    `push_travel` [m] > 0 also makes the start of each push stroke a key frame (module docstring).
+    `source`: "state" or "action", the joints whose tool position is the target (module docstring)."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
+    if source not in GOAL_SOURCES:
+        raise GoalError(f"goal source {source!r} is not one of {GOAL_SOURCES}")
+    if source == "action":
+        space = str(dataset.contract.get("action", {}).get("space", ""))
+        action_names = tuple(dataset.meta["features"]["action"].get("names") or ())
+        if space != "joint_position" or action_names != names:
+            raise GoalError(
+                f"{dataset.root}: goal source 'action' needs joint-position actions over the state's "
+                f"joints; the dataset's actions are {space or 'unnamed'!r} over {list(action_names)}"
+            )
     gripper_joint = dataset_gripper_joint(dataset, gripper_joint)
     chain = UrdfChain.from_urdf(urdf, base_link, tip_link)
     command = dataset.action[:, names.index(gripper_joint)]
     if threshold is None:
         threshold = float(0.5 * (command.min() + command.max()))
     positions = tool_positions(dataset.state, names, chain)
+    targets = positions if source == "state" else tool_positions(dataset.action, names, chain)
     goals, valid, events, without, contacts = next_event_goals(
-        positions, command, dataset.ep_from, dataset.ep_to, threshold, push_travel=push_travel
+        targets, command, dataset.ep_from, dataset.ep_to, threshold, push_travel=push_travel
     )
     near = np.zeros_like(valid)
     if min_distance > 0:
