@@ -1,0 +1,84 @@
+"""How far a recorded dataset's grasp targets sit from the object the gripper shut on.
+
+    python scripts/goal_target_offsets.py DATASET [--lags 0 3 6]
+
+For a dataset converted from `apt-record-demos` bags (each episode's bag folder is named
+`episode_<seed>`), rebuilds every episode's scene from its seed and, for the episodes whose first
+subtask is a grasp, compares the tool's position at the first gripper-shut event with the named
+object's centre: from the measured joints (observation.state, what `--goal-source state` trains
+on), the same a few frames later, and from the commanded joints (the action column, `--goal-source
+action`). Prints the horizontal distance's median and 90th percentile [cm], the mean offset per
+axis and the median height difference. The numbers in docs/experiments.md item 36.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import numpy as np
+
+from apt_core.data.dataset import DemoDataset
+from apt_core.data.goals import UrdfChain, dataset_gripper_joint, tool_positions
+from apt_core.data.lerobot_v3 import load_v3
+from apt_core.sim.env import URDF_PATH, TabletopEnv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--lags", type=int, nargs="+", default=[3, 6], help="frames after the event, measured")
+    ap.add_argument("--split", default="in_distribution", help="the split the episodes were recorded from")
+    a = ap.parse_args()
+    ds = DemoDataset(a.dataset, chunk_length=1)
+    episodes = load_v3(a.dataset).episodes.to_pydict()  # source/bag: where each episode came from
+    names = tuple(ds.meta["features"]["observation.state"]["names"])
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    command = ds.action[:, names.index(dataset_gripper_joint(ds))]
+    threshold = float(0.5 * (command.min() + command.max()))
+    measured, commanded = tool_positions(ds.state, names, chain), tool_positions(ds.action, names, chain)
+    rows: dict[str, list[np.ndarray]] = {"measured at the event": [], "commanded at the event": []}
+    rows.update({f"measured {k} frames later": [] for k in a.lags})
+    env = TabletopEnv()
+    skipped = 0
+    try:
+        for e, source in enumerate(episodes["source/bag"]):
+            m = re.search(r"episode_0*(\d+)", source)
+            lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
+            shut = np.flatnonzero(command[lo:hi] < threshold)
+            if m is None or not len(shut):
+                skipped += 1
+                continue
+            env.reset(int(m.group(1)), a.split)
+            task = ds.tasks[int(ds.task_index[lo])]
+            if env.task.instruction != task:
+                raise SystemExit(
+                    f"episode {e} ({source}): the scene of seed {m.group(1)} asks "
+                    f"{env.task.instruction!r}, the dataset {task!r}; wrong --split?"
+                )
+            sub = env.task.subtasks[0]
+            if sub.family == "push":
+                continue
+            obj, k = env.body_position(sub.obj), lo + int(shut[0])
+            rows["measured at the event"].append(measured[k] - obj)
+            rows["commanded at the event"].append(commanded[k] - obj)
+            for lag in a.lags:
+                rows[f"measured {lag} frames later"].append(measured[min(k + lag, hi - 1)] - obj)
+    finally:
+        env.close()
+    print(f"{a.dataset}: {len(rows['measured at the event'])} grasp episodes ({skipped} skipped)")
+    print(
+        "| tool at the first shut event | horizontal to the object, median / p90 [cm] | mean dx, dy [cm] | dz median [cm] |"
+    )
+    print("| --- | --- | --- | --- |")
+    for label, r in rows.items():
+        d = np.array(r) * 100.0
+        h = np.linalg.norm(d[:, :2], axis=1)
+        print(
+            f"| {label} | {np.median(h):.2f} / {np.percentile(h, 90):.2f} | "
+            f"{d[:, 0].mean():.2f}, {d[:, 1].mean():.2f} | {np.median(d[:, 2]):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
