@@ -174,10 +174,9 @@ def test_widen_keypoints_keeps_the_old_tokens_and_weights_and_the_new_keypoints_
         widen_keypoints(pooled, 64)
 
 
-def test_backbone_points_carry_each_keypoints_position_and_camera():
-    """BackboneOutput.points: for every keypoint token of camera c, (x, y, 1) in camera c's slot (the
-    position its spatial softmax found) and zeros in the other cameras' slots; language tokens zero.
-    Only a policy with the pointer's coordinate readout, their one reader, has them built."""
+def _two_camera_pointer_backbone(**readout: bool):
+    """A pointer policy's keypoint backbone (two cameras, 4 keypoints) with the given readout flag,
+    run on two random samples: (cfg, backbone, (images, ids, mask), its output, its stage maps)."""
     torch.manual_seed(0)
     cfg = get_preset(
         "cpu-demo",
@@ -187,15 +186,21 @@ def test_backbone_points_carry_each_keypoints_position_and_camera():
         goal_dim=3,
         goal_input=True,
         goal_pointer=True,
-        goal_pointer_coords=True,
+        **readout,
     )
     bb = APTPolicy(cfg).backbone.eval()
     g = torch.Generator().manual_seed(1)
     images = torch.rand(2, 2, 3, 128, 128, generator=g)
     ids, mask = torch.randint(1000, 5000, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.bool)
     with torch.no_grad():
-        out = bb(images, ids, mask)
-        maps = bb._pool(images.flatten(0, 1))
+        return cfg, bb, (images, ids, mask), bb(images, ids, mask), bb._pool(images.flatten(0, 1))
+
+
+def test_backbone_points_carry_each_keypoints_position_and_camera():
+    """BackboneOutput.points: for every keypoint token of camera c, (x, y, 1) in camera c's slot (the
+    position its spatial softmax found) and zeros in the other cameras' slots; language tokens zero.
+    Only a policy with the pointer's coordinate readout, their one reader, has them built."""
+    cfg, bb, (images, ids, mask), out, maps = _two_camera_pointer_backbone(goal_pointer_coords=True)
     assert len(out.points) == len(out.features)
     for j, pts in enumerate(out.points):
         assert pts.shape == (2, 8 + 16, 2, 3)
@@ -288,24 +293,7 @@ def test_add_pointer_coords_keeps_the_policys_goals_and_adds_a_trainable_readout
 def test_backbone_maps_are_the_tapped_stage_maps_and_only_for_the_pixel_readout():
     """BackboneOutput.maps: per tap the EfficientNet map the keypoints came from, (B * C, C_s, h, w);
     built only for a policy with the pointer's pixel readout."""
-    torch.manual_seed(0)
-    cfg = get_preset(
-        "cpu-demo",
-        stage=2,
-        camera_names=("front", "wrist"),
-        backbone={**KP, "keypoints": 4},
-        goal_dim=3,
-        goal_input=True,
-        goal_pointer=True,
-        goal_pointer_pixels=True,
-    )
-    bb = APTPolicy(cfg).backbone.eval()
-    g = torch.Generator().manual_seed(1)
-    images = torch.rand(2, 2, 3, 128, 128, generator=g)
-    ids, mask = torch.randint(1000, 5000, (2, 16), generator=g), torch.ones(2, 16, dtype=torch.bool)
-    with torch.no_grad():
-        out = bb(images, ids, mask)
-        maps = bb._pool(images.flatten(0, 1))
+    cfg, bb, (images, ids, mask), out, maps = _two_camera_pointer_backbone(goal_pointer_pixels=True)
     assert out.points is None and len(out.maps) == len(out.features) == len(bb.map_channels)
     for j, m in enumerate(out.maps):
         assert m.shape[:2] == (4, bb.map_channels[j])
