@@ -259,37 +259,6 @@ def test_pointer_coordinate_readout_starts_at_zero_reads_the_attended_positions_
         get_preset("cpu-demo", stage=2, backbone=KP, goal_pointer_coords=True)
 
 
-def test_add_pointer_coords_keeps_the_policys_goals_and_adds_a_trainable_readout(kp_stage1, tmp_path):
-    from apt_core.model.stages import ExpansionError, add_pointer_coords
-
-    from .conftest import make_raw_batch
-
-    p, proc = kp_stage1
-    s2 = expand_to_stage2(p, p.cfg.replace(stage=2, goal_dim=3, goal_input=True, goal_pointer=True)).eval()
-    with_coords = add_pointer_coords(s2).eval()
-    assert with_coords.cfg.goal_pointer_coords and with_coords.goal_pointer.coords == 1
-    a, b = s2.state_dict(), with_coords.state_dict()
-    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.coord.")}
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    batch = proc.process_batch(make_raw_batch(2, img=128))
-    with torch.no_grad():
-        torch.testing.assert_close(with_coords.predict_goal(batch), s2.predict_goal(batch), rtol=0, atol=1e-6)
-    with_coords.train()
-    batch = proc.process_batch(make_raw_batch(2, img=128), train=True)
-    batch["goal"], batch["goal_valid"] = torch.rand(2, 3), torch.ones(2, dtype=torch.bool)
-    loss, _ = with_coords.compute_pointer_loss(batch)
-    loss.backward()
-    assert with_coords.goal_pointer.coord[-1].weight.grad.abs().sum() > 0
-    back = load_checkpoint(save_checkpoint(tmp_path / "c", with_coords.eval(), proc, {}))[0]
-    assert back.cfg.goal_pointer_coords
-    with pytest.raises(ExpansionError, match="has goal_pointer_coords already"):
-        add_pointer_coords(with_coords)
-    with pytest.raises(ExpansionError, match="goal_pointer_coords reads the keypoint backbone"):
-        add_pointer_coords(
-            APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True))
-        )
-
-
 def test_backbone_maps_are_the_tapped_stage_maps_and_only_for_the_pixel_readout():
     """BackboneOutput.maps: per tap the EfficientNet map the keypoints came from, (B * C, C_s, h, w);
     built only for a policy with the pointer's pixel readout."""
@@ -382,34 +351,46 @@ def test_pointer_pixel_readout_starts_at_zero_points_at_the_matching_pixel_and_i
         get_preset("cpu-demo", stage=2, backbone=KP, goal_pointer_pixels=True)
 
 
-def test_add_pointer_pixels_keeps_the_policys_goals_and_adds_a_trainable_readout(kp_stage1, tmp_path):
-    from apt_core.model.stages import ExpansionError, add_pointer_pixels
+@pytest.mark.parametrize(
+    ("field", "prefix", "last"),
+    [
+        ("goal_pointer_coords", "goal_pointer.coord.", "coord"),
+        ("goal_pointer_pixels", "goal_pointer.pix_", "pix_read"),
+    ],
+)
+def test_add_pointer_readout_keeps_the_policys_goals_and_adds_a_trainable_readout(
+    kp_stage1, tmp_path, field, prefix, last
+):
+    """add_pointer_coords / add_pointer_pixels: every weight kept, the new ones all the readout's,
+    the goals unchanged until it trains, its last layer trains, it survives save and load, and a
+    second addition or a policy without keypoint tokens is refused by name."""
+    from apt_core.model import stages
+    from apt_core.model.stages import ExpansionError
 
     from .conftest import make_raw_batch
 
+    add = getattr(stages, "add_pointer_" + field.removeprefix("goal_pointer_"))
     p, proc = kp_stage1
     s2 = expand_to_stage2(p, p.cfg.replace(stage=2, goal_dim=3, goal_input=True, goal_pointer=True)).eval()
-    with_pixels = add_pointer_pixels(s2).eval()
-    assert with_pixels.cfg.goal_pointer_pixels and with_pixels.goal_pointer.pixels is not None
-    a, b = s2.state_dict(), with_pixels.state_dict()
-    assert {k for k in b if k not in a} == {k for k in b if k.startswith("goal_pointer.pix_")} != set()
+    out = add(s2).eval()
+    assert getattr(out.cfg, field) and not getattr(s2.cfg, field)
+    a, b = s2.state_dict(), out.state_dict()
+    assert {k for k in b if k not in a} == {k for k in b if k.startswith(prefix)} != set()
     assert all(torch.equal(a[k], b[k]) for k in a)
     batch = proc.process_batch(make_raw_batch(2, img=128))
     with torch.no_grad():
-        torch.testing.assert_close(with_pixels.predict_goal(batch), s2.predict_goal(batch), rtol=0, atol=1e-6)
-    with_pixels.train()
+        torch.testing.assert_close(out.predict_goal(batch), s2.predict_goal(batch), rtol=0, atol=1e-6)
+    out.train()
     batch = proc.process_batch(make_raw_batch(2, img=128), train=True)
     batch["goal"], batch["goal_valid"] = torch.rand(2, 3), torch.ones(2, dtype=torch.bool)
-    loss, _ = with_pixels.compute_pointer_loss(batch)
+    loss, _ = out.compute_pointer_loss(batch)
     loss.backward()
-    assert with_pixels.goal_pointer.pix_read[-1].weight.grad.abs().sum() > 0
-    back = load_checkpoint(save_checkpoint(tmp_path / "c", with_pixels.eval(), proc, {}))[0]
-    assert back.cfg.goal_pointer_pixels
+    assert getattr(out.goal_pointer, last)[-1].weight.grad.abs().sum() > 0
+    back = load_checkpoint(save_checkpoint(tmp_path / "c", out.eval(), proc, {}))[0]
+    assert getattr(back.cfg, field)
     with torch.no_grad():
-        torch.testing.assert_close(back.predict_goal(batch), with_pixels.predict_goal(batch))
-    with pytest.raises(ExpansionError, match="has goal_pointer_pixels already"):
-        add_pointer_pixels(with_pixels)
-    with pytest.raises(ExpansionError, match="goal_pointer_pixels reads the keypoint backbone"):
-        add_pointer_pixels(
-            APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True))
-        )
+        torch.testing.assert_close(back.predict_goal(batch), out.predict_goal(batch))
+    with pytest.raises(ExpansionError, match=f"has {field} already"):
+        add(out)
+    with pytest.raises(ExpansionError, match=f"{field} reads the keypoint backbone"):
+        add(APTPolicy(get_preset("cpu-demo", stage=2, goal_dim=3, goal_input=True, goal_pointer=True)))
