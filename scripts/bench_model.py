@@ -46,22 +46,25 @@ def bench_rows(
     """rows: (objective, denoising steps, vision tokens: pooled | keypoints | keypoints + N grounded
     (minilm_effnet only; grounded keypoints exist in stage 2) | keypoints + goal input (the goal
     head's prediction fed to the actions: one more expert pass per chunk) | keypoints + goal
-    pointer (the goal pointer's prediction instead: no extra expert pass)); "keypoints 64": 64
-    keypoints per camera and tap instead of the preset's 32."""
+    pointer (the goal pointer's prediction instead: no extra expert pass) | keypoints + goal pointer
+    pixels (the pointer with its pixel readout)); "keypoints 64": 64 keypoints per camera and tap
+    instead of the preset's 32."""
     out = []
     rng = np.random.default_rng(0)
     for objective, steps, tokens in rows:
         over = {}
         if preset == "cpu-demo":
             kind, _, extra = tokens.partition(" + ")  # e.g. "keypoints + 4 grounded", "keypoints 64"
-            goal_input = extra in ("goal input", "goal pointer")
+            goal_input = extra in ("goal input", "goal pointer", "goal pointer pixels")
             grounded = int(extra.split()[0]) if extra and not goal_input else 0
             kind, *count = kind.split()  # a count after "keypoints": that many (else the preset's 32)
             over = {"backbone": {"vision_tokens": kind, "grounded_keypoints": grounded}}
             if count:
                 over["backbone"]["keypoints"] = int(count[0])
             if goal_input:
-                over.update(goal_dim=3, goal_input=True, goal_pointer=extra == "goal pointer")
+                pointer = extra.startswith("goal pointer")
+                over.update(goal_dim=3, goal_input=True, goal_pointer=pointer)
+                over.update(goal_pointer_pixels=extra == "goal pointer pixels")
         cfg = get_preset(preset, stage=stage, objective={"kind": objective, "inference_steps": steps}, **over)
         torch.manual_seed(0)
         policy = APTPolicy(cfg)
@@ -134,6 +137,7 @@ def main() -> None:
         ("flow", 10, "keypoints + goal input"),
         ("flow", 10, "keypoints + goal pointer"),
         ("flow", 10, "keypoints 64 + goal pointer"),  # the shipped default since session 28
+        ("flow", 10, "keypoints 64 + goal pointer pixels"),  # with the pointer's pixel readout
         ("flow", 5, "keypoints"),
     ]
     rows = []
