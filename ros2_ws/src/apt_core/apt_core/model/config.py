@@ -192,9 +192,10 @@ class PolicyConfig:
     # the pointer also averages the keypoints' image positions with its attention (model/pointer.py);
     # needs goal_pointer and a minilm_effnet backbone with keypoint tokens
     goal_pointer_coords: bool = False
-    # the pointer also points at pixels: per camera a spatial softmax over the tapped EfficientNet
-    # maps, queried by the words it read, whose expected (x, y) a readout maps to a goal correction
-    # (model/pointer.py, "pixel readout"); needs goal_pointer and a minilm_effnet keypoint backbone
+    # the pointer also points at pixels: per camera a spatial softmax over a key map made of the
+    # image and the tapped EfficientNet maps, queried by the words it read, whose expected (x, y) a
+    # readout maps to a goal correction (model/pointer.py, "pixel readout"); needs goal_pointer and
+    # a minilm_effnet keypoint backbone
     goal_pointer_pixels: bool = False
 
     def __post_init__(self) -> None:
