@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from apt_core.data.dataset import DemoDataset, collate, decode_stored
-from apt_core.data.goals import GoalTargets
+from apt_core.data.goals import GOAL_SOURCES, GoalTargets
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.model.openloop import open_loop, sample_frames
 from apt_core.model.runner import PolicyRunner
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument(
         "--goal-source",
         default="state",
-        choices=("state", "action"),
+        choices=GOAL_SOURCES,
         help="the goal targets from the measured (state) or commanded (action) joints",
     )
     ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N sim scenes")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apt_core.data.goals import GOAL_SOURCES
+
 
 class TrainConfigError(ValueError):
     """A training config field holds an invalid value; the message names the field."""
@@ -153,7 +155,7 @@ class TrainConfig:
             "goal_pointer supplies the goal input when the policy runs, so it needs goal_input",
         )
         check(
-            self.goal_source in ("state", "action"),
+            self.goal_source in GOAL_SOURCES,
             f"goal_source must be 'state' (measured joints) or 'action' (commanded), got {self.goal_source!r}",
         )
         for name in ("goal_pointer_coords", "goal_pointer_pixels"):
