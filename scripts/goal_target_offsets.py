@@ -1,12 +1,13 @@
 """How far a recorded dataset's grasp targets sit from the object the gripper shut on.
 
-    python scripts/goal_target_offsets.py DATASET [--lags 0 3 6]
+    python scripts/goal_target_offsets.py DATASET [--lags 3 6]
 
 For a dataset converted from `apt-record-demos` bags (each episode's bag folder is named
-`episode_<seed>`), rebuilds every episode's scene from its seed and, for the episodes whose first
-subtask is a grasp, compares the tool's position at the first gripper-shut event with the named
-object's centre: from the measured joints (observation.state, what `--goal-source state` trains
-on), the same a few frames later, and from the commanded joints (the action column, `--goal-source
+`episode_<seed>`), rebuilds every episode's scene from its seed. For the episodes whose first
+subtask is a grasp and whose first gripper event is a shut (an episode that starts shut is
+skipped), it compares the first frame's goal target, which is the tool at that event, with the
+named object's centre: from the measured joints (`dataset_goals`, what `--goal-source state`
+trains on), the measured tool a few frames later, and from the commanded joints (`--goal-source
 action`). Prints the horizontal distance's median and 90th percentile [cm], the mean offset per
 axis and the median height difference. The numbers in docs/experiments.md item 36.
 """
@@ -19,7 +20,13 @@ import re
 import numpy as np
 
 from apt_core.data.dataset import DemoDataset
-from apt_core.data.goals import UrdfChain, dataset_gripper_joint, tool_positions
+from apt_core.data.goals import (
+    UrdfChain,
+    dataset_goals,
+    dataset_gripper_joint,
+    gripper_events,
+    tool_positions,
+)
 from apt_core.data.lerobot_v3 import load_v3
 from apt_core.sim.env import URDF_PATH, TabletopEnv
 
@@ -33,10 +40,12 @@ def main() -> None:
     ds = DemoDataset(a.dataset, chunk_length=1)
     episodes = load_v3(a.dataset).episodes.to_pydict()  # source/bag: where each episode came from
     names = tuple(ds.meta["features"]["observation.state"]["names"])
-    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    # the targets training uses (apt_core.data.goals): an episode's first frame gets its first event's
+    measured = dataset_goals(ds, URDF_PATH, tip_link="tcp")
+    commanded = dataset_goals(ds, URDF_PATH, tip_link="tcp", source="action").goals
+    threshold = measured.info.threshold
     command = ds.action[:, names.index(dataset_gripper_joint(ds))]
-    threshold = float(0.5 * (command.min() + command.max()))
-    measured, commanded = tool_positions(ds.state, names, chain), tool_positions(ds.action, names, chain)
+    positions = tool_positions(ds.state, names, UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp"))
     rows: dict[str, list[np.ndarray]] = {"measured at the event": [], "commanded at the event": []}
     rows.update({f"measured {k} frames later": [] for k in a.lags})
     env = TabletopEnv()
@@ -45,8 +54,8 @@ def main() -> None:
         for e, source in enumerate(episodes["source/bag"]):
             m = re.search(r"episode_0*(\d+)", source)
             lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
-            shut = np.flatnonzero(command[lo:hi] < threshold)
-            if m is None or not len(shut):
+            events = gripper_events(command[lo:hi], threshold)
+            if m is None or not len(events) or command[lo + int(events[0])] >= threshold:  # not a shut
                 skipped += 1
                 continue
             env.reset(int(m.group(1)), a.split)
@@ -59,11 +68,11 @@ def main() -> None:
             sub = env.task.subtasks[0]
             if sub.family == "push":
                 continue
-            obj, k = env.body_position(sub.obj), lo + int(shut[0])
-            rows["measured at the event"].append(measured[k] - obj)
-            rows["commanded at the event"].append(commanded[k] - obj)
+            obj, k = env.body_position(sub.obj), lo + int(events[0])
+            rows["measured at the event"].append(measured.goals[lo] - obj)
+            rows["commanded at the event"].append(commanded[lo] - obj)
             for lag in a.lags:
-                rows[f"measured {lag} frames later"].append(measured[min(k + lag, hi - 1)] - obj)
+                rows[f"measured {lag} frames later"].append(positions[min(k + lag, hi - 1)] - obj)
     finally:
         env.close()
     print(f"{a.dataset}: {len(rows['measured at the event'])} grasp episodes ({skipped} skipped)")
