@@ -44,7 +44,7 @@ import torch
 from apt_core.model.runner import PolicyRunner, load_runner
 from apt_core.sim.env import TabletopEnv
 from apt_core.sim.evaluate import SPLITS, evaluate, summary_markdown
-from apt_core.sim.expert import oracle_goal, trained_with_push_contact
+from apt_core.sim.expert import oracle_goal, trained_with_push_contact, trained_with_push_end
 from apt_core.types import Observation
 
 SHUT = 0.06  # [m] gripper joint below this: shut (on an object or on nothing); open is 0.08
@@ -69,7 +69,11 @@ class GoalProbe:
         self.run, self.env, self.mode, self.offset, self.gripper = run, env, mode, offset, gripper
         self.joint_names, self.chunk_length, self.rate_hz = run.joint_names, run.chunk_length, run.rate_hz
         self.rng = np.random.default_rng(0)
-        self.push_contact = trained_with_push_contact(run.meta)  # the goal it was trained on
+        # the goal it was trained on
+        self.push_contact, self.push_end = (
+            trained_with_push_contact(run.meta),
+            trained_with_push_end(run.meta),
+        )
         self.records: list[dict] = []
         self.episode = -1
 
@@ -82,7 +86,7 @@ class GoalProbe:
         self.latched = np.zeros(3)
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-        true = oracle_goal(self.env, self.push_contact)
+        true = oracle_goal(self.env, self.push_contact, self.push_end)
         held = bool(self.env.held_objects())
         hist = obs.extras.get("action_history") if obs.extras else None
         batch = self.run.processor.process_observation(obs, instruction, action_history=hist)

@@ -20,7 +20,8 @@ Prints, on frames drawn from DATASET (normally its training data):
   scene's first frame against where the closed-loop grasp went (a 2x2 table). For a policy with a
   goal pointer (`--goal-pointer`), "head" means the pointer: `APTPolicy.predict_goal` answers with
   the goal that sampling acts on. `--goal-source action` takes the demonstrated goals from the
-  commanded joints instead of the measured ones (as `apt-train-stage2 --goal-source`);
+  commanded joints instead of the measured ones (as `apt-train-stage2 --goal-source`), and
+  `--goal-push-end T` makes push strokes' ends key frames (as `apt-train-stage2 --goal-push-end`);
 - for a policy with a goal input (`--goal-input`): how far the end of its chunk moves when the goal
   it is given (the recorded one) is moved by 3 cm, as a share of those 3 cm along the move, split
   at 6 cm between the tool and its goal: 1 means the actions go exactly where the goal says, 0 that
@@ -57,6 +58,12 @@ def main() -> None:
         choices=GOAL_SOURCES,
         help="the goal targets from the measured (state) or commanded (action) joints",
     )
+    ap.add_argument(
+        "--goal-push-end",
+        type=float,
+        default=0.0,
+        help="push strokes' ends as key frames too, the travel [m] (as apt-train-stage2 --goal-push-end)",
+    )
     ap.add_argument("--sim-scenes", type=int, default=0, help="goal head: also check N sim scenes")
     ap.add_argument("--sim-seed", type=int, default=1000, help="first scene seed (0: the training scenes)")
     ap.add_argument("--sim-split", default="", help="one split for every scene (default: all in turn)")
@@ -92,8 +99,16 @@ def main() -> None:
         from apt_core.sim.env import URDF_PATH
 
         urdf = a.goal_urdf or URDF_PATH
-        targets = dataset_goals(ds, urdf, tip_link=a.goal_link, min_distance=NEAR_GOAL, source=a.goal_source)
-        print(f"| goal targets from the {a.goal_source} joints | |")
+        targets = dataset_goals(
+            ds,
+            urdf,
+            tip_link=a.goal_link,
+            min_distance=NEAR_GOAL,
+            source=a.goal_source,
+            push_end=a.goal_push_end,
+        )
+        ends = f", push ends (travel {a.goal_push_end:g} m)" if a.goal_push_end else ""
+        print(f"| goal targets from the {a.goal_source} joints{ends} | |")
         goal_rows(policy, processor, ds, idx, targets, a.seed)
         if policy.cfg.goal_input:
             goal_follow_rows(runner, ds, idx, cam_key, targets, urdf, a.goal_link)

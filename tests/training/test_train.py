@@ -328,6 +328,10 @@ def test_finetune_from_goes_on_training_a_stage2_policy(tiny_dataset, tmp_path, 
         train_preset("debug", stage=2, goal_push_travel=0.03)
     with pytest.raises(TrainConfigError, match="goal_push_travel must be >= 0"):
         ft.replace(goal_push_travel=-0.01)
+    with pytest.raises(TrainConfigError, match="goal_push_end changes the goal targets"):
+        train_preset("debug", stage=2, goal_push_end=0.05)
+    with pytest.raises(TrainConfigError, match="goal_push_end must be >= 0"):
+        ft.replace(goal_push_end=-0.01)
 
 
 def test_train_only_the_goal_pointer_keeps_every_other_weight_and_resumes(tiny_dataset, tmp_path):

@@ -72,6 +72,11 @@ class TrainConfig:
     # that run shut from the first frame (apt_core.data.goals); the scripted expert shuts the
     # gripper where the stroke starts, which is a key frame anyway
     goal_push_travel: float = 0.0
+    # [m] > 0: where a push stroke ends (its frame farthest along, at the lowest height, of a shut
+    # run travelling at least this far) is a key frame too. Without it a push's goal during the
+    # stroke is wherever the tool is when the gripper opens or the recording stops, which after the
+    # scripted push's back-off and rise is often in the air (docs/experiments.md item 37)
+    goal_push_end: float = 0.0
     # which joints give the tool position at a key frame: "state" (measured) or "action" (commanded;
     # joint-position actions). The measured tool lags and sags ~1.5 cm off where it was sent
     # (apt_core.data.goals, docs/experiments.md item 36)
@@ -140,6 +145,11 @@ class TrainConfig:
         check(
             self.goal_push_travel == 0 or self.goal_weight > 0,
             "goal_push_travel changes the goal targets, so it needs goal_weight > 0",
+        )
+        check(self.goal_push_end >= 0, f"goal_push_end must be >= 0 [m], got {self.goal_push_end}")
+        check(
+            self.goal_push_end == 0 or self.goal_weight > 0,
+            "goal_push_end changes the goal targets, so it needs goal_weight > 0",
         )
         check(
             self.stage == 2 or self.goal_weight == 0,

@@ -353,6 +353,7 @@ def attach_goals(cfg: TrainConfig, dataset: DemoDataset) -> str:
         min_distance=cfg.goal_min_distance,
         push_travel=cfg.goal_push_travel,
         source=cfg.goal_source,
+        push_end=cfg.goal_push_end,
     )
     dataset.set_goals(goals, valid, near)
     return f"goals ({Path(urdf).name}, link {cfg.goal_link}, {cfg.goal_source} joints): {info.line()}"
@@ -537,6 +538,7 @@ RUN_FIELDS = (
     "goal_link",
     "goal_min_distance",
     "goal_push_travel",
+    "goal_push_end",
     "goal_source",
     "goal_input",
     "goal_pointer",

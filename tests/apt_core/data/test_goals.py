@@ -19,6 +19,7 @@ from apt_core.data.goals import (
     gripper_events,
     next_event_goals,
     push_contacts,
+    push_ends,
     tool_positions,
 )
 from apt_core.data.synthetic import write_synthetic_bag
@@ -37,7 +38,7 @@ def test_key_frames_are_the_gripper_events_and_the_episode_end() -> None:
     # episode 0 (frames 0-6): shuts at 2, opens at 5; episode 1 (7-10): never changes;
     # episode 2 (11): a single frame
     cmd = np.array([0.08, 0.08, 0.0, 0.0, 0.0, 0.08, 0.08, 0.0, 0.0, 0.0, 0.0, 0.08])
-    goals, valid, events, without, contacts = next_event_goals(
+    goals, valid, events, without, contacts, _ = next_event_goals(
         pos, cmd, np.array([0, 7, 11]), np.array([7, 11, 12]), threshold=0.04
     )
     want = [2, 2, 2, 5, 5, 5, 6, 10, 10, 10, 10]  # the key frame each frame points at
@@ -60,11 +61,90 @@ def test_push_contacts_start_the_low_shut_strokes_that_travel() -> None:
     carry = np.stack([[0.4, 0.45, 0.5, 0.5, 0.5], np.zeros(5), [0.15, 0.15, 0.15, 0.08, 0.05]], axis=1)
     assert push_contacts(carry, np.array([1, 1, 1, 1, 0], bool), np.array([4]), 0.03, 0.015) == []
     # in next_event_goals: the frames before the stroke point at its start, the rest at the end
-    goals, valid, events, without, contacts = next_event_goals(
+    goals, valid, events, without, contacts, _ = next_event_goals(
         pos, np.zeros(9), np.array([0]), np.array([9]), threshold=0.04, push_travel=0.03
     )
     np.testing.assert_array_equal(goals, pos[[3, 3, 3, 3, 8, 8, 8, 8, 8]])
     assert (events, without, contacts) == (0, 1, 1) and valid.all()
+
+
+def test_push_ends_are_where_the_stroke_goes_farthest_not_where_it_backs_off_to() -> None:
+    # open to frame 2, shut at 2 (the stroke starts), push 6 cm (2-5), back off 2 cm along the
+    # line (6-7) at the same height, then rise (8-9)
+    x = [0.40, 0.40, 0.40, 0.42, 0.44, 0.46, 0.45, 0.44, 0.44, 0.44]
+    z = [0.10, 0.05, 0.025, 0.025, 0.026, 0.025, 0.025, 0.025, 0.08, 0.15]
+    pos = np.stack([x, np.zeros(10), z], axis=1).astype(np.float32)
+    cmd = np.array([0.08, 0.08] + [0.0] * 8)
+    shut = cmd < 0.04
+    keys = np.array([2, 9])
+    assert push_ends(pos, shut, keys, travel=0.05, tolerance=0.015) == [5]
+    assert push_ends(pos, shut, keys, travel=0.07, tolerance=0.015) == []  # too short a stroke
+    carry = np.stack([[0.4, 0.45, 0.5, 0.5, 0.5], np.zeros(5), [0.15, 0.15, 0.15, 0.08, 0.05]], axis=1)
+    assert push_ends(carry, np.array([1, 1, 1, 1, 0], bool), np.array([4]), 0.03, 0.015) == []
+    # without push ends the stroke's frames point at the last frame, up in the air; with them at the
+    # stroke's end, and only the back-off and the rise at the last frame
+    one = np.array([0]), np.array([10])
+    goals, _, events, _, _, ends = next_event_goals(pos, cmd, *one, threshold=0.04)
+    np.testing.assert_array_equal(goals, pos[[2, 2, 2, 9, 9, 9, 9, 9, 9, 9]])
+    assert (events, ends) == (1, 0)
+    goals, valid, events, _, contacts, ends = next_event_goals(pos, cmd, *one, threshold=0.04, push_end=0.05)
+    np.testing.assert_array_equal(goals, pos[[2, 2, 2, 5, 5, 5, 9, 9, 9, 9]])
+    assert (events, contacts, ends) == (1, 0, 1) and valid.all()
+    # a stroke that ends on the episode's last frame already has its key frame
+    goals, _, _, _, _, ends = next_event_goals(
+        pos[:6], cmd[:6], np.array([0]), np.array([6]), 0.04, push_end=0.05
+    )
+    np.testing.assert_array_equal(goals, pos[[2, 2, 2, 5, 5, 5]])
+    assert ends == 0
+
+
+def test_the_oracle_with_push_ends_agrees_with_the_recorded_stroke_end() -> None:
+    """A scripted push recorded on after the object reaches the zone (as apt-record-demos does: the
+    expert backs off and rises): with --goal-push-end the stroke's frames point at its end, at the
+    stroke's height, and `oracle_goal(push_end=True)` says the same; the plain oracle and the plain
+    targets say the scripted push's last point, in the air."""
+    from apt_core.sim.expert import PUSH_Z, SAFE_Z, oracle_goal, trained_with_push_end
+
+    chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
+    for seed in range(40):
+        env = TabletopEnv()
+        try:
+            env.reset(seed, "in_distribution")
+            if env.task.subtasks[0].family != "push":
+                continue
+            expert, states, actions, plain, ends, done = ScriptedExpert(env), [], [], [], [], None
+            for t in range(200):
+                obs = env.observation()
+                act = expert.predict(obs, env.task.instruction)[0]
+                states.append(obs.joint_positions.copy())
+                actions.append(act)
+                plain.append(oracle_goal(env))
+                ends.append(oracle_goal(env, push_end=True))
+                env.step(act)
+                if done is None and env.success():
+                    done = t
+                if done is not None and t >= done + 25:  # the back-off and the rise
+                    break
+        finally:
+            env.close()
+        break
+    assert done is not None
+    pos = tool_positions(np.array(states), JOINT_NAMES, chain)
+    cmd, one = np.array(actions)[:, 6], (np.array([0]), np.array([len(pos)]))
+    goals, _, _, _, _, n_ends = next_event_goals(pos, cmd, *one, 0.04, push_end=0.05)
+    base, _, _, _, _, _ = next_event_goals(pos, cmd, *one, 0.04)
+    assert n_ends == 1 and pos[-1, 2] > 0.1  # recorded through the rise
+    shut = int(gripper_events(cmd, 0.04)[0])
+    stroke = np.arange(shut + 5, done)  # the object moving, the gripper shut
+    assert len(stroke) > 5
+    ends, plain = np.array(ends), np.array(plain)
+    assert np.median(np.linalg.norm(goals[stroke] - ends[stroke], axis=1)) < 0.02
+    assert np.all(np.abs(goals[stroke, 2] - PUSH_Z) < 0.01) and np.all(base[stroke, 2] > 0.1)
+    assert np.all(plain[stroke, 2] == SAFE_Z)
+    assert trained_with_push_end({"train_config": {"goal_push_end": 0.05}})
+    assert not trained_with_push_end(
+        {"train_config": {"goal_push_travel": 0.03}}
+    ) and not trained_with_push_end({})
 
 
 def test_a_scripted_push_shuts_the_gripper_behind_the_named_object() -> None:
@@ -82,8 +162,8 @@ def test_a_scripted_push_shuts_the_gripper_behind_the_named_object() -> None:
         families[sub.family] = families.get(sub.family, 0) + 1
         pos = tool_positions(states, JOINT_NAMES, chain)
         one = np.array([0]), np.array([len(pos)])
-        goals, _, _, _, _ = next_event_goals(pos, actions[:, 6], *one, 0.04)
-        pc_goals, _, _, _, contacts = next_event_goals(pos, actions[:, 6], *one, 0.04, push_travel=0.03)
+        goals, _, _, _, _, _ = next_event_goals(pos, actions[:, 6], *one, 0.04)
+        pc_goals, _, _, _, contacts, _ = next_event_goals(pos, actions[:, 6], *one, 0.04, push_travel=0.03)
         assert contacts == 0, task.instruction
         np.testing.assert_array_equal(pc_goals, goals)
         if sub.family != "push":
@@ -137,7 +217,7 @@ def test_targets_of_a_scripted_demo_point_at_the_named_objects() -> None:
             continue
         seen.add(sub.family)
         pos = tool_positions(states, JOINT_NAMES, chain)
-        goals, valid, events, _, _ = next_event_goals(
+        goals, valid, events, _, _, _ = next_event_goals(
             pos, actions[:, 6], np.array([0]), np.array([len(pos)]), threshold=0.04
         )
         assert valid.all()
@@ -293,7 +373,7 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
             env.close()
         states, actions, oracle = np.array(states), np.array(actions), np.array(oracle)
         pos = tool_positions(states, JOINT_NAMES, chain)
-        goals, _, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
+        goals, _, _, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
         d = np.linalg.norm((oracle - goals)[:, :2], axis=1)
         if family != "push":  # push contacts change nothing for the grasping families
             np.testing.assert_array_equal(np.array(oracle_pc), oracle)

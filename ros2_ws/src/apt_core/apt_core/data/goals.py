@@ -26,6 +26,13 @@ first run of frames at the stretch's lowest tool height (within `push_tolerance`
 tool travels at least `push_travel` horizontally. A carry also runs shut, but its lowest point is
 the place, reached by descending and left by opening, so it has no such stroke.
 
+A push's next key frame after its stroke starts is where the gripper next opens, or the episode's
+last frame; a scripted push backs off along its line and rises before either, so during the stroke
+the target is often in the air (more than 10 cm up on 54% of the stroke frames of item 33's
+held-out pushes: docs/experiments.md item 37). With `push_end` > 0 the stroke's end is a key
+frame too: within a shut stretch, the stroke is found as above (travelling at least `push_end`)
+and its key frame is its frame farthest (horizontally) from where it began (`push_ends`).
+
 `source` says which joints give the tool position at a key frame: "state", the measured joints
 (observation.state), or "action", the commanded ones (the action column, joint positions only). A
 real arm lags its command and sags under load: on the simulated arm the measured tool sits 1.5 cm
@@ -67,10 +74,12 @@ class GoalInfo:
     threshold: float  # gripper command value that separates open from closed
     near_frames: int = 0  # frames with a target that their tool is already within min_distance of
     push_contacts: int = 0  # key frames where a push stroke starts (push_travel > 0)
+    push_ends: int = 0  # key frames where a push stroke ends (push_end > 0)
 
     def line(self) -> str:
         near = f", {self.near_frames} more are near theirs" if self.near_frames else ""
         pushes = f", {self.push_contacts} push contacts" if self.push_contacts else ""
+        pushes += f", {self.push_ends} push ends" if self.push_ends else ""
         return (
             f"{self.events} gripper events{pushes} in {self.episodes} episodes "
             f"({self.episodes_without} without one); {self.valid_frames} of {self.frames} frames "
@@ -92,29 +101,50 @@ def gripper_events(command: np.ndarray, threshold: float) -> np.ndarray:
     return np.flatnonzero(shut[1:] != shut[:-1]) + 1
 
 
-def push_contacts(
+def push_strokes(
     positions: np.ndarray,  # (n, 3) tool position per frame of one episode
     shut: np.ndarray,  # (n,) the commanded gripper is shut
     keys: np.ndarray,  # sorted key frames of the episode (indices into it), the last frame last
     travel: float,  # [m] horizontal travel that makes a low run a push stroke
     tolerance: float,  # [m] height above the stretch's lowest point that still counts as low
-) -> list[int]:
-    """Frames where a push stroke starts (see the module docstring), at most one per stretch.
-    A stretch runs from a key frame (or the first frame) to the next key frame; it counts when the
-    gripper is shut on all its frames but the last (a key frame may be the opening event)."""
-    out: list[int] = []
+) -> list[tuple[int, np.ndarray]]:
+    """The push strokes of one episode (see the module docstring), at most one per stretch: (the
+    stretch's first frame, the stroke's frames). A stretch runs from a key frame (or the first
+    frame) to the next key frame; it counts when the gripper is shut on all its frames but the last
+    (a key frame may be the opening event)."""
+    out: list[tuple[int, np.ndarray]] = []
     for a, b in zip(np.concatenate([[0], keys[:-1]]).tolist(), keys.tolist(), strict=True):
         if b - a < 2 or not shut[a:b].all():
             continue
         z = positions[a : b + 1, 2]
         low = np.flatnonzero(z <= z.min() + tolerance) + a
-        # runs of consecutive low frames; the first that travels far enough starts the stroke
+        # runs of consecutive low frames; the first that travels far enough is the stroke
         for run in np.split(low, np.flatnonzero(np.diff(low) > 1) + 1):
             xy = positions[run, :2]
             if np.linalg.norm(xy - xy[0], axis=1).max() >= travel:
-                if run[0] > a:  # a stroke from the stretch's first frame has its key frame already
-                    out.append(int(run[0]))
+                out.append((a, run))
                 break
+    return out
+
+
+def push_contacts(
+    positions: np.ndarray, shut: np.ndarray, keys: np.ndarray, travel: float, tolerance: float
+) -> list[int]:
+    """Frames where a push stroke starts (`push_strokes`' arguments). A stroke from its stretch's
+    first frame has its key frame already."""
+    return [int(run[0]) for a, run in push_strokes(positions, shut, keys, travel, tolerance) if run[0] > a]
+
+
+def push_ends(
+    positions: np.ndarray, shut: np.ndarray, keys: np.ndarray, travel: float, tolerance: float
+) -> list[int]:
+    """Frames where a push stroke ends (`push_strokes`' arguments): the stroke's frame farthest
+    (horizontally) from where it started. A scripted or teleoperated push often backs off along
+    its line and rises before the gripper opens or the recording stops."""
+    out = []
+    for _, run in push_strokes(positions, shut, keys, travel, tolerance):
+        xy = positions[run, :2]
+        out.append(int(run[int(np.argmax(np.linalg.norm(xy - xy[0], axis=1)))]))
     return out
 
 
@@ -126,13 +156,15 @@ def next_event_goals(
     threshold: float,
     push_travel: float = 0.0,
     push_tolerance: float = 0.015,
-) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """(goals (N, 3), valid (N,), events, episodes without an event, push contacts); see the module
-    docstring. push_travel 0 adds no push-contact key frames."""
+    push_end: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+    """(goals (N, 3), valid (N,), events, episodes without an event, push contacts, push ends); see
+    the module docstring. push_travel 0 adds no push-contact key frames, push_end 0 no push-end ones
+    (each is the travel [m] that makes a low shut run a push stroke)."""
     n = len(positions)
     goals = np.zeros((n, 3), np.float32)
     valid = np.zeros(n, bool)
-    events = without = contacts = 0
+    events = without = contacts = ends = 0
     for lo, hi in zip(ep_from.tolist(), ep_to.tolist(), strict=True):
         ev = gripper_events(command[lo:hi], threshold) + lo
         events += len(ev)
@@ -140,16 +172,24 @@ def next_event_goals(
         if hi - lo < 2:
             continue
         keys = np.append(ev, hi - 1) if (len(ev) == 0 or ev[-1] != hi - 1) else ev
+        shut = np.asarray(command[lo:hi], np.float64) < threshold
+        extra: list[int] = []
         if push_travel > 0:
-            shut = np.asarray(command[lo:hi], np.float64) < threshold
-            extra = push_contacts(positions[lo:hi], shut, keys - lo, push_travel, push_tolerance)
-            contacts += len(extra)
+            found = push_contacts(positions[lo:hi], shut, keys - lo, push_travel, push_tolerance)
+            contacts += len(found)
+            extra += found
+        if push_end > 0:
+            ends_ = push_ends(positions[lo:hi], shut, keys - lo, push_end, push_tolerance)
+            found = [f for f in ends_ if f + lo not in keys]  # a stroke may end at a key frame
+            ends += len(found)
+            extra += found
+        if extra:
             keys = np.union1d(keys, np.asarray(extra, np.int64) + lo)
         frames = np.arange(lo, hi)
         k = np.searchsorted(keys, frames, side="left")  # the first key frame at or after each frame
         goals[frames] = positions[keys[k]]
         valid[frames] = True
-    return goals, valid, events, without, contacts
+    return goals, valid, events, without, contacts, ends
 
 
 def tool_positions(state: np.ndarray, joint_names: tuple[str, ...], chain: UrdfChain) -> np.ndarray:
@@ -191,6 +231,7 @@ def dataset_goals(
     min_distance: float = 0.0,
     push_travel: float = 0.0,
     source: str = "state",
+    push_end: float = 0.0,
 ) -> GoalTargets:
     """Grounding targets for every frame of `dataset` (goals (N, 3) in the base frame [m], valid (N,),
     the summary, near (N,)).
@@ -201,7 +242,8 @@ def dataset_goals(
     that close to it: late in a reach the target is about where the tool is, which the joint state
     alone tells, so only the earlier frames ask where the words point. Those frames are returned
     as `near`: the goal pointer, which does not read the arm's joints, is trained on them too.
-    `push_travel` [m] > 0 also makes the start of each push stroke a key frame (module docstring).
+    `push_travel` [m] > 0 also makes the start of each push stroke a key frame, `push_end` [m] > 0
+    its end (module docstring).
     `source`: "state" or "action", the joints whose tool position is the target (module docstring)."""
     names = tuple(dataset.meta["features"]["observation.state"]["names"])
     if source not in GOAL_SOURCES:
@@ -221,8 +263,14 @@ def dataset_goals(
         threshold = float(0.5 * (command.min() + command.max()))
     positions = tool_positions(dataset.state, names, chain)
     targets = positions if source == "state" else tool_positions(dataset.action, names, chain)
-    goals, valid, events, without, contacts = next_event_goals(
-        targets, command, dataset.ep_from, dataset.ep_to, threshold, push_travel=push_travel
+    goals, valid, events, without, contacts, ends = next_event_goals(
+        targets,
+        command,
+        dataset.ep_from,
+        dataset.ep_to,
+        threshold,
+        push_travel=push_travel,
+        push_end=push_end,
     )
     near = np.zeros_like(valid)
     if min_distance > 0:
@@ -237,6 +285,7 @@ def dataset_goals(
         threshold=threshold,
         near_frames=int(near.sum()),
         push_contacts=contacts,
+        push_ends=ends,
     )
     if info.valid_frames == 0:
         raise GoalError(f"{dataset.root}: no frame's tool is {min_distance} m or more from its target")

@@ -197,13 +197,15 @@ def run_episode(
 class OracleGoal:
     """Wraps a ChunkPolicy: each observation carries the privileged goal (`expert.oracle_goal`) in
     obs.extras["goal"], which a policy trained with a goal input uses instead of its goal head's.
-    A PolicyRunner whose training used push-contact targets gets those (`trained_with_push_contact`)."""
+    A PolicyRunner whose training used push-contact or push-end targets gets those
+    (`trained_with_push_contact`, `trained_with_push_end`)."""
 
     def __init__(self, policy: ChunkPolicy, env: TabletopEnv) -> None:
-        from apt_core.sim.expert import oracle_goal, trained_with_push_contact
+        from apt_core.sim.expert import oracle_goal, trained_with_push_contact, trained_with_push_end
 
         self.policy, self.env, self._goal = policy, env, oracle_goal
-        self.push_contact = trained_with_push_contact(getattr(policy, "meta", {}) or {})
+        meta = getattr(policy, "meta", {}) or {}
+        self.push_contact, self.push_end = trained_with_push_contact(meta), trained_with_push_end(meta)
         self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
         self.rate_hz = policy.rate_hz
 
@@ -211,7 +213,9 @@ class OracleGoal:
         self.policy.reset()
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-        obs = dataclasses.replace(obs, extras={**obs.extras, "goal": self._goal(self.env, self.push_contact)})
+        obs = dataclasses.replace(
+            obs, extras={**obs.extras, "goal": self._goal(self.env, self.push_contact, self.push_end)}
+        )
         return self.policy.predict(obs, instruction)
 
 

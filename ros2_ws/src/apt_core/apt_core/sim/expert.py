@@ -43,13 +43,23 @@ def _min_jerk(s: np.ndarray) -> np.ndarray:
     return 10 * s**3 - 15 * s**4 + 6 * s**5
 
 
+def _trained_with(meta: dict, field: str) -> bool:
+    return float((meta.get("train_config") or {}).get(field, 0.0) or 0.0) > 0
+
+
 def trained_with_push_contact(meta: dict) -> bool:
     """Whether a checkpoint's goal targets had push-contact key frames (`--goal-push-travel` > 0),
     read from its meta.json's training config; the oracle then gives the goal it was trained on."""
-    return float((meta.get("train_config") or {}).get("goal_push_travel", 0.0) or 0.0) > 0
+    return _trained_with(meta, "goal_push_travel")
 
 
-def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
+def trained_with_push_end(meta: dict) -> bool:
+    """Whether a checkpoint's goal targets had push-end key frames (`--goal-push-end` > 0), read
+    as `trained_with_push_contact`."""
+    return _trained_with(meta, "goal_push_end")
+
+
+def oracle_goal(env: TabletopEnv, push_contact: bool = False, push_end: bool = False) -> np.ndarray:
     """Where the tool should be at the next gripper event of the current subtask, from privileged
     state: the goal that `apt_core.data.goals` reads off the scripted demonstrations. Grasping
     families: the grasp point until the named object is held, then the release point above the
@@ -57,7 +67,9 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
     shuts it there) and the object has not moved 5 mm from where the scene put it, then where the
     push ends. With `push_contact` (a policy trained with `--goal-push-travel` on demonstrations
     whose pushes ran shut from the first frame, before the expert opened to the stroke's start),
-    the stroke's start also while the shut tool is farther than 3 cm from it. (3,) in the base
+    the stroke's start also while the shut tool is farther than 3 cm from it. With `push_end` (a
+    policy trained with `--goal-push-end`), where the push ends is the stroke's end at its height,
+    not the scripted push's last point after it backs off and rises. (3,) in the base
     frame [m]; a diagnostic for policies trained with a goal input (`python -m
     apt_core.sim.evaluate --oracle-goal`)."""
     if env.task is None:
@@ -77,6 +89,8 @@ def oracle_goal(env: TabletopEnv, push_contact: bool = False) -> np.ndarray:
             return contact
         if push_contact and float(np.linalg.norm(env.tcp_position() - contact)) > 0.03:
             return contact
+    if push_end:
+        return np.array([end[0], end[1], PUSH_Z])
     last = end - u * PUSH_RETREAT  # the scripted push's last point
     return np.array([last[0], last[1], SAFE_Z])
 
