@@ -1,0 +1,141 @@
+"""Where a goal pointer points when it is far off: the large errors on a recorded dataset, sorted.
+
+    python scripts/goal_error_kinds.py CHECKPOINT DATASET [--frames 1200] [--goal-source action]
+        [--goal-push-end 0.05]
+
+For a policy with a goal head or pointer and a dataset converted from `apt-record-demos` bags (each
+episode's bag folder is named `episode_<seed>`; the scenes are rebuilt from the seeds), predicts the
+goal on `--frames` random frames that have a target (`dataset_goals`, the targets training uses)
+and sorts the frames whose goal is 6 cm or more off by what the prediction is nearest
+(horizontally, within 3 cm): an earlier or a later key frame of the same episode (the pointer is a
+step behind or ahead), an object or target the instruction does not name (it read the words
+wrong), one it names (but not this key frame's), or nothing. Then the share of large errors by how
+many frames ago the target last changed, and on the frames of push episodes with the gripper shut
+(the stroke and after it), the target's and the prediction's height. The numbers in
+docs/experiments.md item 37.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+
+import numpy as np
+import torch
+
+from apt_core.data.dataset import DemoDataset, collate
+from apt_core.data.goals import GOAL_SOURCES, dataset_goals, dataset_gripper_joint
+from apt_core.data.lerobot_v3 import load_v3
+from apt_core.model.checkpoint import load_checkpoint
+from apt_core.sim import tasks as T
+from apt_core.sim.env import URDF_PATH, TabletopEnv
+
+FAR = 0.06  # [m] a large error (diagnose_policy's NEAR_GOAL)
+NEAR = 0.03  # [m] horizontal distance that counts as pointing at a key frame or an object
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("dataset")
+    ap.add_argument("--frames", type=int, default=1200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--goal-source", default="action", choices=GOAL_SOURCES)
+    ap.add_argument("--goal-push-end", type=float, default=0.0, help="as apt-train-stage2 --goal-push-end")
+    ap.add_argument("--split", default="in_distribution", help="the split the episodes were recorded from")
+    a = ap.parse_args()
+    policy, processor, _ = load_checkpoint(a.checkpoint)
+    policy.eval()
+    if not policy.cfg.goal_dim:
+        raise SystemExit(f"{a.checkpoint} has no goal head or pointer")
+    ds = DemoDataset(
+        a.dataset, chunk_length=policy.cfg.chunk_length, n_action_history=policy.cfg.n_action_history
+    )
+    bags = load_v3(a.dataset).episodes.to_pydict()["source/bag"]
+    targets = dataset_goals(
+        ds, URDF_PATH, tip_link="tcp", min_distance=FAR, source=a.goal_source, push_end=a.goal_push_end
+    )
+    goals = targets.goals
+    have = np.flatnonzero(targets.valid | targets.near)
+    idx = np.sort(np.random.default_rng(a.seed).choice(have, size=min(a.frames, len(have)), replace=False))
+    pred = []
+    with torch.no_grad():
+        for s in range(0, len(idx), 64):
+            batch = processor.process_batch(collate([ds[int(i)] for i in idx[s : s + 64]]))
+            pred.append(policy.predict_goal(batch, generator=torch.Generator().manual_seed(a.seed)).numpy())
+    pred = np.concatenate(pred)
+    err = np.linalg.norm(pred - goals[idx], axis=1)
+    names = tuple(ds.meta["features"]["observation.state"]["names"])
+    shut = ds.state[idx, names.index(dataset_gripper_joint(ds))] < targets.info.threshold
+    episode = np.searchsorted(ds.ep_to, idx, side="right")
+
+    env, scenes = TabletopEnv(), {}
+    kinds, since, push_rows = [], [], []
+    try:
+        for j, i in enumerate(idx.tolist()):
+            e = int(episode[j])
+            lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
+            if e not in scenes:
+                m = re.search(r"episode_0*(\d+)", bags[e])
+                if m is None:
+                    raise SystemExit(f"episode {e} ({bags[e]}): no scene seed in its bag's name")
+                env.reset(int(m.group(1)), a.split)
+                named = {n for sub in env.task.subtasks for n in (sub.obj, sub.target)}
+                where = {n: env.body_position(n)[:2].copy() for n in T.ENTITIES}
+                change = np.flatnonzero(np.any(goals[lo + 1 : hi] != goals[lo : hi - 1], axis=1)) + 1
+                keys = goals[np.concatenate([[0], change]) + lo]  # the targets in turn
+                scenes[e] = (named, where, change, keys, env.task.subtasks[0].family)
+            named, where, change, keys, family = scenes[e]
+            t = i - lo
+            before = change[change <= t]
+            since.append(t - (int(before[-1]) if len(before) else 0))
+            if family == "push" and shut[j]:
+                push_rows.append((goals[i, 2], pred[j, 2], err[j]))
+            if err[j] < FAR:
+                kinds.append("")
+                continue
+            this = len(before)  # which of the episode's targets this frame has
+            d_keys = np.linalg.norm(keys[:, :2] - pred[j, :2], axis=1)
+            others = [(d, k) for k, d in enumerate(d_keys.tolist()) if k != this and d < NEAR]
+            d_ent = {n: float(np.linalg.norm(p - pred[j, :2])) for n, p in where.items()}
+            nearest = min(d_ent, key=d_ent.get)
+            if others:
+                kinds.append("an earlier key frame" if min(others)[1] < this else "a later key frame")
+            elif d_ent[nearest] < NEAR:
+                kinds.append(
+                    "a named object or target" if nearest in named else "an object the words do not name"
+                )
+            else:
+                kinds.append("nothing within 3 cm")
+    finally:
+        env.close()
+    big = [k for k in kinds if k]
+    cm = 100.0
+    print(
+        f"{a.checkpoint} on {len(idx)} frames of {a.dataset} ({a.goal_source} targets{', push ends' if a.goal_push_end else ''})"
+    )
+    print(
+        f"goal error median {np.median(err) * cm:.1f} cm; {len(big)} frames ({len(big) / len(idx):.0%}) {FAR * cm:.0f} cm or more off\n"
+    )
+    print(f"| the prediction of a frame {FAR * cm:.0f} cm or more off is nearest | frames |\n| --- | --- |")
+    for k, n in collections.Counter(big).most_common():
+        print(f"| {k} | {n} |")
+    print(f"\n| frames since the target last changed | {FAR * cm:.0f} cm or more off |\n| --- | --- |")
+    since = np.array(since)
+    off = np.array([bool(k) for k in kinds])
+    for lo_, hi_ in ((0, 3), (3, 10), (10, 30), (30, None)):
+        m = (since >= lo_) & ((since < hi_) if hi_ else True)
+        if m.any():
+            print(f"| {lo_}{f'-{hi_ - 1}' if hi_ else ' or more'} | {off[m].mean():.0%} of {m.sum()} |")
+    if push_rows:
+        g, p, e_ = (np.array(c) * cm for c in zip(*push_rows, strict=True))
+        print(f"\npush episodes, gripper shut ({len(g)} frames):")
+        print("| measure | 10th / 50th / 90th percentile [cm] |\n| --- | --- |")
+        for label, v in (("target height", g), ("predicted height", p), ("goal error", e_)):
+            print(f"| {label} | {' / '.join(f'{x:.1f}' for x in np.percentile(v, [10, 50, 90]))} |")
+        print(f"| share {FAR * cm:.0f} cm or more off | {np.mean(e_ >= FAR * cm):.0%} |")
+
+
+if __name__ == "__main__":
+    main()
