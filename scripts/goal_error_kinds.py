@@ -35,6 +35,23 @@ FAR = 0.06  # [m] a large error (diagnose_policy's NEAR_GOAL)
 NEAR = 0.03  # [m] horizontal distance that counts as pointing at a key frame or an object
 
 
+def error_kind(
+    pred: np.ndarray, keys: np.ndarray, this: int, where: dict[str, np.ndarray], named: set[str]
+) -> str:
+    """What a prediction 6 cm or more off is nearest, horizontally within NEAR: `pred` (2,), the
+    episode's targets in turn `keys` (K, 2), of which the frame has number `this`, and every
+    object's and target's position `where` (name: (2,)), `named` those the instruction names."""
+    d_keys = np.linalg.norm(keys - pred, axis=1)
+    others = [(d, k) for k, d in enumerate(d_keys.tolist()) if k != this and d < NEAR]
+    if others:
+        return "an earlier key frame" if min(others)[1] < this else "a later key frame"
+    d_ent = {n: float(np.linalg.norm(p - pred)) for n, p in where.items()}
+    nearest = min(d_ent, key=d_ent.get)
+    if d_ent[nearest] < NEAR:
+        return "a named object or target" if nearest in named else "an object the words do not name"
+    return "nothing within 3 cm"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -95,19 +112,7 @@ def main() -> None:
             if err[j] < FAR:
                 kinds.append("")
                 continue
-            this = len(before)  # which of the episode's targets this frame has
-            d_keys = np.linalg.norm(keys[:, :2] - pred[j, :2], axis=1)
-            others = [(d, k) for k, d in enumerate(d_keys.tolist()) if k != this and d < NEAR]
-            d_ent = {n: float(np.linalg.norm(p - pred[j, :2])) for n, p in where.items()}
-            nearest = min(d_ent, key=d_ent.get)
-            if others:
-                kinds.append("an earlier key frame" if min(others)[1] < this else "a later key frame")
-            elif d_ent[nearest] < NEAR:
-                kinds.append(
-                    "a named object or target" if nearest in named else "an object the words do not name"
-                )
-            else:
-                kinds.append("nothing within 3 cm")
+            kinds.append(error_kind(pred[j, :2], keys[:, :2], len(before), where, named))
     finally:
         env.close()
     big = [k for k in kinds if k]

@@ -1,5 +1,6 @@
 """The diagnostic scripts whose numbers go into docs/experiments.md: closed_loop_goals.py (phases,
-goal errors, retry counts) and pointer_shortcut.py (where a goal points from three arm poses).
+goal errors, retry counts), pointer_shortcut.py (where a goal points from three arm poses) and
+goal_error_kinds.py (what a far goal is nearest).
 They run a real simulator and a real (debug-preset, untrained) goal-pointer checkpoint; where a test
 needs a pointer that answers in a known way, the policy's predict_goal is replaced by one."""
 
@@ -170,3 +171,18 @@ def test_pointer_shortcut_counts_a_pointer_that_follows_the_gripper(monkeypatch,
     assert n > 0 and beside >= n / 2 and named < beside
     n2, named2, beside2 = t["shut on nothing beside the named object"]
     assert named2 == beside2 >= n2 / 2
+
+
+def test_goal_error_kinds_sorts_a_far_prediction_by_what_it_is_nearest() -> None:
+    """goal_error_kinds.error_kind: another of the episode's targets first (before or after the
+    frame's own), then an object or target, named by the instruction or not, else nothing."""
+    kind = _script("goal_error_kinds").error_kind
+    keys = np.array([[0.0, 0.0], [0.2, 0.0], [0.4, 0.0]])
+    where = {"red_cube": np.array([0.2, 0.2]), "blue_bowl": np.array([0.0, 0.3])}
+    assert kind(np.array([0.01, 0.0]), keys, 1, where, {"red_cube"}) == "an earlier key frame"
+    assert kind(np.array([0.39, 0.02]), keys, 1, where, {"red_cube"}) == "a later key frame"
+    # the frame's own target does not count (it is 6 cm or more off by then)
+    assert kind(np.array([0.2, 0.0]), keys, 1, where, set()) == "nothing within 3 cm"
+    assert kind(np.array([0.21, 0.19]), keys, 1, where, {"red_cube"}) == "a named object or target"
+    assert kind(np.array([0.0, 0.28]), keys, 1, where, {"red_cube"}) == "an object the words do not name"
+    assert kind(np.array([0.1, 0.1]), keys, 0, where, {"red_cube"}) == "nothing within 3 cm"
