@@ -68,6 +68,28 @@ def test_push_contacts_start_the_low_shut_strokes_that_travel() -> None:
     assert (events, without, contacts) == (0, 1, 1) and valid.all()
 
 
+def _expert_rollout(env: TabletopEnv, max_steps: int, oracles: dict[str, dict], settle: int = 0):
+    """The scripted expert on a reset `env` until success and `settle` steps more (or max_steps):
+    (states, actions, {name: oracle_goal(env, **kwargs) per step}, the success step or None)."""
+    from apt_core.sim.expert import oracle_goal
+
+    expert, states, actions, done = ScriptedExpert(env), [], [], None
+    goals: dict[str, list] = {k: [] for k in oracles}
+    for t in range(max_steps):
+        obs = env.observation()
+        act = expert.predict(obs, env.task.instruction)[0]
+        states.append(obs.joint_positions.copy())
+        actions.append(act)
+        for k, kwargs in oracles.items():
+            goals[k].append(oracle_goal(env, **kwargs))
+        env.step(act)
+        if done is None and env.success():
+            done = t
+        if done is not None and t >= done + settle:
+            break
+    return np.array(states), np.array(actions), {k: np.array(v) for k, v in goals.items()}, done
+
+
 def test_push_ends_are_where_the_stroke_goes_farthest_not_where_it_backs_off_to() -> None:
     # open to frame 2, shut at 2 (the stroke starts), push 6 cm (2-5), back off 2 cm along the
     # line (6-7) at the same height, then rise (8-9)
@@ -103,7 +125,7 @@ def test_the_oracle_with_push_ends_agrees_with_the_recorded_stroke_end() -> None
     expert backs off and rises): with --goal-push-end the stroke's frames point at its end, at the
     stroke's height, and `oracle_goal(push_end=True)` says the same; the plain oracle and the plain
     targets say the scripted push's last point, in the air."""
-    from apt_core.sim.expert import PUSH_Z, SAFE_Z, oracle_goal, trained_with_push_end
+    from apt_core.sim.expert import PUSH_Z, SAFE_Z, trained_with_push_end
 
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
     for seed in range(40):
@@ -112,39 +134,29 @@ def test_the_oracle_with_push_ends_agrees_with_the_recorded_stroke_end() -> None
             env.reset(seed, "in_distribution")
             if env.task.subtasks[0].family != "push":
                 continue
-            expert, states, actions, plain, ends, done = ScriptedExpert(env), [], [], [], [], None
-            for t in range(200):
-                obs = env.observation()
-                act = expert.predict(obs, env.task.instruction)[0]
-                states.append(obs.joint_positions.copy())
-                actions.append(act)
-                plain.append(oracle_goal(env))
-                ends.append(oracle_goal(env, push_end=True))
-                env.step(act)
-                if done is None and env.success():
-                    done = t
-                if done is not None and t >= done + 25:  # the back-off and the rise
-                    break
+            # recorded on through the back-off and the rise
+            states, actions, oracles, done = _expert_rollout(
+                env, 200, {"plain": {}, "ends": {"push_end": True}}, 25
+            )
         finally:
             env.close()
         break
     assert done is not None
-    pos = tool_positions(np.array(states), JOINT_NAMES, chain)
-    cmd, one = np.array(actions)[:, 6], (np.array([0]), np.array([len(pos)]))
+    pos = tool_positions(states, JOINT_NAMES, chain)
+    cmd, one = actions[:, 6], (np.array([0]), np.array([len(pos)]))
     goals, _, _, _, _, n_ends = next_event_goals(pos, cmd, *one, 0.04, push_end=0.05)
     base, _, _, _, _, _ = next_event_goals(pos, cmd, *one, 0.04)
     assert n_ends == 1 and pos[-1, 2] > 0.1  # recorded through the rise
     shut = int(gripper_events(cmd, 0.04)[0])
     stroke = np.arange(shut + 5, done)  # the object moving, the gripper shut
     assert len(stroke) > 5
-    ends, plain = np.array(ends), np.array(plain)
+    ends, plain = oracles["ends"], oracles["plain"]
     assert np.median(np.linalg.norm(goals[stroke] - ends[stroke], axis=1)) < 0.02
     assert np.all(np.abs(goals[stroke, 2] - PUSH_Z) < 0.01) and np.all(base[stroke, 2] > 0.1)
     assert np.all(plain[stroke, 2] == SAFE_Z)
     assert trained_with_push_end({"train_config": {"goal_push_end": 0.05}})
-    assert not trained_with_push_end(
-        {"train_config": {"goal_push_travel": 0.03}}
-    ) and not trained_with_push_end({})
+    assert not trained_with_push_end({"train_config": {"goal_push_travel": 0.03}})
+    assert not trained_with_push_end({})
 
 
 def test_a_scripted_push_shuts_the_gripper_behind_the_named_object() -> None:
@@ -346,7 +358,6 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
     """`expert.oracle_goal` (what `evaluate --oracle-goal` feeds a goal-input policy) agrees, frame
     by frame, with the target read off the same scripted demo's recorded joints and gripper, also
     on a push's stroke start, where the expert shuts the gripper."""
-    from apt_core.sim.expert import oracle_goal
 
     chain = UrdfChain.from_urdf(URDF_PATH, "base_link", "tcp")
     seen = set()
@@ -358,25 +369,17 @@ def test_the_oracle_goal_is_the_goal_the_demonstrations_record() -> None:
             if family in seen:
                 continue
             seen.add(family)
-            expert, states, actions, oracle, oracle_pc = ScriptedExpert(env), [], [], [], []
-            for _ in range(150):
-                obs = env.observation()
-                act = expert.predict(obs, env.task.instruction)[0]
-                states.append(obs.joint_positions.copy())
-                actions.append(act)
-                oracle.append(oracle_goal(env))
-                oracle_pc.append(oracle_goal(env, push_contact=True))
-                env.step(act)
-                if env.success():
-                    break
+            states, actions, oracles, _ = _expert_rollout(
+                env, 150, {"plain": {}, "pc": {"push_contact": True}}
+            )
+            oracle, oracle_pc = oracles["plain"], oracles["pc"]
         finally:
             env.close()
-        states, actions, oracle = np.array(states), np.array(actions), np.array(oracle)
         pos = tool_positions(states, JOINT_NAMES, chain)
         goals, _, _, _, _, _ = next_event_goals(pos, actions[:, 6], np.array([0]), np.array([len(pos)]), 0.04)
         d = np.linalg.norm((oracle - goals)[:, :2], axis=1)
         if family != "push":  # push contacts change nothing for the grasping families
-            np.testing.assert_array_equal(np.array(oracle_pc), oracle)
+            np.testing.assert_array_equal(oracle_pc, oracle)
         if family == "push":
             c = int((goals == goals[0]).all(axis=1).sum())  # frames before the gripper shuts
             assert 5 < c < len(goals) - 5
