@@ -179,8 +179,8 @@ def next_event_goals(
             contacts += len(found)
             extra += found
         if push_end > 0:
-            ends_ = push_ends(positions[lo:hi], shut, keys - lo, push_end, push_tolerance)
-            found = [f for f in ends_ if f + lo not in keys]  # a stroke may end at a key frame
+            stroke_ends = push_ends(positions[lo:hi], shut, keys - lo, push_end, push_tolerance)
+            found = [f for f in stroke_ends if f + lo not in keys]  # a stroke may end at a key frame
             ends += len(found)
             extra += found
         if extra:
