@@ -574,7 +574,8 @@ def _episode(r: dict) -> EpisodeResult:
     return EpisodeResult(**{k: r[k] for k in fields if k in r})
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    # the console script exits with main's return value: None is status 0 (a Path would be 1)
     p = argparse.ArgumentParser(prog="apt-compare", description=__doc__.splitlines()[0])
     p.add_argument(
         "--dataset",
@@ -635,7 +636,7 @@ def main(argv: list[str] | None = None) -> Path:
         cc = _config(a)
     except ValueError as e:
         p.error(str(e))
-    return run(cc)
+    run(cc)
 
 
 def _config(a: argparse.Namespace) -> CompareConfig:

@@ -429,7 +429,8 @@ def export(ckpt: Path, report: Path, dest: Path) -> None:
     _log(f"exported {ckpt} -> {dest}")
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    # the console script exits with main's return value: None is status 0 (a Path would be 1)
     p = argparse.ArgumentParser(prog="apt-pipeline", description=__doc__.splitlines()[0])
     defaults = PipelineConfig()
     for name, value in asdict(defaults).items():
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             p.add_argument(flag, type=type(value), default=value)
     a = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(p.parse_args(argv)).items()}
-    return run(PipelineConfig(**a))
+    run(PipelineConfig(**a))
 
 
 if __name__ == "__main__":
