@@ -98,6 +98,12 @@ def main() -> None:
                 if m is None:
                     raise SystemExit(f"episode {e} ({bags[e]}): no scene seed in its bag's name")
                 env.reset(int(m.group(1)), a.split)
+                task = ds.tasks[int(ds.task_index[lo])]
+                if env.task.instruction != task:
+                    raise SystemExit(
+                        f"episode {e} ({bags[e]}): the scene of seed {m.group(1)} asks "
+                        f"{env.task.instruction!r}, the dataset {task!r}; wrong --split?"
+                    )
                 named = {n for sub in env.task.subtasks for n in (sub.obj, sub.target)}
                 where = {n: env.body_position(n)[:2].copy() for n in T.ENTITIES}
                 change = np.flatnonzero(np.any(goals[lo + 1 : hi] != goals[lo : hi - 1], axis=1)) + 1
