@@ -11,7 +11,9 @@ and sorts the frames whose goal is 6 cm or more off by what the prediction is ne
 step behind or ahead), an object or target the instruction does not name (it read the words
 wrong), one it names (but not this key frame's), or nothing. Then the share of large errors by how
 many frames ago the target last changed, and on the frames of push episodes with the gripper shut
-(the stroke and after it), the target's and the prediction's height. The numbers in
+(the stroke and after it), the target's and the prediction's height; last, over every frame of the
+dataset whose target a push-end key frame (`--goal-push-end 0.05`) moves, the target's height
+without and with it. The numbers in
 docs/experiments.md item 37.
 """
 
@@ -33,6 +35,7 @@ from apt_core.sim.env import URDF_PATH, TabletopEnv
 
 FAR = 0.06  # [m] a large error (diagnose_policy's NEAR_GOAL)
 NEAR = 0.03  # [m] horizontal distance that counts as pointing at a key frame or an object
+STROKE_TRAVEL = 0.05  # [m] the push-end travel for the stroke-height line (apt-train-stage2 --goal-push-end)
 
 
 def error_kind(
@@ -146,6 +149,41 @@ def main() -> None:
         for label, v in (("target height", g), ("predicted height", p), ("goal error", e_)):
             print(f"| {label} | {' / '.join(f'{x:.1f}' for x in np.percentile(v, [10, 50, 90]))} |")
         print(f"| share {FAR * cm:.0f} cm or more off | {np.mean(e_ >= FAR * cm):.0%} |")
+    # every frame of the dataset (no model) whose target a push-end key frame would move: the stroke
+    ends = dataset_goals(ds, URDF_PATH, tip_link="tcp", source=a.goal_source, push_end=STROKE_TRAVEL)
+    plain = dataset_goals(ds, URDF_PATH, tip_link="tcp", source=a.goal_source).goals
+    stroke = np.flatnonzero(np.any(ends.goals != plain, axis=1))
+    if len(stroke):
+        stroke_eps = np.unique(np.searchsorted(ds.ep_to, stroke, side="right"))
+        eps = len(stroke_eps)
+        z = plain[stroke, 2] * cm
+        # each such episode's task, and for a single push where its first stroke ends: the distance
+        # from there to the zone's centre, horizontally
+        env, families, to_zone = TabletopEnv(), collections.Counter(), []
+        try:
+            for e in stroke_eps.tolist():
+                env.reset(int(re.search(r"episode_0*(\d+)", bags[e]).group(1)), a.split)
+                subs = env.task.subtasks
+                families["+".join(sub.family for sub in subs)] += 1
+                if len(subs) == 1 and subs[0].family == "push":
+                    first = stroke[np.searchsorted(ds.ep_to, stroke, side="right") == e][0]
+                    zone = env.body_position(subs[0].target)[:2]
+                    to_zone.append(float(np.linalg.norm(ends.goals[first, :2] - zone)) * cm)
+        finally:
+            env.close()
+        print(
+            f"\npush strokes of the whole dataset ({len(stroke)} frames in {eps} episodes; push ends at "
+            f"{STROKE_TRAVEL * cm:.0f} cm of travel): target height without push ends "
+            f"{' / '.join(f'{x:.1f}' for x in np.percentile(z, [10, 50, 90]))} cm (10th / 50th / 90th "
+            f"percentile), more than 10 cm up on {np.mean(z > 10):.0%}; with them "
+            f"{' / '.join(f'{x:.1f}' for x in np.percentile(ends.goals[stroke, 2] * cm, [10, 50, 90]))} cm"
+        )
+        print(f"their tasks: {dict(families)}")
+        if to_zone:
+            print(
+                f"single pushes: the stroke's end is {min(to_zone):.1f}-{max(to_zone):.1f} cm from the zone's "
+                f"centre ({len(to_zone)} episodes)"
+            )
 
 
 if __name__ == "__main__":
