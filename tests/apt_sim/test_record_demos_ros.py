@@ -96,6 +96,26 @@ def test_missed_grasp_demos_start_shut_and_open_first(processes, tmp_path: Path)
 
 
 @pytest.mark.ros
+def test_record_demos_keeps_only_the_families_asked_for(processes, tmp_path: Path) -> None:
+    out = tmp_path / "demos"
+    pushes = [s for s in range(6) if make_task(s)[0].family == "push"]
+    assert pushes and len(pushes) < 6  # seeds 0-5 hold pushes and other tasks
+    proc = processes.python(
+        "-m", "apt_sim.record_demos", "--episodes", "6", "--seed", "0", "--families", "push",
+        "--out", str(out), name="rec",
+    )  # fmt: skip
+    assert _wait(proc, 120) == 0, processes.dump_logs()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [f"episode_{s:06d}" for s in pushes]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["skipped"], summary["families"]) == (
+        len(pushes),
+        6 - len(pushes),
+        ["push"],
+    )
+    assert f"({6 - len(pushes)} seeds of other families skipped)" in processes.log_text(proc)
+
+
+@pytest.mark.ros
 def test_a_chain_bag_counts_its_subtasks_as_they_are_done(processes, tmp_path: Path) -> None:
     # /apt_sim/subtasks_done is what lets the policy node finish the first step of "A, then B"
     # (the success topic is true only once the whole chain is done); the recorder keeps it too.
@@ -148,6 +168,7 @@ def test_record_demos_refuses_to_share_its_domain_with_another_simulator(process
         (["--disturbance", "0.5"], "--disturbance must be in [0, 0.2] rad, got 0.5"),
         (["--missed-grasp", "1.5"], "--missed-grasp is a share of episodes in [0, 1], got 1.5"),
         (["--missed-grasp-near", "nearest"], "argument --missed-grasp-near: invalid choice: 'nearest'"),
+        (["--families", "throw"], "argument --families: invalid choice: 'throw'"),
     ],
 )
 def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

@@ -5,6 +5,7 @@
     apt-record-demos --episodes 100 --out data/demos --disturbance 0.03  # DART-style recovery demos
     apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5  # half start after a miss
     apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5 --missed-grasp-near any
+    apt-record-demos --episodes 1000 --out data/pushes --families push   # only the seeds whose task pushes
 
 Runs the sim node, a PolicyClient driving the ScriptedExpert (it publishes JointTrajectory chunks
 on the controller topic, as a teleoperator would) and a bag recorder on one executor
@@ -34,7 +35,7 @@ from pathlib import Path
 from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.env import MISS_NEAR
 from apt_core.sim.expert import ScriptedExpert
-from apt_core.sim.tasks import SPLITS
+from apt_core.sim.tasks import FAMILIES, SPLITS, make_task
 from apt_sim.harness import SimHarness
 
 
@@ -53,13 +54,21 @@ def record(
     disturbance: float = 0.0,
     missed_grasp: float = 0.0,
     missed_grasp_near: str = "named",
+    families: tuple[str, ...] = (),
 ) -> dict:
-    """Record `episodes` demos on seeds seed..seed+episodes-1; returns a summary dict."""
+    """Record demos on seeds seed..seed+episodes-1; returns a summary dict. With `families`, only
+    the seeds whose task's subtasks are all of those families are recorded (the others are counted
+    as skipped), so that a weak task family can be given more demonstrations."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown task families {unknown}; known: {list(FAMILIES)}")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {
         "episodes": [],
         "ok": 0,
         "failed": 0,
+        "skipped": 0,
+        "families": list(families),
         "disturbance": disturbance,
         "missed_grasp": missed_grasp,
         "missed_grasp_near": missed_grasp_near,
@@ -76,6 +85,9 @@ def record(
         missed_grasp_near=missed_grasp_near,
     ) as h:
         for s in range(seed, seed + episodes):
+            if families and any(sub.family not in families for sub in make_task(s, split)[0].subtasks):
+                summary["skipped"] += 1
+                continue
             final, tmp = out / f"episode_{s:06d}", out / f".episode_{s:06d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
@@ -142,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         help="beside which object a missed-grasp start is: the one to grasp, or any of the scene's "
         "(drawn per seed), so that the object beside the gripper does not give away which one to grasp",
     )
+    ap.add_argument(
+        "--families",
+        nargs="+",
+        choices=FAMILIES,
+        default=[],
+        help="record only the seeds whose task is of these families (every subtask, for a chain); the "
+        "others are skipped, so --episodes counts seeds, not recordings",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -166,12 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             disturbance=a.disturbance,
             missed_grasp=a.missed_grasp,
             missed_grasp_near=a.missed_grasp_near,
+            families=tuple(a.families),
         )
     except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
         print(f"apt-record-demos: error: {e}", file=sys.stderr)
         return 1
+    skipped = f" ({s['skipped']} seeds of other families skipped)" if a.families else ""
     print(
-        f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in {s['wall_s']:.1f} s"
+        f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in "
+        f"{s['wall_s']:.1f} s{skipped}"
     )
     return 0 if s["ok"] > 0 else 1
 
