@@ -415,7 +415,10 @@ def test_finetune_with_more_keypoints_and_the_pointer_readout_widens_the_policy(
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-20)
     with pytest.raises(TrainConfigError, match=r"holds another run \(keypoints: 12 there, 16 now"):
         train_or_reuse(ft.replace(keypoints=16))
-    with pytest.raises(TrainConfigError, match="has 8 per camera and tap, and keypoints can be added"):
+    with pytest.raises(
+        TrainConfigError,
+        match=r"keypoints 4: \S+: widen_keypoints adds keypoints .* has 8 per camera and tap, asked for 4",
+    ):
         stage2.main(ft.replace(keypoints=4, out_dir=str(tmp_path / "ft2")))
     with pytest.raises(TrainConfigError, match="keypoints must be >= 0"):
         ft.replace(keypoints=-1)

@@ -28,6 +28,22 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def field_value(name: str, text: str) -> object:
+    """`text` as the value of TrainConfig field `name`, typed as its flag would be: a bool from
+    true/false/1/0, a tuple from comma-separated items. ValueError names the field and the text."""
+    typ = typing.get_type_hints(TrainConfig)[name]
+    try:
+        if typ is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if typing.get_origin(typ) is tuple:
+            return tuple(v for v in text.split(",") if v)
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+
+
 def parse_config(argv: list[str] | None, prog: str, description: str, **fixed) -> TrainConfig:
     args = vars(build_parser(prog, description).parse_args(argv))
     recipe = args.pop("recipe")

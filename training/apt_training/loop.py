@@ -267,18 +267,12 @@ def with_keypoints(cfg: TrainConfig, policy: APTPolicy, processor: Processor) ->
     have = policy.cfg.backbone.keypoints
     if not cfg.keypoints or cfg.keypoints == have:
         return policy, processor
-    source = cfg.finetune_from or cfg.init_from
-    if policy.cfg.backbone.vision_tokens != "keypoints":
+    try:  # widen_keypoints refuses a pooled backbone and taking keypoints away, by name
+        policy = widen_keypoints(policy, cfg.keypoints, seed=cfg.seed)
+    except ExpansionError as e:
         raise TrainConfigError(
-            f"keypoints {cfg.keypoints}: {source} has vision_tokens {policy.cfg.backbone.vision_tokens!r}, "
-            "and only a keypoint backbone can be widened"
-        )
-    if cfg.keypoints < have:
-        raise TrainConfigError(
-            f"keypoints {cfg.keypoints}: {source} has {have} per camera and "
-            "tap, and keypoints can be added to a trained policy but not taken away"
-        )
-    policy = widen_keypoints(policy, cfg.keypoints, seed=cfg.seed)
+            f"keypoints {cfg.keypoints}: {cfg.finetune_from or cfg.init_from}: {e}"
+        ) from None
     return policy, Processor(policy.cfg, processor.stats)
 
 

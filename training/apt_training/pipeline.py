@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from apt_core.sim.env import MISS_NEAR, SceneMismatchError, check_dataset_scene,
 from apt_core.sim.evaluate import evaluate, write_results
 from apt_core.sim.tasks import SPLITS
 
+from .cli import field_value
 from .config import TRAIN_PRESETS, TrainConfig, TrainConfigError, train_preset
 from .loop import final_step, train_or_reuse
 from .plots import read_metrics
@@ -104,7 +104,6 @@ class PipelineConfig:
 
     def stage_overrides(self, stage: int) -> dict[str, object]:
         """The TrainConfig fields that --stage{1,2}-set NAME=VALUE pairs set for `stage`, typed."""
-        hints = typing.get_type_hints(TrainConfig)
         fixed = {"dataset", "out_dir", "stage", "steps", "seed", "init_from", "threads"}
         out: dict[str, object] = {}
         for item in self.stage1_set if stage == 1 else self.stage2_set:
@@ -112,23 +111,13 @@ class PipelineConfig:
             flag = f"--stage{stage}-set {item!r}"
             if not eq or not name:
                 raise ValueError(f"{flag}: expected NAME=VALUE, e.g. goal_weight=0.5")
-            if name not in hints or name in fixed:
+            if name not in TrainConfig.__dataclass_fields__ or name in fixed:
                 known = "; the pipeline sets it" if name in fixed else f"; see apt-train-stage{stage} --help"
                 raise ValueError(f"{flag}: {name!r} is not a training option it can set{known}")
-            typ = hints[name]
             try:
-                if typ is bool:
-                    if value.lower() not in ("true", "false", "1", "0"):
-                        raise ValueError(value)
-                    out[name] = value.lower() in ("true", "1")
-                elif typing.get_origin(typ) is tuple:
-                    out[name] = tuple(v for v in value.split(",") if v)
-                else:
-                    out[name] = typ(value)
-            except ValueError:
-                raise ValueError(
-                    f"{flag}: {value!r} is not a valid {getattr(typ, '__name__', typ)}"
-                ) from None
+                out[name] = field_value(name, value)
+            except ValueError as e:
+                raise ValueError(f"{flag}: {e}") from None
         return out
 
 

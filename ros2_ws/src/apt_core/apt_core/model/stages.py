@@ -101,8 +101,8 @@ def widen_keypoints(policy: APTPolicy, keypoints: int, seed: int | None = 0) -> 
         )
     if keypoints <= b.keypoints:
         raise ExpansionError(
-            f"widen_keypoints adds keypoints: the policy has {b.keypoints} per camera and tap, "
-            f"asked for {keypoints}"
+            "widen_keypoints adds keypoints to a trained policy but cannot take them away: the policy "
+            f"has {b.keypoints} per camera and tap, asked for {keypoints}"
         )
     if seed is not None:
         torch.manual_seed(seed)  # the new keypoints' initialisation is reproducible
