@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from apt_core.data.goals import GOAL_SOURCES, dataset_goals, dataset_gripper_joi
 from apt_core.data.lerobot_v3 import load_v3
 from apt_core.model.checkpoint import load_checkpoint
 from apt_core.sim import tasks as T
-from apt_core.sim.env import URDF_PATH, TabletopEnv
+from apt_core.sim.env import URDF_PATH, SceneMismatchError, TabletopEnv, reset_to_recording
 
 FAR = 0.06  # [m] a large error (diagnose_policy's NEAR_GOAL)
 NEAR = 0.03  # [m] horizontal distance that counts as pointing at a key frame or an object
@@ -53,6 +52,14 @@ def error_kind(
     if d_ent[nearest] < NEAR:
         return "a named object or target" if nearest in named else "an object the words do not name"
     return "nothing within 3 cm"
+
+
+def reset_scene(env: TabletopEnv, ds: DemoDataset, bags: list[str], e: int, split: str) -> None:
+    """`env` reset to the scene episode `e` was recorded in, checked against its instruction."""
+    try:
+        reset_to_recording(env, bags[e], ds.tasks[int(ds.task_index[int(ds.ep_from[e])])], split)
+    except SceneMismatchError as err:
+        raise SystemExit(f"episode {e}: {err}") from None
 
 
 def main() -> None:
@@ -97,16 +104,7 @@ def main() -> None:
             e = int(episode[j])
             lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
             if e not in scenes:
-                m = re.search(r"episode_0*(\d+)", bags[e])
-                if m is None:
-                    raise SystemExit(f"episode {e} ({bags[e]}): no scene seed in its bag's name")
-                env.reset(int(m.group(1)), a.split)
-                task = ds.tasks[int(ds.task_index[lo])]
-                if env.task.instruction != task:
-                    raise SystemExit(
-                        f"episode {e} ({bags[e]}): the scene of seed {m.group(1)} asks "
-                        f"{env.task.instruction!r}, the dataset {task!r}; wrong --split?"
-                    )
+                reset_scene(env, ds, bags, e, a.split)
                 named = {n for sub in env.task.subtasks for n in (sub.obj, sub.target)}
                 where = {n: env.body_position(n)[:2].copy() for n in T.ENTITIES}
                 change = np.flatnonzero(np.any(goals[lo + 1 : hi] != goals[lo : hi - 1], axis=1)) + 1
@@ -154,7 +152,8 @@ def main() -> None:
     plain = dataset_goals(ds, URDF_PATH, tip_link="tcp", source=a.goal_source).goals
     stroke = np.flatnonzero(np.any(ends.goals != plain, axis=1))
     if len(stroke):
-        stroke_eps = np.unique(np.searchsorted(ds.ep_to, stroke, side="right"))
+        stroke_ep = np.searchsorted(ds.ep_to, stroke, side="right")
+        stroke_eps = np.unique(stroke_ep)
         eps = len(stroke_eps)
         z = plain[stroke, 2] * cm
         # each such episode's task, and for a single push where its first stroke ends: the distance
@@ -162,11 +161,11 @@ def main() -> None:
         env, families, to_zone = TabletopEnv(), collections.Counter(), []
         try:
             for e in stroke_eps.tolist():
-                env.reset(int(re.search(r"episode_0*(\d+)", bags[e]).group(1)), a.split)
+                reset_scene(env, ds, bags, e, a.split)
                 subs = env.task.subtasks
                 families["+".join(sub.family for sub in subs)] += 1
                 if len(subs) == 1 and subs[0].family == "push":
-                    first = stroke[np.searchsorted(ds.ep_to, stroke, side="right") == e][0]
+                    first = stroke[stroke_ep == e][0]
                     zone = env.body_position(subs[0].target)[:2]
                     to_zone.append(float(np.linalg.norm(ends.goals[first, :2] - zone)) * cm)
         finally:

@@ -15,7 +15,6 @@ axis and the median height difference. The numbers in docs/experiments.md item 3
 from __future__ import annotations
 
 import argparse
-import re
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from apt_core.data.goals import (
     tool_positions,
 )
 from apt_core.data.lerobot_v3 import load_v3
-from apt_core.sim.env import URDF_PATH, TabletopEnv
+from apt_core.sim.env import URDF_PATH, SceneMismatchError, TabletopEnv, recorded_seed, reset_to_recording
 
 
 def main() -> None:
@@ -52,19 +51,16 @@ def main() -> None:
     skipped = 0
     try:
         for e, source in enumerate(episodes["source/bag"]):
-            m = re.search(r"episode_0*(\d+)", source)
             lo, hi = int(ds.ep_from[e]), int(ds.ep_to[e])
             events = gripper_events(command[lo:hi], threshold)
-            if m is None or not len(events) or command[lo + int(events[0])] >= threshold:  # not a shut
+            no_shut = not len(events) or command[lo + int(events[0])] >= threshold  # first event opens
+            if recorded_seed(source) is None or no_shut:
                 skipped += 1
                 continue
-            env.reset(int(m.group(1)), a.split)
-            task = ds.tasks[int(ds.task_index[lo])]
-            if env.task.instruction != task:
-                raise SystemExit(
-                    f"episode {e} ({source}): the scene of seed {m.group(1)} asks "
-                    f"{env.task.instruction!r}, the dataset {task!r}; wrong --split?"
-                )
+            try:
+                reset_to_recording(env, source, ds.tasks[int(ds.task_index[lo])], a.split)
+            except SceneMismatchError as err:
+                raise SystemExit(f"episode {e}: {err}") from None
             sub = env.task.subtasks[0]
             if sub.family == "push":
                 continue

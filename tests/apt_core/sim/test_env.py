@@ -231,3 +231,25 @@ def test_harness_measures_where_a_grasp_shut(env: TabletopEnv) -> None:
     )
     assert s.wrong_object == sum(e.wrong_object for e in grasps)
     assert {e.wrong_object for e in grasps} == {True, False}  # these seeds have both cases
+
+
+def test_reset_to_recording_finds_the_scene_by_the_bags_seed_and_checks_its_instruction() -> None:
+    from apt_core.sim.env import SceneMismatchError, recorded_seed, reset_to_recording
+
+    assert recorded_seed("/data/demos/episode_000123") == 123
+    assert recorded_seed("/data/demos/take_3") is None
+    instruction = T.make_task(123, "paraphrase")[0].instruction
+    assert instruction != T.make_task(123, "in_distribution")[0].instruction
+    env = TabletopEnv()
+    try:
+        reset_to_recording(env, "/data/demos/episode_000123", instruction, "paraphrase")
+        assert env.task.instruction == instruction
+        # the same seed drawn from another split asks another instruction: refused, naming the bag
+        with pytest.raises(
+            SceneMismatchError, match=r"episode_000123: the scene of seed 123 asks .*wrong --split"
+        ):
+            reset_to_recording(env, "/data/demos/episode_000123", instruction, "in_distribution")
+        with pytest.raises(SceneMismatchError, match="take_3: no scene seed in its bag's name"):
+            reset_to_recording(env, "/data/demos/take_3", instruction, "paraphrase")
+    finally:
+        env.close()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -75,6 +76,28 @@ def check_dataset_scene(dataset_dir: str | Path) -> str:
             "would be evaluated on a scene it never saw. Record the demonstrations again."
         )
     return ""
+
+
+def recorded_seed(bag: str) -> int | None:
+    """The scene seed in a recorded episode's bag name (`episode_<seed>`, as apt-record-demos names
+    them); None when the name holds none."""
+    m = re.search(r"episode_0*(\d+)", bag)
+    return None if m is None else int(m.group(1))
+
+
+def reset_to_recording(env: TabletopEnv, bag: str, instruction: str, split: str) -> None:
+    """Reset `env` to the scene a recorded episode was made in: the seed from its bag's name, drawn
+    from `split`, checked against the `instruction` the recording holds. SceneMismatchError names
+    the bag when its name holds no seed or the scene asks another instruction (another split)."""
+    seed = recorded_seed(bag)
+    if seed is None:
+        raise SceneMismatchError(f"{bag}: no scene seed in its bag's name")
+    env.reset(seed, split)
+    if env.task.instruction != instruction:
+        raise SceneMismatchError(
+            f"{bag}: the scene of seed {seed} asks {env.task.instruction!r}, the dataset "
+            f"{instruction!r}; wrong --split?"
+        )
 
 
 # Elbow-up pose above the table centre with the gripper pointing down and open.
