@@ -70,10 +70,8 @@ class GoalProbe:
         self.joint_names, self.chunk_length, self.rate_hz = run.joint_names, run.chunk_length, run.rate_hz
         self.rng = np.random.default_rng(0)
         # the goal it was trained on
-        self.push_contact, self.push_end = (
-            trained_with_push_contact(run.meta),
-            trained_with_push_end(run.meta),
-        )
+        self.push_contact = trained_with_push_contact(run.meta)
+        self.push_end = trained_with_push_end(run.meta)
         self.records: list[dict] = []
         self.episode = -1
 
