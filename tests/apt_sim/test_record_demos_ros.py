@@ -14,6 +14,7 @@ from rosbags.highlevel import AnyReader
 
 from apt_core.contract import load_contract
 from apt_core.data.bag_reader import read_bag
+from apt_core.sim.env import HOME
 from apt_core.sim.tasks import make_task
 
 C = load_contract()
@@ -116,6 +117,28 @@ def test_record_demos_keeps_only_the_families_asked_for(processes, tmp_path: Pat
 
 
 @pytest.mark.ros
+def test_policy_start_demos_begin_where_the_shipped_policy_left_the_arm(processes, tmp_path: Path) -> None:
+    out, seed = tmp_path / "demos", 1  # a pick-and-place
+    default = Path(__file__).resolve().parents[2] / "ros2_ws/src/apt_bringup/policies/default"
+    proc = processes.python(
+        "-m", "apt_sim.record_demos", "--episodes", "1", "--seed", str(seed), "--out", str(out),
+        "--policy-start", str(default), "--policy-start-seconds", "2.5", "2.5", name="rec",
+    )  # fmt: skip
+    assert _wait(proc, 180) == 0, processes.dump_logs()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy_start"] == {"share": 1.0, "seconds": [2.5, 2.5]}
+    (ep,) = summary["episodes"]
+    assert ep["policy_start_s"] == 2.5 and not ep["policy_completed"] and ep["success"]
+    bag = out / f"episode_{seed:06d}"
+    assert "policy_start_s: '2.5'" in (bag / "metadata.yaml").read_text()
+    streams = read_bag(bag, C)
+    # The first recorded frame is where 2.5 s of the policy took the arm, not the home pose every
+    # scripted demonstration starts from; the recording's clock starts there.
+    assert np.abs(streams.joint_pos[0, :6] - HOME[:6]).max() > 0.1
+    assert (streams.joint_t[-1] - streams.joint_t[0]) * 1e-9 == pytest.approx(ep["sim_seconds"], abs=0.3)
+
+
+@pytest.mark.ros
 def test_a_chain_bag_counts_its_subtasks_as_they_are_done(processes, tmp_path: Path) -> None:
     # /apt_sim/subtasks_done is what lets the policy node finish the first step of "A, then B"
     # (the success topic is true only once the whole chain is done); the recorder keeps it too.
@@ -169,6 +192,21 @@ def test_record_demos_refuses_to_share_its_domain_with_another_simulator(process
         (["--missed-grasp", "1.5"], "--missed-grasp is a share of episodes in [0, 1], got 1.5"),
         (["--missed-grasp-near", "nearest"], "argument --missed-grasp-near: invalid choice: 'nearest'"),
         (["--families", "throw"], "argument --families: invalid choice: 'throw'"),
+        (
+            ["--policy-start-share", "0.5"],
+            "--policy-start-share and --policy-start-seconds need --policy-start",
+        ),
+        (["--policy-start", "no/such/policy"], "--policy-start no/such/policy: "),
+        (
+            [
+                "--policy-start",
+                "any/policy",
+                "--policy-start-seconds",
+                "4",
+                "2",
+            ],
+            "policy-start seconds must be a range 0 < low <= high, got [4.0, 2.0]",
+        ),
     ],
 )
 def test_record_demos_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

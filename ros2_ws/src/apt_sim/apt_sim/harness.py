@@ -34,6 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_core.contract import Contract
 from apt_core.sim.env import TabletopEnv, scene_fingerprint
+from apt_core.sim.policy_start import PolicyStart, StartOutcome
 from apt_core.types import ChunkPolicy
 from apt_msgs.srv import ResetSim
 from apt_sim.policy_client import PolicyClient
@@ -153,6 +154,8 @@ class EpisodeOutcome:
     frames: int  # camera frames recorded (0 without a recorder)
     subtasks_done: int  # subtasks completed in order
     missed_start: bool = False  # the arm started as after a missed grasp (TabletopEnv.missed_grasp)
+    policy_start_s: float = 0.0  # seconds a policy drove before the episode began (PolicyStart)
+    policy_completed: bool = False  # that policy finished the task before the episode began
 
 
 DISCOVERY_WAIT = 3.5  # s a recording harness looks for another simulator before its first episode
@@ -171,15 +174,19 @@ class SimHarness:
         disturbance: float = 0.0,
         missed_grasp: float = 0.0,
         missed_grasp_near: str = "named",
+        policy_start: PolicyStart | None = None,
     ) -> None:
         """policy_factory: builds the in-process policy from the sim's env; None = an external policy
         node drives the robot (it must follow /apt/instruction and publish on the controller topic).
         disturbance: the sim node's DART-style setpoint noise [rad] (apt_core.sim.disturbance).
         missed_grasp, missed_grasp_near: the sim node's share of missed-grasp starts and beside which
-        object they are (TabletopEnv.missed_grasp_start)."""
+        object they are (TabletopEnv.missed_grasp_start).
+        policy_start: the sim node's start hook: each reset first lets this policy drive
+        (apt_core.sim.policy_start); the episode and its bag begin where it left the scene."""
         self._factory, self._speed, self._contract_path = policy_factory, speed, contract_path
         self._execute_steps, self._record, self._disturbance = execute_steps, record, disturbance
         self._missed_grasp, self._missed_grasp_near = missed_grasp, missed_grasp_near
+        self._policy_start = policy_start
         self.nodes: dict[str, Node] = {}
         self._ex: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -205,6 +212,7 @@ class SimHarness:
                         Parameter("missed_grasp_near", value=str(self._missed_grasp_near)),
                     ]
                 )
+                sim.start_hook = self._policy_start
                 self.nodes["sim"] = sim
                 if self._factory is not None:
                     policy = self._factory(sim.env)
@@ -329,7 +337,11 @@ class SimHarness:
             if sim.env.disturbance is not None:
                 meta["disturbance"] = f"{sim.env.disturbance.std:g}"
             rec.open(bag, meta)
-        resp = self._call(ctl.reset_cli, ResetSim.Request(seed=seed, split=split, instruction=instruction))
+        resp = self._call(
+            ctl.reset_cli,
+            ResetSim.Request(seed=seed, split=split, instruction=instruction),
+            timeout=10.0 if self._policy_start is None else 60.0,  # the policy drives inside the reset
+        )
         if not resp.success:
             if isinstance(rec, BagRecorder):
                 rec.close()
@@ -364,6 +376,7 @@ class SimHarness:
         ok = ctl.success
         with sim.lock:
             done, missed = sim.env.subtask_progress(), sim.env.started_missed
+        start = self._policy_start.last if self._policy_start is not None else StartOutcome()
         frames = 0
         if bag is not None and isinstance(rec, BagRecorder):
             frames = rec.counts.get(sim.contract.cameras[0].topic, 0)
@@ -371,5 +384,18 @@ class SimHarness:
             if missed:
                 end_meta["missed_grasp_start"] = "true"
                 end_meta["missed_grasp_near"] = sim.env.missed_grasp_near
+            if start.seconds > 0:
+                end_meta["policy_start_s"] = f"{start.seconds:g}"
             rec.close(end_meta)
-        return EpisodeOutcome(seed, resp.instruction, resp.task, ok, round(t_sim, 2), frames, done, missed)
+        return EpisodeOutcome(
+            seed,
+            resp.instruction,
+            resp.task,
+            ok,
+            round(t_sim, 2),
+            frames,
+            done,
+            missed,
+            start.seconds,
+            start.completed,
+        )

@@ -6,6 +6,8 @@
     apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5  # half start after a miss
     apt-record-demos --episodes 100 --out data/demos --missed-grasp 0.5 --missed-grasp-near any
     apt-record-demos --episodes 1000 --out data/pushes --families push   # only the seeds whose task pushes
+    apt-record-demos --episodes 100 --out data/takeover --policy-start ros2_ws/src/apt_bringup/policies/default
+        # DAgger-style: the policy drives 1-10 s, then the expert takes over and the recording starts
 
 Runs the sim node, a PolicyClient driving the ScriptedExpert (it publishes JointTrajectory chunks
 on the controller topic, as a teleoperator would) and a bag recorder on one executor
@@ -35,6 +37,7 @@ from pathlib import Path
 from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.env import MISS_NEAR
 from apt_core.sim.expert import ScriptedExpert
+from apt_core.sim.policy_start import PolicyStart, check_settings
 from apt_core.sim.tasks import FAMILIES, SPLITS, make_task
 from apt_sim.harness import SimHarness
 
@@ -55,10 +58,13 @@ def record(
     missed_grasp: float = 0.0,
     missed_grasp_near: str = "named",
     families: tuple[str, ...] = (),
+    policy_start: PolicyStart | None = None,
 ) -> dict:
     """Record demos on seeds seed..seed+episodes-1; returns a summary dict. With `families`, only
     the seeds whose task's subtasks are all of those families are recorded (the others are counted
-    as skipped), so that a weak task family can be given more demonstrations."""
+    as skipped), so that a weak task family can be given more demonstrations. With `policy_start`,
+    episodes begin where that policy has taken the scene (apt_core.sim.policy_start); those the
+    policy finished on its own are not kept (counted as "policy_completed")."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown task families {unknown}; known: {list(FAMILIES)}")
@@ -72,6 +78,10 @@ def record(
         "disturbance": disturbance,
         "missed_grasp": missed_grasp,
         "missed_grasp_near": missed_grasp_near,
+        "policy_start": None
+        if policy_start is None
+        else {"share": policy_start.share, "seconds": list(policy_start.seconds)},
+        "policy_completed": 0,
     }
     t0 = time.perf_counter()
     with SimHarness(
@@ -83,6 +93,7 @@ def record(
         disturbance=disturbance,
         missed_grasp=missed_grasp,
         missed_grasp_near=missed_grasp_near,
+        policy_start=policy_start,
     ) as h:
         for s in range(seed, seed + episodes):
             if families and any(sub.family not in families for sub in make_task(s, split)[0].subtasks):
@@ -95,16 +106,24 @@ def record(
             except BaseException:  # e.g. another simulator showed up in this domain: keep no partial bag
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            summary["episodes"].append(ep.__dict__)
+            if ep.policy_completed:  # nothing left for the expert to show
+                shutil.rmtree(tmp, ignore_errors=True)
+                summary["policy_completed"] += 1
+                print(
+                    f"episode {s}: the policy finished it in {ep.policy_start_s:.1f} s; not kept", flush=True
+                )
+                continue
             if ep.success or keep_failures:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
             summary["ok" if ep.success else "failed"] += 1
-            summary["episodes"].append(ep.__dict__)
             print(
                 f"episode {s}: success={ep.success} sim={ep.sim_seconds:.1f}s frames={ep.frames}"
                 + (" missed-grasp start" if ep.missed_start else "")
+                + (f" policy start {ep.policy_start_s:.1f}s" if ep.policy_start_s else "")
                 + f" :: {ep.instruction}",
                 flush=True,
             )
@@ -162,6 +181,28 @@ def main(argv: list[str] | None = None) -> int:
         help="record only the seeds whose task is of these families (every subtask, for a chain); the "
         "others are skipped, so --episodes counts seeds, not recordings",
     )
+    ap.add_argument(
+        "--policy-start",
+        default="",
+        metavar="CHECKPOINT",
+        help="DAgger-style starts: this trained policy first drives for a while (drawn per seed), then the "
+        "expert takes over and the recording begins there, so the demos show the way on from the states "
+        "the policy's own actions lead to (apt_core.sim.policy_start); episodes it finishes are not kept",
+    )
+    ap.add_argument(
+        "--policy-start-share",
+        type=float,
+        default=1.0,
+        help="share of episodes (drawn per scene seed) with a policy start; the others start at HOME",
+    )
+    ap.add_argument(
+        "--policy-start-seconds",
+        type=float,
+        nargs=2,
+        default=(1.0, 10.0),
+        metavar=("LOW", "HIGH"),
+        help="how long the policy drives before the takeover, drawn uniformly per seed [s]",
+    )
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -171,6 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--disturbance must be in [0, {MAX_STD}] rad, got {a.disturbance}")
     if not 0.0 <= a.missed_grasp <= 1.0:
         ap.error(f"--missed-grasp is a share of episodes in [0, 1], got {a.missed_grasp}")
+    start = None
+    if a.policy_start:
+        from apt_core.model.runner import load_runner  # lazily: torch is heavy
+
+        try:
+            check_settings(a.policy_start_share, a.policy_start_seconds)
+        except ValueError as e:
+            ap.error(str(e))
+        try:
+            runner = load_runner(a.policy_start, noise_scale=0.0)
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: CheckpointError
+            ap.error(f"--policy-start {a.policy_start}: {e}")
+        start = PolicyStart(runner, a.policy_start_share, a.policy_start_seconds)
+    elif a.policy_start_share != 1.0 or tuple(a.policy_start_seconds) != (1.0, 10.0):
+        ap.error("--policy-start-share and --policy-start-seconds need --policy-start CHECKPOINT")
     try:
         s = record(
             a.out,
@@ -187,11 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             missed_grasp=a.missed_grasp,
             missed_grasp_near=a.missed_grasp_near,
             families=tuple(a.families),
+            policy_start=start,
         )
     except RuntimeError as e:  # the harness could not start (e.g. another simulator in this domain)
         print(f"apt-record-demos: error: {e}", file=sys.stderr)
         return 1
     skipped = f" ({s['skipped']} seeds of other families skipped)" if a.families else ""
+    if start is not None:
+        skipped += f" ({s['policy_completed']} finished by the policy before the takeover, not kept)"
     print(
         f"recorded {s['ok']} successful / {s['ok'] + s['failed']} episodes into {a.out} in "
         f"{s['wall_s']:.1f} s{skipped}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import traceback
+from collections.abc import Callable
 
 import numpy as np
 import rclpy
@@ -109,6 +110,9 @@ class SimNode(Node):
         self.steps = 0
         self._t0 = self._origin(0.0)
         self.follower = TrajectoryFollower(self.contract.joint_names, np.zeros(7))
+        # In-process only (no parameter): called as start_hook(env, seed) after each reset to move
+        # the scene to where the episode should start (apt_core.sim.policy_start.PolicyStart).
+        self.start_hook: Callable[[TabletopEnv, int], object] | None = None
 
         c = self.contract
         self.pub_js = self.create_publisher(JointState, c.joint_state_topic, 10)
@@ -222,6 +226,8 @@ class SimNode(Node):
         with self.lock:
             last = self.stamp_now() if self.steps else 0.0
             self.env.reset(seed, split, instruction or None)  # raises before changing anything on bad input
+            if self.start_hook is not None:
+                self.start_hook(self.env, seed)
             self._t0 = self._origin(last)
             self.follower.hold(self.env.joint_positions())
             self.pub_instr.publish(String(data=self.env.task.instruction))

@@ -217,6 +217,11 @@ class TabletopEnv:
             mujoco.mj_step(m, d)
         d.time = 0.0
 
+    def restart_clock(self) -> None:
+        """Make the present state an episode's start: simulated time back to 0, objects, arm and
+        task progress as they are (a policy start, apt_core.sim.policy_start)."""
+        self.data.time = 0.0
+
     def missed_grasp_start(self, seed: int, near: str | None = None) -> np.ndarray | None:
         """Arm joints (6,) for a start as after a missed grasp, or None (the arm starts at HOME).
 

@@ -145,12 +145,14 @@ class ScriptedExpert:
     # ----- planning --------------------------------------------------------------------------------
     def _set_instruction(self, instruction: str) -> None:
         task = self.env.task
+        first = 0
         if task is not None and instruction == task.instruction:
             self._subtasks = task.subtasks
+            first = self.env.subtask_progress()  # a policy start may have done a chain's first steps
         else:
             self._subtasks = T.parse_instruction(instruction)
         self._instruction = instruction
-        self._sub, self._attempts, self._plan = 0, 0, None
+        self._sub, self._attempts, self._plan = first, 0, None
 
     def _next_plan(self, q: np.ndarray, t: float) -> None:
         state = self.env.scene_state()
@@ -184,15 +186,21 @@ class ScriptedExpert:
         # Each waypoint: (tcp position, tool yaw, gripper opening, speed [m/s] or fixed duration [s]).
         wps: list[tuple[np.ndarray, float, float, float]] = []
         if sub.family in ("pick_place", "stack"):
-            gyaw = self._grasp_yaw(sub.obj, yaw0)
-            grasp_z = max(obj[2], 0.022)
-            above = np.array([obj[0], obj[1], SAFE_Z])
-            wps += [
-                (above, gyaw, g_open, SPEED),
-                (np.array([obj[0], obj[1], grasp_z]), gyaw, g_open, SLOW),
-                (np.array([obj[0], obj[1], grasp_z]), gyaw, g_closed, -0.6),
-                (above, gyaw, g_closed, SLOW),
-            ]
+            lifted = obj[2] > T.ENTITIES[sub.obj].half_height + 0.01
+            if lifted and sub.obj in env.held_objects():  # already in hand (a policy start): lift
+                # it straight up and carry it, rather than drop it and grasp again
+                gyaw = yaw0
+                wps.append((np.array([p0[0], p0[1], max(SAFE_Z, p0[2])]), gyaw, g_closed, SLOW))
+            else:
+                gyaw = self._grasp_yaw(sub.obj, yaw0)
+                grasp_z = max(obj[2], 0.022)
+                above = np.array([obj[0], obj[1], SAFE_Z])
+                wps += [
+                    (above, gyaw, g_open, SPEED),
+                    (np.array([obj[0], obj[1], grasp_z]), gyaw, g_open, SLOW),
+                    (np.array([obj[0], obj[1], grasp_z]), gyaw, g_closed, -0.6),
+                    (above, gyaw, g_closed, SLOW),
+                ]
             if sub.family == "pick_place":
                 place_z = T.BOWL_RIM_HEIGHT + 0.045
                 pyaw = gyaw
