@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from apt_core.model.checkpoint import load_checkpoint
 from apt_training import stage1, stage2
 from apt_training.config import TrainConfigError, train_preset
-from apt_training.loop import train_or_reuse
+from apt_training.loop import clip_action_targets, train_or_reuse
 
 FAST = dict(batch_size=4, threads=1, progress=False, log_every=1, warmup_steps=2)
 
@@ -182,6 +183,27 @@ def test_stage2_expands_stage1_and_baselines_train_from_scratch(tiny_dataset, tm
         policy, _, _ = load_checkpoint(ck)
         assert policy.cfg.n_action_history == 0 and policy.expert.n_hist == 0
     assert load_checkpoint(final)[0].cfg.n_action_history == 2  # the preset's default
+
+
+def test_action_clip_bounds_the_targets_and_only_those(tiny_dataset, tmp_path):
+    """--action-clip: normalized action targets beyond +-clip are clipped before the loss (a joint
+    nearly constant in a fine-tune's statistics otherwise makes one frame's loss thousands of times
+    the rest); the first step's loss changes with it, nothing else in the batch does."""
+    batch = {"actions": torch.tensor([[[0.5, -800.0, 12.0]]]), "state": torch.tensor([[40.0]])}
+    out = clip_action_targets({k: v.clone() for k, v in batch.items()}, 10.0)
+    assert out["actions"].tolist() == [[[0.5, -10.0, 10.0]]] and out["state"].tolist() == [[40.0]]
+    assert clip_action_targets({k: v.clone() for k, v in batch.items()}, 0.0)["actions"].tolist() == [
+        [[0.5, -800.0, 12.0]]
+    ]
+    _, cfg = _stage1_and_stage2_config(tiny_dataset, tmp_path, 1)
+    stage2.main(cfg.replace(steps=1))
+    stage2.main(cfg.replace(steps=1, action_clip=0.05, out_dir=str(tmp_path / "clipped")))
+    plain, clipped = losses(tmp_path / "s2")[1], losses(tmp_path / "clipped")[1]
+    assert clipped < plain  # targets squeezed to +-0.05: the same noise lands nearer them
+    with pytest.raises(TrainConfigError, match=r"holds another run \(action_clip: 0.05 there, 1.0 now"):
+        train_or_reuse(cfg.replace(steps=1, action_clip=1.0, out_dir=str(tmp_path / "clipped")))
+    with pytest.raises(TrainConfigError, match="action_clip must be >= 0 \\(0 disables\\), got -1"):
+        cfg.replace(action_clip=-1.0)
 
 
 def test_stage2_with_the_grounding_loss(tiny_dataset, tmp_path, capsys):

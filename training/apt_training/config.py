@@ -43,6 +43,11 @@ class TrainConfig:
     weight_decay: float = 1e-2  # AdamW weight decay (paper: 1e-2)
     warmup_steps: int = 20  # linear warm-up, then cosine decay to 10% (paper: 10k warm-up)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
+    # > 0: normalized action targets are clipped to +-this before the loss. A joint nearly constant
+    # in the statistics (a fine-tune keeps its source's: the default's wrist_2 has std 0.0003 rad)
+    # otherwise turns one frame's target hundreds of units out and its loss thousands of times the
+    # rest (docs/experiments.md item 39); 0 disables
+    action_clip: float = 0.0
     seed: int = 0  # seeds data order, initialisation and diffusion noise
     num_workers: int = 0  # DataLoader worker processes (0: in the training process; exact resume)
     augment: bool = False  # random image shifts/colour jitter in the loader (defeats cache_features)
@@ -139,6 +144,7 @@ class TrainConfig:
             "grounded_keypoints read the instruction, so they are a stage-2 option (stage 1 is language-free)",
         )
         check(self.goal_weight >= 0, f"goal_weight must be >= 0, got {self.goal_weight}")
+        check(self.action_clip >= 0, f"action_clip must be >= 0 (0 disables), got {self.action_clip}")
         check(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
         check(self.goal_min_distance >= 0, f"goal_min_distance must be >= 0, got {self.goal_min_distance}")
         check(self.goal_push_travel >= 0, f"goal_push_travel must be >= 0 [m], got {self.goal_push_travel}")

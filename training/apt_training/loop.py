@@ -67,6 +67,14 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def clip_action_targets(batch: dict, clip: float) -> dict:
+    """The batch with its normalized action targets clipped to +-clip (TrainConfig.action_clip); as
+    it is for clip == 0 or a batch without actions."""
+    if clip > 0 and "actions" in batch:
+        batch["actions"] = batch["actions"].clamp(-clip, clip)
+    return batch
+
+
 class _LossModule(nn.Module):
     """Wraps compute_loss as forward() so DistributedDataParallel can hook the backward pass."""
 
@@ -426,10 +434,13 @@ def train(cfg: TrainConfig) -> Path:
     try:
         while step < cfg.steps:
             epoch, batch_idx, raw = next(data)
-            batch = {
-                k: (v.to(cfg.device) if torch.is_tensor(v) else v)
-                for k, v in processor.process_batch(raw, train=True).items()
-            }
+            batch = clip_action_targets(
+                {
+                    k: (v.to(cfg.device) if torch.is_tensor(v) else v)
+                    for k, v in processor.process_batch(raw, train=True).items()
+                },
+                cfg.action_clip,
+            )
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -542,6 +553,7 @@ RUN_FIELDS = (
     "goal_noise_frac",
     "train_only",
     "frame_stride",
+    "action_clip",
 )
 
 
