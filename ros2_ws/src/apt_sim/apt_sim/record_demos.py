@@ -37,7 +37,7 @@ from pathlib import Path
 from apt_core.sim.disturbance import MAX_STD
 from apt_core.sim.env import MISS_NEAR
 from apt_core.sim.expert import ScriptedExpert
-from apt_core.sim.policy_start import PolicyStart, check_settings
+from apt_core.sim.policy_start import SECONDS, PolicyStart, check_settings
 from apt_core.sim.tasks import FAMILIES, SPLITS, make_task
 from apt_sim.harness import SimHarness
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "--policy-start-seconds",
         type=float,
         nargs=2,
-        default=(1.0, 10.0),
+        default=SECONDS,
         metavar=("LOW", "HIGH"),
         help="how long the policy drives before the takeover, drawn uniformly per seed [s]",
     )
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: CheckpointError
             ap.error(f"--policy-start {a.policy_start}: {e}")
         start = PolicyStart(runner, a.policy_start_share, a.policy_start_seconds)
-    elif a.policy_start_share != 1.0 or tuple(a.policy_start_seconds) != (1.0, 10.0):
+    elif a.policy_start_share != 1.0 or tuple(a.policy_start_seconds) != SECONDS:
         ap.error("--policy-start-share and --policy-start-seconds need --policy-start CHECKPOINT")
     try:
         s = record(

@@ -41,7 +41,7 @@ import numpy as np
 from apt_core.fileio import atomic_write_text
 from apt_core.runtime.tasks import split_chain
 from apt_core.sim.env import GRIPPER_SHUT, TabletopEnv
-from apt_core.sim.tasks import OBJECTS, SPLITS
+from apt_core.sim.tasks import OBJECTS, SPLITS, Task
 from apt_core.types import ChunkPolicy, Observation
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
@@ -129,6 +129,13 @@ class EvalResults:
     seconds: float  # wall time of the evaluation
 
 
+def subtask_texts(task: Task) -> list[str]:
+    """A task's words one subtask at a time, as the policy node splits them (`split_chain`); all of
+    it as one when that split disagrees with the task's subtasks."""
+    texts = split_chain(task.instruction)
+    return texts if len(texts) == len(task.subtasks) else [task.instruction]
+
+
 def run_episode(
     env: TabletopEnv,
     policy: ChunkPolicy,
@@ -146,9 +153,7 @@ def run_episode(
     obs = env.reset(seed, split)
     task = env.task
     assert task is not None
-    texts = split_chain(task.instruction) if chain_text == "subtask" else [task.instruction]
-    if len(texts) != len(task.subtasks):  # the runtime's split disagrees with the task's: say all of it
-        texts = [task.instruction]
+    texts = subtask_texts(task) if chain_text == "subtask" else [task.instruction]
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
     obj = task.subtasks[0].obj

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apt_core.runtime.tasks import split_chain
 from apt_core.sim.env import TabletopEnv
+from apt_core.sim.evaluate import subtask_texts
 from apt_core.types import ChunkPolicy
 
 SEED_SALT = 0x57A7  # the draw's stream, apart from the scene's and the missed-grasp start's
+SECONDS = (1.0, 10.0)  # default range of a policy start's duration [s]
 
 
 @dataclass
@@ -59,7 +60,7 @@ class PolicyStart:
         self,
         policy: ChunkPolicy,
         share: float = 1.0,
-        seconds: tuple[float, float] = (1.0, 10.0),
+        seconds: tuple[float, float] = SECONDS,
         execute_steps: int = 8,
     ) -> None:
         check_settings(share, seconds, execute_steps)
@@ -83,9 +84,7 @@ class PolicyStart:
         self.last = StartOutcome()
         if seconds <= 0.0:
             return self.last
-        texts = split_chain(task.instruction)
-        if len(texts) != len(task.subtasks):
-            texts = [task.instruction]
+        texts = subtask_texts(task)
         rate = float(env.contract.rate_hz)
         limit = max(1, round(seconds * rate))
         self.policy.reset()
