@@ -224,6 +224,58 @@ class OracleGoal:
         return self.policy.predict(obs, instruction)
 
 
+class NodeLimits:
+    """Wraps a ChunkPolicy: each chunk is clamped as the policy node clamps its plans (a diagnostic).
+
+    The node rewrites every plan to its joint limits (`runtime.safety.SafetyFilter`, mode clamp:
+    velocity, acceleration and position, the URDF tightening them); this harness otherwise executes
+    chunks as predicted. Here each chunk is clamped from the last command executed (at its
+    velocity; at reset the measured joints, at rest), with `limits` (default: the node's defaults,
+    `SafetyLimits.uniform` tightened by the simulated arm's URDF). Only the clamp: no ensembling,
+    no asynchronous planning. `execute_steps` must be the harness's, so that the next chunk starts
+    where this one was cut. `clamped_chunks` counts chunks the clamp changed."""
+
+    def __init__(self, policy: ChunkPolicy, execute_steps: int, limits=None) -> None:
+        from apt_core.runtime.safety import SafetyFilter, SafetyLimits
+        from apt_core.sim.env import URDF_PATH
+
+        if execute_steps < 1:
+            raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
+        self.policy, self.execute_steps = policy, execute_steps
+        self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
+        self.rate_hz = policy.rate_hz
+        if limits is None:
+            limits = SafetyLimits.uniform(tuple(policy.joint_names)).intersect_urdf(URDF_PATH)
+        self.filter = SafetyFilter(limits)
+        self.clamped_chunks = 0
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self._last = None
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+        from apt_core.runtime.stitching import Trajectory, velocities_from_positions
+
+        chunk = np.asarray(self.policy.predict(obs, instruction), dtype=np.float64)
+        dt = 1.0 / self.rate_hz
+        if self._last is None:
+            p0 = np.asarray(obs.joint_positions, dtype=np.float64)
+            v0 = np.zeros_like(p0)
+        else:
+            p0, v0 = self._last
+        pos = np.vstack([p0, chunk])
+        traj = Trajectory(np.arange(len(pos)) * dt, pos, velocities_from_positions(pos, dt, v0))
+        safe, _ = self.filter.apply(traj, p0, v0)
+        out = safe.positions[1:]
+        if not np.allclose(out, chunk, rtol=0.0, atol=1e-9):
+            self.clamped_chunks += 1
+        k = min(self.execute_steps, len(out))
+        prev = out[k - 2] if k >= 2 else p0
+        self._last = (out[k - 1].copy(), (out[k - 1] - prev) / dt)
+        return out
+
+
 def evaluate(
     policy: ChunkPolicy,
     splits: Sequence[str] = SPLITS,
@@ -322,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="give a checkpoint trained with --goal-input the true goal instead of its goal head's (a diagnostic)",
     )
     ap.add_argument(
+        "--node-limits",
+        action="store_true",
+        help="clamp each chunk to the policy node's default joint limits, as the node does (a diagnostic)",
+    )
+    ap.add_argument(
         "--noise-scale",
         type=float,
         default=None,
@@ -358,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from apt_core.sim.expert import ScriptedExpert
 
         policy = ScriptedExpert(env)
+    if a.node_limits:
+        policy = NodeLimits(policy, a.execute_steps)
     res = evaluate(
         policy,
         a.splits,
@@ -371,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     paths = write_results(res, a.out)
     print(summary_markdown(res.summary))
+    if a.node_limits:
+        print(f"node limits: clamped {policy.clamped_chunks} chunks")
     print(f"wrote {paths['markdown']} ({res.seconds:.1f} s)")
     return 0
 
