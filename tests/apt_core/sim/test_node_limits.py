@@ -88,3 +88,15 @@ def test_a_chunk_within_the_limits_is_unchanged():
     inner.next = q0 + 0.01 * np.arange(1, 17)[:, None] * np.ones(len(q0))
     np.testing.assert_allclose(wrap.predict(_obs(q0), "go"), inner.next, atol=1e-12)
     assert wrap.clamped_chunks == 0
+
+
+def test_cli_wraps_the_policy(tmp_path, capsys):
+    from apt_core.sim import evaluate
+
+    argv = ["--splits", "in_distribution", "--episodes", "1", "--seed", "7100", "--out", str(tmp_path)]
+    assert evaluate.main([*argv, "--node-limits"]) == 0
+    out = capsys.readouterr().out
+    assert "node limits: clamped" in out
+    assert (tmp_path / "episodes.csv").exists()
+    assert evaluate.main(argv) == 0
+    assert "node limits" not in capsys.readouterr().out
