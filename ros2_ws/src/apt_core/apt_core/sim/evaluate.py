@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from apt_core.fileio import atomic_write_text
+from apt_core.runtime.safety import SafetyFilter, SafetyLimits
+from apt_core.runtime.stitching import Trajectory, velocities_from_positions
 from apt_core.runtime.tasks import split_chain
-from apt_core.sim.env import GRIPPER_SHUT, TabletopEnv
+from apt_core.sim.env import GRIPPER_SHUT, URDF_PATH, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS, Task
 from apt_core.types import ChunkPolicy, Observation
 
@@ -235,10 +237,7 @@ class NodeLimits:
     no asynchronous planning. `execute_steps` must be the harness's, so that the next chunk starts
     where this one was cut. `clamped_chunks` counts chunks the clamp changed."""
 
-    def __init__(self, policy: ChunkPolicy, execute_steps: int, limits=None) -> None:
-        from apt_core.runtime.safety import SafetyFilter, SafetyLimits
-        from apt_core.sim.env import URDF_PATH
-
+    def __init__(self, policy: ChunkPolicy, execute_steps: int, limits: SafetyLimits | None = None) -> None:
         if execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
         self.policy, self.execute_steps = policy, execute_steps
@@ -255,8 +254,6 @@ class NodeLimits:
         self._last = None
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
-        from apt_core.runtime.stitching import Trajectory, velocities_from_positions
-
         chunk = np.asarray(self.policy.predict(obs, instruction), dtype=np.float64)
         dt = 1.0 / self.rate_hz
         if self._last is None:
