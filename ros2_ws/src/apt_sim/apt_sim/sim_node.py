@@ -38,16 +38,13 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_core.contract import load_contract
 from apt_core.sim.env import GRIPPER_MAX, TabletopEnv
-from apt_core.sim.jtc import TrajectoryError, TrajectoryFollower, TrajectoryPoint
+from apt_core.sim.jtc import TrajectoryError, TrajectoryFollower, TrajectoryPoint, follow
 from apt_core.sim.tasks import TaskError
 from apt_msgs.srv import ResetSim
 
 LATCHED = QoSProfile(
     depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
 )
-# The JTC follower is sampled this many times per control period (50 physics steps at 10 Hz):
-# every 5 physics steps = 100 Hz, like a ros2_control update loop.
-PHYSICS_PER_SAMPLE = 5
 # ros2_control forward_command_controller style gripper command: data = [opening in m].
 GRIPPER_TOPIC = "/gripper_controller/commands"
 GRIPPER_MOVE_TIME = 0.3  # [s] the gripper setpoint ramps to a commanded opening over this time
@@ -238,12 +235,7 @@ class SimNode(Node):
             with self.lock:
                 if self.paused:
                     return
-                n = self.env.n_substeps
-                for i in range(0, n, PHYSICS_PER_SAMPLE):
-                    k = min(PHYSICS_PER_SAMPLE, n - i)
-                    t = self.env.time + k * self.env.physics_dt
-                    self.env.step_physics(self.follower.sample(t), k)
-                self.follower.prune(self.env.time)
+                follow(self.env, self.follower, self.env.n_substeps)  # the JTC, sampled at 100 Hz
                 self.env._update_progress()
                 self.steps += 1
                 self._publish()

@@ -32,7 +32,7 @@ import dataclasses
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from apt_core.fileio import atomic_write_text
 from apt_core.runtime.safety import SafetyFilter, SafetyLimits
-from apt_core.runtime.stitching import Trajectory, velocities_from_positions
+from apt_core.runtime.stitching import STITCH_METHODS, Trajectory, velocities_from_positions
 from apt_core.runtime.tasks import split_chain
 from apt_core.sim.env import GRIPPER_SHUT, URDF_PATH, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS, Task
@@ -158,11 +158,7 @@ def run_episode(
     texts = subtask_texts(task) if chain_text == "subtask" else [task.instruction]
     policy.reset()
     limit = max_steps if max_steps is not None else 150 * len(task.subtasks)
-    obj = task.subtasks[0].obj
-    grasp = task.subtasks[0].family != "push"  # a push shuts the fingers behind the object, a paddle
-    start = env.body_position(obj)  # a copy
-    closest, moved = float(np.linalg.norm(env.tcp_position() - start)), False
-    offset, wrong, lifted = math.nan, False, False
+    meter = EpisodeMeter(env, task)
     steps, ok = 0, False
     while steps < limit and not ok:
         chunk = np.asarray(policy.predict(obs, texts[min(env.subtask_progress(), len(texts) - 1)]))
@@ -171,34 +167,56 @@ def run_episode(
         for a in chunk[: min(execute_steps, len(chunk))]:
             env.step(a)
             steps += 1
-            here, tcp = env.body_position(obj), env.tcp_position()
-            closest = min(closest, float(np.linalg.norm(tcp - here)))
-            moved = moved or float(np.linalg.norm(here - start)) > MOVED_DISTANCE
-            if grasp and math.isnan(offset) and a[6] < GRIPPER_SHUT:
-                offset = float(np.linalg.norm(tcp - here))
-                wrong = any(np.linalg.norm(tcp - env.body_position(o)) < offset for o in OBJECTS if o != obj)
-            if grasp and not lifted and here[2] - start[2] > LIFT_HEIGHT:
-                lifted = obj in env.held_objects()
+            meter.update(a)
             if env.success():
                 ok = True
                 break
             if steps >= limit:
                 break
         obs = env.observation()
-    return EpisodeResult(
-        split,
-        seed,
-        task.instruction,
-        task.family,
-        ok,
-        steps,
-        env.subtask_progress(),
-        closest,
-        moved,
-        grasp_offset=offset,
-        wrong_object=wrong,
-        lifted=lifted,
-    )
+    return meter.result(split, seed, ok, steps)
+
+
+class EpisodeMeter:
+    """The partial-progress measures of one episode (module docstring), for the first subtask's
+    object: call `update` after every control step with the command executed, then `result`."""
+
+    def __init__(self, env: TabletopEnv, task: Task) -> None:
+        self.env, self.task = env, task
+        self.obj = task.subtasks[0].obj
+        self.grasp = task.subtasks[0].family != "push"  # a push shuts the fingers behind the object, a paddle
+        self.start = env.body_position(self.obj)  # a copy
+        self.closest, self.moved = float(np.linalg.norm(env.tcp_position() - self.start)), False
+        self.offset, self.wrong, self.lifted = math.nan, False, False
+
+    def update(self, command: np.ndarray) -> None:
+        env, obj = self.env, self.obj
+        here, tcp = env.body_position(obj), env.tcp_position()
+        self.closest = min(self.closest, float(np.linalg.norm(tcp - here)))
+        self.moved = self.moved or float(np.linalg.norm(here - self.start)) > MOVED_DISTANCE
+        if self.grasp and math.isnan(self.offset) and command[6] < GRIPPER_SHUT:
+            self.offset = float(np.linalg.norm(tcp - here))
+            self.wrong = any(
+                np.linalg.norm(tcp - env.body_position(o)) < self.offset for o in OBJECTS if o != obj
+            )
+        if self.grasp and not self.lifted and here[2] - self.start[2] > LIFT_HEIGHT:
+            self.lifted = obj in env.held_objects()
+
+    def result(self, split: str, seed: int, success: bool, steps: int) -> EpisodeResult:
+        return EpisodeResult(
+            split,
+            seed,
+            self.task.instruction,
+            self.task.family,
+            success,
+            steps,
+            self.env.subtask_progress(),
+            self.closest,
+            self.moved,
+            grasp_offset=self.offset,
+            wrong_object=self.wrong,
+            lifted=self.lifted,
+        )
 
 
 class OracleGoal:
@@ -226,6 +244,11 @@ class OracleGoal:
         return self.policy.predict(obs, instruction)
 
 
+def node_limits(joint_names: Sequence[str]) -> SafetyLimits:
+    """The policy node's default joint limits (config/policy.yaml), tightened by the sim arm's URDF."""
+    return SafetyLimits.uniform(tuple(joint_names)).intersect_urdf(URDF_PATH)
+
+
 class NodeLimits:
     """Wraps a ChunkPolicy: each chunk is clamped as the policy node clamps its plans (a diagnostic).
 
@@ -244,7 +267,7 @@ class NodeLimits:
         self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
         self.rate_hz = policy.rate_hz
         if limits is None:
-            limits = SafetyLimits.uniform(tuple(policy.joint_names)).intersect_urdf(URDF_PATH)
+            limits = node_limits(policy.joint_names)
         self.filter = SafetyFilter(limits)
         self.clamped_chunks = 0
         self._last: tuple[np.ndarray, np.ndarray] | None = None
@@ -283,6 +306,7 @@ def evaluate(
     env: TabletopEnv | None = None,
     progress: bool = False,
     chain_text: str = "subtask",
+    episode: Callable[..., EpisodeResult] = run_episode,
 ) -> EvalResults:
     """Run `policy` for `n_episodes` per split on seeds seed..seed+n-1 (see module docstring).
 
@@ -290,6 +314,8 @@ def evaluate(
     max_steps: control-step budget per episode; default 150 per subtask (15 s at 10 Hz).
     chain_text: "subtask" (a chain's words one subtask at a time, as the policy node gives them) or
     "whole" (the whole instruction throughout).
+    episode: runs one episode, called as `run_episode` (default) is; `closed_loop.RuntimeLoop` runs
+    it through the policy node's runtime instead.
     """
     bad = [s for s in splits if s not in SPLITS]
     if bad:
@@ -301,7 +327,7 @@ def evaluate(
     episodes = []
     for split in splits:
         for i in range(n_episodes):
-            ep = run_episode(env, policy, seed + i, split, max_steps, execute_steps, chain_text)
+            ep = episode(env, policy, seed + i, split, max_steps, execute_steps, chain_text)
             episodes.append(ep)
             if progress:
                 print(f"{split} seed={ep.seed} success={ep.success} steps={ep.steps} :: {ep.instruction}")
@@ -376,6 +402,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="clamp each chunk to the policy node's default joint limits, as the node does (a diagnostic)",
     )
     ap.add_argument(
+        "--runtime",
+        action="store_true",
+        help="run each episode through the policy node's runtime on simulated time (apt_core.sim.closed_loop: "
+        "asynchronous chunks, stitching, the safety filter, the JTC follower; a diagnostic)",
+    )
+    ap.add_argument("--latency", type=float, default=0.0, help="with --runtime: simulated inference time [s]")
+    ap.add_argument(
+        "--replan-steps", type=int, default=4, help="with --runtime: a new chunk every this many steps"
+    )
+    ap.add_argument(
+        "--stitch-method",
+        choices=STITCH_METHODS,
+        default="ensemble+rtc",
+        help="with --runtime: chunk stitching",
+    )
+    ap.add_argument(
         "--noise-scale",
         type=float,
         default=None,
@@ -413,7 +455,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         policy = ScriptedExpert(env)
     if a.node_limits:
+        if a.runtime:
+            ap.error(
+                "--node-limits is for the plain harness: --runtime clamps with the node's safety filter itself"
+            )
         policy = NodeLimits(policy, a.execute_steps)
+    loop = None
+    if a.runtime:
+        from apt_core.sim.closed_loop import RuntimeLoop  # it imports this module
+
+        if a.chain_text != "subtask":
+            ap.error("--runtime splits chains as the node does: --chain-text must be 'subtask'")
+        try:
+            loop = RuntimeLoop(a.latency, a.replan_steps, a.stitch_method)
+        except ValueError as e:
+            ap.error(str(e))
+    elif a.latency or a.replan_steps != 4 or a.stitch_method != "ensemble+rtc":
+        ap.error("--latency, --replan-steps and --stitch-method need --runtime")
     res = evaluate(
         policy,
         a.splits,
@@ -424,11 +482,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         env=env,
         progress=True,
         chain_text=a.chain_text,
+        episode=loop or run_episode,
     )
     paths = write_results(res, a.out)
     print(summary_markdown(res.summary))
     if a.node_limits:
         print(f"node limits: clamped {policy.clamped_chunks} chunks")
+    if loop is not None:
+        s = loop.stats
+        age = float(np.median(s.plan_ages)) if s.plan_ages else math.nan
+        print(
+            f"runtime: {s.plans} plans ({s.clamped} clamped; median start {age:.2f} s after the observation), "
+            f"{s.holds} holds, {s.faults} tasks ended by the start-jump check over {s.episodes} episodes"
+        )
+        for r in s.reasons:
+            print(f"  {r}")
     print(f"wrote {paths['markdown']} ({res.seconds:.1f} s)")
     return 0
 
