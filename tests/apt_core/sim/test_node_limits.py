@@ -45,8 +45,9 @@ def test_default_limits_are_the_nodes():
     launched = yaml.safe_load((ROOT / "ros2_ws/src/apt_bringup/config/policy.yaml").read_text())
     launched = next(iter(launched.values()))["ros__parameters"]
     lim = NodeLimits(_Fixed(), 8).filter.limits
-    for name in ("velocity_limit", "acceleration_limit"):
+    for name in ("velocity_limit", "acceleration_limit", "max_start_jump"):
         assert params[name] == launched[name]
+    assert lim.max_start_jump == params["max_start_jump"]  # the runtime loop's start-jump check uses it
     # the URDF may only tighten the velocity (its arm joints allow 2.0 rad/s)
     assert max(lim.velocity_max) == params["velocity_limit"]
     assert set(lim.acceleration_max) == {params["acceleration_limit"]}

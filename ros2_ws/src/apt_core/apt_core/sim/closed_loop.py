@@ -48,7 +48,9 @@ class LoopStats:
     clamped: int = 0  # plans the safety filter rewrote
     holds: int = 0  # holds published (refused chunks, stale inputs)
     faults: int = 0  # tasks ended by the start-jump check
-    plan_ages: list[float] = field(default_factory=list)  # each plan's start minus its observation's stamp [s]
+    plan_ages: list[float] = field(
+        default_factory=list
+    )  # each plan's start minus its observation's stamp [s]
     reasons: list[str] = field(default_factory=list)  # the faults' messages
 
 

@@ -244,9 +244,15 @@ class OracleGoal:
         return self.policy.predict(obs, instruction)
 
 
+# the policy node's max_start_jump parameter default (apt_policy.params, config/policy.yaml) [rad]
+NODE_MAX_START_JUMP = 0.3
+
+
 def node_limits(joint_names: Sequence[str]) -> SafetyLimits:
     """The policy node's default joint limits (config/policy.yaml), tightened by the sim arm's URDF."""
-    return SafetyLimits.uniform(tuple(joint_names)).intersect_urdf(URDF_PATH)
+    return SafetyLimits.uniform(tuple(joint_names), max_start_jump=NODE_MAX_START_JUMP).intersect_urdf(
+        URDF_PATH
+    )
 
 
 class NodeLimits:
