@@ -16,7 +16,7 @@ import torch
 from apt_core.model.checkpoint import load_checkpoint
 from apt_training import stage1, stage2
 from apt_training.config import TrainConfigError, train_preset
-from apt_training.loop import clip_action_targets, train_or_reuse
+from apt_training.loop import clip_action_targets, feature_cache_budget, train_or_reuse
 
 FAST = dict(batch_size=4, threads=1, progress=False, log_every=1, warmup_steps=2)
 
@@ -516,3 +516,15 @@ def test_ddp_two_cpu_processes_gloo(tiny_dataset, tmp_path):
     assert "2 process(es)" in proc.stdout
     _, _, meta = load_checkpoint(out / "final")
     assert meta["step"] == 4
+
+
+def test_the_feature_memo_budget_is_half_the_available_memory_unless_given(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n")
+    assert feature_cache_budget(0.0, 1, str(meminfo))[0] == 20000000 * 1024 // 2
+    assert feature_cache_budget(0.0, 2, str(meminfo))[0] == 20000000 * 1024 // 4  # DDP: shared per process
+    assert feature_cache_budget(3.5, 2, str(meminfo)) == (3_500_000_000, "cache_features_gb")
+    nbytes, why = feature_cache_budget(0.0, 1, str(tmp_path / "missing"))
+    assert nbytes == 16_000_000_000 and "unknown" in why
+    with pytest.raises(TrainConfigError, match="cache_features_gb must be >= 0"):
+        train_preset("debug", cache_features_gb=-1.0)

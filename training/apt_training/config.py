@@ -112,6 +112,9 @@ class TrainConfig:
     # with the frames observed, so a stride lets more episodes (more scene layouts) fit in memory
     frame_stride: int = 1
     cache_features: bool = True  # memoise frozen encoder outputs per frame/instruction (cpu-demo backbone)
+    # the memo's size cap [GB]; 0 = half the memory available when training starts (per process).
+    # Frames past the cap are encoded every time they come (slower, never out of memory)
+    cache_features_gb: float = 0.0
     log_every: int = 10  # steps between metric lines in metrics.jsonl
     save_every: int = 100  # steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 2  # step checkpoints kept besides `final`
@@ -129,6 +132,7 @@ class TrainConfig:
 
         check(self.stage in (1, 2), f"stage must be 1 or 2, got {self.stage}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.cache_features_gb >= 0, f"cache_features_gb must be >= 0, got {self.cache_features_gb}")
         check(self.n_action_history >= -1, f"n_action_history must be >= -1, got {self.n_action_history}")
         check(self.vision_grid >= 0, f"vision_grid must be >= 0, got {self.vision_grid}")
         check(

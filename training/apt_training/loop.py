@@ -67,6 +67,31 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def available_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """MemAvailable of the machine (Linux), None when it cannot be read."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def feature_cache_budget(gb: float, processes: int = 1, meminfo: str = "/proc/meminfo") -> tuple[int, str]:
+    """(bytes, why) the frozen-encoder memo of one training process may hold: `gb` when > 0, else
+    half the memory available now shared by the `processes` on this machine (16 GB when the
+    available memory cannot be read)."""
+    if gb > 0:
+        return int(gb * 1e9), "cache_features_gb"
+    avail = available_memory_bytes(meminfo)
+    if avail is None:
+        return int(16e9), "available memory unknown: 16 GB"
+    return int(
+        avail / 2 / max(1, processes)
+    ), f"half of the {avail / 1e9:.1f} GB available / {processes} process(es)"
+
+
 def clip_action_targets(batch: dict, clip: float) -> dict:
     """The batch with its normalized action targets clipped to +-clip (TrainConfig.action_clip); as
     it is for clip == 0 or a batch without actions."""
@@ -402,8 +427,15 @@ def train(cfg: TrainConfig) -> Path:
     policy.to(cfg.device).train()
     n_obs = len(observed_frames(dataset, cfg.frame_stride))
     if cfg.cache_features and hasattr(policy.backbone, "enable_feature_cache"):
-        # Frozen encoders see each frame every epoch: compute them once (exact; see the backbone).
-        policy.backbone.enable_feature_cache(max_images=n_obs * len(policy.cfg.camera_names))
+        # Frozen encoders see each frame every epoch: compute them once (exact; see the backbone),
+        # as many as fit the budget (the memo of item 41's 73k frames grew to 16 GB and the
+        # kernel killed the run on a 24 GB machine).
+        budget, why = feature_cache_budget(cfg.cache_features_gb, d.world)
+        policy.backbone.enable_feature_cache(
+            max_images=n_obs * len(policy.cfg.camera_names), max_bytes=budget
+        )
+        if d.main:
+            print(f"train: frozen-encoder memo up to {budget / 1e9:.1f} GB per process ({why})")
     optimizer = torch.optim.AdamW(_param_groups(policy, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     if resume is not None:
         progress = load_train_state(resume, optimizer)

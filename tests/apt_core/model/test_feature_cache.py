@@ -92,3 +92,32 @@ def test_memo_is_bypassed_while_an_encoder_trains(cpu_policy):
     finally:
         p.requires_grad_(False)
         bb._vision_memo = bb._text_memo = None
+
+
+def test_memo_stops_growing_at_its_byte_budget_and_still_answers(cpu_policy):
+    bb = cpu_policy.backbone
+    images, ids, mask = _inputs(seed=2)
+    with torch.no_grad():
+        ref = bb(images, ids, mask)
+        bb.enable_feature_cache()
+        bb(images[:1], ids[:1], mask[:1])
+        per_image = sum(t.numel() * t.element_size() for t in next(iter(bb._vision_memo.values())))
+        _clear_memos(bb)
+        bb.enable_feature_cache(max_bytes=int(2.5 * per_image))  # room for two images
+        try:
+            out = bb(images, ids, mask)
+            assert len(bb._vision_memo) == 2
+            again = bb(images, ids, mask)  # two from the memo, two encoded again
+            assert len(bb._vision_memo) == 2
+            for a, b, c in zip(ref.features, out.features, again.features, strict=True):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+        finally:
+            bb._vision_memo = bb._text_memo = None
+
+
+def _clear_memos(bb) -> None:
+    from apt_core.model.backbone_minilm_effnet import _SHARED_MEMOS
+
+    _SHARED_MEMOS.clear()
+    bb._vision_memo = bb._text_memo = None

@@ -26,6 +26,7 @@ small and correlated, and batch statistics from them would wreck the ImageNet fe
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import torch
@@ -119,8 +120,9 @@ class MiniLMEffNetBackbone(Backbone):
         self._vision_memo: dict[bytes, list[torch.Tensor]] | None = None
         self._text_memo: dict[bytes, tuple[torch.Tensor, ...]] | None = None
         self._memo_limit = 0
+        self._memo_max_bytes = 0
 
-    def enable_feature_cache(self, max_images: int = 50_000) -> None:
+    def enable_feature_cache(self, max_images: int = 50_000, max_bytes: int | None = None) -> None:
         """Memoise frozen encoders: pooled EfficientNet maps per image, MiniLM states per instruction.
 
         Training on a fixed dataset shows every frame once per epoch and ~100 distinct instructions
@@ -131,13 +133,15 @@ class MiniLMEffNetBackbone(Backbone):
         convolutions); ~48 KB per image at 6 taps, grid 4; ~220 KB with keypoints (full maps, 128 px).
         Images are keyed by a 16-byte digest of their bytes, not the bytes themselves (a 128 px fp32
         image is 196 KB: as much again as its features).
-        Not for serving: live camera images never repeat.
+        Not for serving: live camera images never repeat. The memo stops growing at `max_images`
+        images or `max_bytes` of features (None: no byte cap); images past it are encoded each time.
         """
         # what the memo holds depends on the token mode: pooled cells of one grid, or full maps
         layout = "maps" if self.keypoints else self.grid
         key = (tuple(self.tap_layers), layout, self._encoder_fingerprint())
         self._vision_memo, self._text_memo = _SHARED_MEMOS.setdefault(key, ({}, {}))
         self._memo_limit = int(max_images)
+        self._memo_max_bytes = math.inf if max_bytes is None else int(max_bytes)
 
     @torch.no_grad()
     def _encoder_fingerprint(self) -> tuple[float, ...]:
@@ -303,9 +307,10 @@ class MiniLMEffNetBackbone(Backbone):
         fresh: dict[int, list[torch.Tensor]] = {}
         if missing:
             out = self._pool(x[missing])
+            size = sum(f[0].numel() * f.element_size() for f in out)  # bytes per image, all alike
             for row, i in enumerate(missing):
                 fresh[i] = [f[row] for f in out]
-                if len(memo) < self._memo_limit:
+                if len(memo) < self._memo_limit and (len(memo) + 1) * size <= self._memo_max_bytes:
                     memo[keys[i]] = [f[row].clone() for f in out]
         per_image = [fresh[i] if i in fresh else memo[k] for i, k in enumerate(keys)]
         return [torch.stack([p[j] for p in per_image]) for j in range(len(self.tap_layers))]
