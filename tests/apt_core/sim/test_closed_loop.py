@@ -13,7 +13,7 @@ from apt_core.sim import evaluate as ev
 from apt_core.sim.closed_loop import RuntimeLoop
 from apt_core.sim.env import TabletopEnv
 from apt_core.sim.expert import ScriptedExpert
-from apt_core.types import Observation
+from apt_core.types import Observation, PolicyWrapper
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +55,12 @@ def test_the_expert_completes_a_task_and_a_chain_through_the_runtime(env):
     assert np.allclose(s.plan_ages, 0.02)  # no latency: a plan starts lead_time_s after its observation
 
 
-class _Recording:
+class _Recording(PolicyWrapper):
     """Wraps a ChunkPolicy and records the observation stamps it was asked about."""
 
     def __init__(self, policy) -> None:
-        self.policy, self.stamps = policy, []
-        self.joint_names, self.chunk_length, self.rate_hz = (
-            policy.joint_names,
-            policy.chunk_length,
-            policy.rate_hz,
-        )
-
-    def reset(self) -> None:
-        self.policy.reset()
+        super().__init__(policy)
+        self.stamps = []
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
         self.stamps.append(obs.stamp)

@@ -14,6 +14,7 @@ from apt_core.sim import tasks as T
 from apt_core.sim.env import HOME, TabletopEnv
 from apt_core.sim.evaluate import REACH_RADIUS, evaluate, wilson_interval, write_results
 from apt_core.sim.expert import ScriptedExpert
+from apt_core.types import PolicyWrapper
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +123,12 @@ def test_expert_solves_chains(env: TabletopEnv) -> None:
     assert all(e.success and e.subtasks_done == 2 for e in res.episodes)
 
 
-class Heard:
+class Heard(PolicyWrapper):
     """Wraps a policy and keeps every instruction it was given, in order."""
 
     def __init__(self, policy) -> None:
-        self.policy, self.heard = policy, []
-        self.joint_names, self.chunk_length, self.rate_hz = (
-            policy.joint_names,
-            policy.chunk_length,
-            policy.rate_hz,
-        )
-
-    def reset(self) -> None:
-        self.policy.reset()
+        super().__init__(policy)
+        self.heard = []
 
     def predict(self, obs, instruction: str):
         if not self.heard or self.heard[-1] != instruction:

@@ -37,3 +37,22 @@ class ChunkPolicy(Protocol):
     def reset(self) -> None: ...
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray: ...
+
+
+class PolicyWrapper:
+    """Base of ChunkPolicy wrappers (diagnostics, test probes): takes the wrapped policy's joint
+    names, chunk length and rate, and resets it; subclasses override `predict`."""
+
+    def __init__(self, policy: ChunkPolicy) -> None:
+        self.policy = policy
+        self.joint_names, self.chunk_length, self.rate_hz = (
+            policy.joint_names,
+            policy.chunk_length,
+            policy.rate_hz,
+        )
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def predict(self, obs: Observation, instruction: str) -> np.ndarray:
+        return self.policy.predict(obs, instruction)

@@ -33,7 +33,7 @@ from apt_core.runtime.stitching import StitchConfig
 from apt_core.sim.env import TabletopEnv
 from apt_core.sim.evaluate import EpisodeMeter, EpisodeResult, node_limits
 from apt_core.sim.jtc import PHYSICS_PER_SAMPLE, TrajectoryFollower, TrajectoryPoint, follow
-from apt_core.types import ChunkPolicy, Observation
+from apt_core.types import ChunkPolicy, Observation, PolicyWrapper
 
 # Simulated time at reset, on the runtime's clock: stamps > 0 are synchronised by the runtime [s]
 CLOCK_ORIGIN = 100.0
@@ -110,20 +110,13 @@ class _World:
         self.follower.set_trajectory(self.env.contract.joint_names, points, p.start - CLOCK_ORIGIN)
 
 
-class _Latency:
+class _Latency(PolicyWrapper):
     """The policy as the runtime sees it: the world runs on for the inference latency inside predict."""
 
     def __init__(self, policy: ChunkPolicy, world: _World, latency_s: float) -> None:
-        self.policy, self.world = policy, world
+        super().__init__(policy)
+        self.world = world
         self.samples = round(latency_s / (PHYSICS_PER_SAMPLE * world.env.physics_dt))
-        self.joint_names, self.chunk_length, self.rate_hz = (
-            policy.joint_names,
-            policy.chunk_length,
-            policy.rate_hz,
-        )
-
-    def reset(self) -> None:
-        self.policy.reset()
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
         chunk = self.policy.predict(obs, instruction)

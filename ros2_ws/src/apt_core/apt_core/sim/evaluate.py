@@ -44,7 +44,7 @@ from apt_core.runtime.stitching import STITCH_METHODS, Trajectory, velocities_fr
 from apt_core.runtime.tasks import split_chain
 from apt_core.sim.env import GRIPPER_SHUT, URDF_PATH, TabletopEnv
 from apt_core.sim.tasks import OBJECTS, SPLITS, Task
-from apt_core.types import ChunkPolicy, Observation
+from apt_core.types import ChunkPolicy, Observation, PolicyWrapper
 
 REACH_RADIUS = 0.04  # TCP this close to the object centre counts as "reached" (pushes: ~3.3 cm) [m]
 # the policy node's default sampling temperature (config/policy.yaml, docs/experiments.md item 25):
@@ -219,7 +219,7 @@ class EpisodeMeter:
         )
 
 
-class OracleGoal:
+class OracleGoal(PolicyWrapper):
     """Wraps a ChunkPolicy: each observation carries the privileged goal (`expert.oracle_goal`) in
     obs.extras["goal"], which a policy trained with a goal input uses instead of its goal head's.
     A PolicyRunner whose training used push-contact or push-end targets gets those
@@ -228,14 +228,10 @@ class OracleGoal:
     def __init__(self, policy: ChunkPolicy, env: TabletopEnv) -> None:
         from apt_core.sim.expert import oracle_goal, trained_with_push_contact, trained_with_push_end
 
-        self.policy, self.env, self._goal = policy, env, oracle_goal
+        super().__init__(policy)
+        self.env, self._goal = env, oracle_goal
         meta = getattr(policy, "meta", {}) or {}
         self.push_contact, self.push_end = trained_with_push_contact(meta), trained_with_push_end(meta)
-        self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
-        self.rate_hz = policy.rate_hz
-
-    def reset(self) -> None:
-        self.policy.reset()
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
         obs = dataclasses.replace(
@@ -255,7 +251,7 @@ def node_limits(joint_names: Sequence[str]) -> SafetyLimits:
     )
 
 
-class NodeLimits:
+class NodeLimits(PolicyWrapper):
     """Wraps a ChunkPolicy: each chunk is clamped as the policy node clamps its plans (a diagnostic).
 
     The node rewrites every plan to its joint limits (`runtime.safety.SafetyFilter`, mode clamp:
@@ -269,9 +265,8 @@ class NodeLimits:
     def __init__(self, policy: ChunkPolicy, execute_steps: int, limits: SafetyLimits | None = None) -> None:
         if execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
-        self.policy, self.execute_steps = policy, execute_steps
-        self.joint_names, self.chunk_length = policy.joint_names, policy.chunk_length
-        self.rate_hz = policy.rate_hz
+        super().__init__(policy)
+        self.execute_steps = execute_steps
         if limits is None:
             limits = node_limits(policy.joint_names)
         self.filter = SafetyFilter(limits)
@@ -279,7 +274,7 @@ class NodeLimits:
         self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def reset(self) -> None:
-        self.policy.reset()
+        super().reset()
         self._last = None
 
     def predict(self, obs: Observation, instruction: str) -> np.ndarray:
