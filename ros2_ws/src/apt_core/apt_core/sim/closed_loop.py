@@ -48,9 +48,8 @@ class LoopStats:
     clamped: int = 0  # plans the safety filter rewrote
     holds: int = 0  # holds published (refused chunks, stale inputs)
     faults: int = 0  # tasks ended by the start-jump check
-    plan_ages: list[float] = field(
-        default_factory=list
-    )  # each plan's start minus its observation's stamp [s]
+    # each plan's start minus its observation's stamp [s]
+    plan_ages: list[float] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # the faults' messages
 
 
@@ -170,13 +169,14 @@ class RuntimeLoop:
             action_space=c.action_space,
             stitch=StitchConfig(dt=c.dt, method=self.stitch_method),
         )
-        limits = self.limits or node_limits(tuple(c.joint_names))
+        if self.limits is None:  # once: it reads the URDF
+            self.limits = node_limits(tuple(c.joint_names))
         world.rt = rt = PolicyRuntime(
             _Latency(policy, world, self.latency_s),
             c.joint_names,
             c.camera_names,
             cfg,
-            SafetyFilter(limits),
+            SafetyFilter(self.limits),
             clock=lambda: world.now,
         )
         world.publish()

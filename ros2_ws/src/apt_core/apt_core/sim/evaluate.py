@@ -408,15 +408,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run each episode through the policy node's runtime on simulated time (apt_core.sim.closed_loop: "
         "asynchronous chunks, stitching, the safety filter, the JTC follower; a diagnostic)",
     )
-    ap.add_argument("--latency", type=float, default=0.0, help="with --runtime: simulated inference time [s]")
+    # with --runtime only; left out, RuntimeLoop's defaults (the node's) apply
+    ap.add_argument("--latency", type=float, help="with --runtime: simulated inference time [s] (default 0)")
     ap.add_argument(
-        "--replan-steps", type=int, default=4, help="with --runtime: a new chunk every this many steps"
+        "--replan-steps", type=int, help="with --runtime: a new chunk every this many steps (default 4)"
     )
     ap.add_argument(
         "--stitch-method",
         choices=STITCH_METHODS,
-        default="ensemble+rtc",
-        help="with --runtime: chunk stitching",
+        help="with --runtime: chunk stitching (default ensemble+rtc)",
     )
     ap.add_argument(
         "--noise-scale",
@@ -462,16 +462,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         policy = NodeLimits(policy, a.execute_steps)
     loop = None
+    given = {
+        k: v
+        for k, v in (
+            ("latency_s", a.latency),
+            ("replan_steps", a.replan_steps),
+            ("stitch_method", a.stitch_method),
+        )
+        if v is not None
+    }
     if a.runtime:
         from apt_core.sim.closed_loop import RuntimeLoop  # it imports this module
 
         if a.chain_text != "subtask":
             ap.error("--runtime splits chains as the node does: --chain-text must be 'subtask'")
         try:
-            loop = RuntimeLoop(a.latency, a.replan_steps, a.stitch_method)
+            loop = RuntimeLoop(**given)
         except ValueError as e:
             ap.error(str(e))
-    elif a.latency or a.replan_steps != 4 or a.stitch_method != "ensemble+rtc":
+    elif given:
         ap.error("--latency, --replan-steps and --stitch-method need --runtime")
     res = evaluate(
         policy,

@@ -19,8 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the follower itself needs no simulator
+    from apt_core.sim.env import TabletopEnv
 
 # A follower driving a simulator is sampled every this many physics steps (5 x 2 ms = 100 Hz, like a
 # ros2_control update loop).
@@ -159,12 +163,12 @@ class TrajectoryFollower:
         return a is not None and t < a.times[-1]
 
 
-def follow(env: object, follower: TrajectoryFollower, n_physics: int) -> None:
+def follow(env: TabletopEnv, follower: TrajectoryFollower, n_physics: int) -> None:
     """Advance a simulator (`apt_core.sim.env.TabletopEnv`) `n_physics` physics steps tracking
     `follower`: the setpoint is sampled every PHYSICS_PER_SAMPLE steps at the end of each sample
     interval and held over it. apt_sim's node runs a control period this way, and so does the
     in-process runtime loop (`apt_core.sim.closed_loop`)."""
     for i in range(0, n_physics, PHYSICS_PER_SAMPLE):
         k = min(PHYSICS_PER_SAMPLE, n_physics - i)
-        env.step_physics(follower.sample(env.time + k * env.physics_dt), k)  # type: ignore[attr-defined]
-    follower.prune(env.time)  # type: ignore[attr-defined]
+        env.step_physics(follower.sample(env.time + k * env.physics_dt), k)
+    follower.prune(env.time)
