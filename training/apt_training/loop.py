@@ -430,7 +430,9 @@ def train(cfg: TrainConfig) -> Path:
         # Frozen encoders see each frame every epoch: compute them once (exact; see the backbone),
         # as many as fit the budget (the memo of item 41's 73k frames grew to 16 GB and the
         # kernel killed the run on a 24 GB machine).
-        budget, why = feature_cache_budget(cfg.cache_features_gb, d.world)
+        # the processes sharing this machine's memory (torchrun sets LOCAL_WORLD_SIZE)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        budget, why = feature_cache_budget(cfg.cache_features_gb, local)
         policy.backbone.enable_feature_cache(
             max_images=n_obs * len(policy.cfg.camera_names), max_bytes=budget
         )
