@@ -1,16 +1,19 @@
-"""DemoDataset / make_loader: keys, shapes, chunk padding, action history, augmentation, seeding."""
+"""DemoDataset / make_loader: keys, shapes, chunk padding, action history, augmentation, seeding;
+images of columns past 2 GiB."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from apt_core.contract import load_contract
 from apt_core.data.convert import convert
-from apt_core.data.dataset import DemoDataset, make_loader
+from apt_core.data.dataset import DemoDataset, EncodedImages, make_loader
+from apt_core.data.images import decode_stored
 from apt_core.data.synthetic import SyntheticBag, write_synthetic_bag
 
 torch.set_num_threads(1)
@@ -117,3 +120,30 @@ def test_loader_collates_and_is_reproducible(converted) -> None:
 def test_index_out_of_range(converted) -> None:
     with pytest.raises(IndexError, match="index 16 out of range for 16 frames"):
         DemoDataset(converted[0])[16]
+
+
+def test_encoded_images_past_two_gib_are_read_in_place() -> None:
+    # 33 chunks of 64 x 1 MiB cells (the same chunk repeated: 64 MiB of memory, 2.06 GiB of
+    # logical bytes): one Arrow binary array cannot hold them (32-bit offsets), so concatenating
+    # fails; EncodedImages must find every frame in place, across chunk boundaries.
+    cells = [bytes([k]) * (1 << 20) for k in range(64)]
+    chunk = pa.StructArray.from_arrays(
+        [pa.array(cells, pa.binary()), pa.array([None] * 64, pa.string())], names=["bytes", "path"]
+    )
+    column = pa.chunked_array([chunk] * 33 + [chunk.slice(0, 0)])
+    with pytest.raises(pa.ArrowInvalid, match="overflow"):
+        column.combine_chunks().field("bytes")
+    images = EncodedImages(column)
+    assert len(images) == 33 * 64
+    for frame in (0, 63, 64, 65, 32 * 64, 33 * 64 - 1):
+        cell = images[frame]
+        assert len(cell) == 1 << 20 and cell[0] == cell[-1] == frame % 64
+    with pytest.raises(IndexError, match="frame 2112 out of range for 2112 images"):
+        images[33 * 64]
+
+
+def test_encoded_images_match_the_bag_frames(converted) -> None:
+    root, (a, b) = converted
+    images = DemoDataset(root).images["observation.images.front"]
+    assert len(images) == 16
+    np.testing.assert_array_equal(decode_stored(images[12]), b.images["front"][2])
