@@ -39,7 +39,7 @@ from apt_core.fileio import atomic_write_text
 # seeds lie outside every recording made for the shipped policy and its experiments (stage 1:
 # 0-999, stage 2: 3000-5399, missed-grasp starts: 6000-6899, held-out checks: 9000-9039 and
 # 19000-19099, fine-tunes: 10000-14799 and 20000-28199) and outside the evaluation sets (scene
-# seeds 1000-2999 and 7100-7639). Until session 18 they were 5001-5004, inside the stage-2 recordings' seed range.
+# seeds 1000-2999, 7100-7639 and 7700-7939). Until session 18 they were 5001-5004, inside the stage-2 recordings' seed range.
 SCENARIOS: tuple[tuple[str, str, int], ...] = (
     ("in-distribution", "in_distribution", 7001),
     ("paraphrase", "paraphrase", 7002),
