@@ -204,7 +204,7 @@ def goal_follow_rows(
 
     share: dict[bool, list[float]] = {True: [], False: []}
     for i in (i for i in idx if far[i] or near[i]):
-        img = decode_stored(ds.images[cam_key][int(i)])
+        img = decode_stored(ds.images[cam_key][i].as_py())
         base = chunk_end(i, img, goals[i])
         for axis in (0, 1):
             moved = goals[i].copy()

@@ -81,7 +81,7 @@ class DemoDataset(Dataset):
         self.task_index = d["task_index"].to_numpy().astype(np.int64)
         self.tasks = ds.tasks
         self.camera_keys = ds.camera_keys
-        self.images = {k: EncodedImages(d[k]) for k in self.camera_keys}
+        self.images = {k: image_bytes(d[k]) for k in self.camera_keys}
         eps = ds.episodes.to_pydict()
         self.ep_from = np.asarray(eps["dataset_from_index"], np.int64)
         self.ep_to = np.asarray(eps["dataset_to_index"], np.int64)
@@ -117,7 +117,7 @@ class DemoDataset(Dataset):
         pad = idx >= hi
         sample: dict[str, Any] = {}
         for k in self.camera_keys:
-            img = decode_stored(self.images[k][i])  # (H, W, 3) uint8
+            img = decode_stored(self.images[k][i].as_py())  # (H, W, 3) uint8
             if self.augment:
                 img = self._augment(img)
             # HWC -> CHW in numpy: torch's permute().contiguous() on uint8 took ~8 ms per 128x128
@@ -160,28 +160,14 @@ class DemoDataset(Dataset):
         return np.ascontiguousarray(img)
 
 
-class EncodedImages:
-    """One camera's stored PNG/JPEG bytes, frame by frame, read in place from the parquet chunks.
+def image_bytes(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One camera's stored PNG/JPEG bytes, left in their parquet chunks (index it: `[i].as_py()`).
 
     The chunks are not concatenated: an Arrow binary array addresses its bytes with 32-bit offsets,
     so one array holds at most 2 GiB, and a camera column of a large dataset (4763 episodes,
-    360k frames of 128x128 PNG) is more than that. Lookup is a binary search over chunk starts.
+    360k frames of 128x128 PNG) is more than that. Arrow finds a frame's chunk itself.
     """
-
-    def __init__(self, column: pa.ChunkedArray) -> None:
-        self._chunks = [
-            c.field("bytes") if pa.types.is_struct(c.type) else c for c in column.chunks if len(c)
-        ]
-        self._starts = np.cumsum([0] + [len(c) for c in self._chunks])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> bytes:
-        if not 0 <= i < len(self):
-            raise IndexError(f"frame {i} out of range for {len(self)} images")
-        j = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return self._chunks[j][int(i - self._starts[j])].as_py()
+    return pa.chunked_array([c.field("bytes") for c in column.chunks], pa.binary())
 
 
 def _matrix(table, key: str) -> np.ndarray:

@@ -65,8 +65,8 @@ def open_loop(runner, ds: DemoDataset, idx: list[int]) -> OpenLoopResult:
 
     err, hold, img_swap, lang_swap = [], [], [], []
     for n, i in enumerate(idx):
-        img = decode_stored(ds.images[cam_key][i])
-        img2 = decode_stored(ds.images[cam_key][int(idx[(n + 1) % len(idx)])])
+        img = decode_stored(ds.images[cam_key][i].as_py())
+        img2 = decode_stored(ds.images[cam_key][idx[(n + 1) % len(idx)]].as_py())
         k = int(ds.task_index[i])
         task, other = ds.tasks[k], ds.tasks[(k + 1) % len(ds.tasks)]
         gt = demonstrated_chunk(ds, i, runner.chunk_length)
