@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from apt_training.compare import VARIANTS, CompareConfig, run
+from apt_training.compare import VARIANTS, CompareConfig, run, shared_memo_budget
 
 
 def _small(dataset, tmp_path, **kw) -> CompareConfig:
@@ -200,6 +200,13 @@ def test_compare_runs_seeds_in_parallel_processes(tiny_dataset, tmp_path):
             s: {json.loads(f.read_text())["pid"] for f in (out / f"seed{s}").glob("*/eval_*.json")}
             for s in (0, 1)
         }
+        memo_caps = {
+            json.loads((out / f"seed{s}" / v / "train_config.json").read_text())["cache_features_gb"]
+            for s in (0, 1)
+            for v in kw["variants"]
+        }
+        # one process trains at a time: each run takes its own share; two at once share one budget
+        assert (memo_caps == {0.0}) if jobs == 1 else (len(memo_caps) == 1 and memo_caps.pop() > 0)
         if jobs == 2:  # each seed in its own worker process, not this one
             assert (
                 len(pids[0]) == len(pids[1]) == 1
@@ -211,6 +218,21 @@ def test_compare_runs_seeds_in_parallel_processes(tiny_dataset, tmp_path):
         CompareConfig(dataset="x", jobs=0)
 
 
+def test_parallel_trainings_share_one_memo_budget(tmp_path):
+    """--jobs N: the processes training at once split half the available memory between them
+    (each alone would take half for itself); an explicit cap or a single process is left as it is."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
+    cc = CompareConfig(dataset="x", jobs=3)
+    shared = shared_memo_budget(cc, 3, str(meminfo))
+    assert shared.cache_features_gb == pytest.approx(20000000 * 1024 / 2 / 3 / 1e9)
+    assert shared_memo_budget(cc, 1, str(meminfo)).cache_features_gb == 0.0  # train() picks its own
+    explicit = CompareConfig(dataset="x", jobs=3, cache_features_gb=2.5)
+    assert shared_memo_budget(explicit, 3, str(meminfo)).cache_features_gb == 2.5
+    with pytest.raises(ValueError, match="cache_features_gb must be >= 0"):
+        CompareConfig(dataset="x", cache_features_gb=-1)
+
+
 def test_cli_refuses_bad_options_by_name(capsys, tmp_path):
     from apt_training.compare import main
 
@@ -219,6 +241,7 @@ def test_cli_refuses_bad_options_by_name(capsys, tmp_path):
         (["--record", "200", "--record-seed", "900"], "reach the evaluation scenes"),
         (["--reference", str(tmp_path)], "not a checkpoint folder"),
         (["--noise-scale", "-1"], "noise_scale must be"),
+        (["--cache-features-gb", "-1"], "cache_features_gb must be >= 0"),
     ):
         with pytest.raises(SystemExit):
             main(["--dataset", str(tmp_path / "none"), *argv])

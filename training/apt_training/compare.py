@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from apt_core.sim.evaluate import REACH_RADIUS, EpisodeResult, evaluate, summari
 from apt_core.sim.tasks import SPLITS
 
 from .config import TRAIN_PRESETS, train_preset
-from .loop import train_or_reuse
+from .loop import feature_cache_budget, train_or_reuse
 from .pipeline import PipelineConfig, convert_step, record_step
 
 VARIANTS = ("single_stage", "knowledge_insulation", "apt_frozen", "apt_finetune", "token_insertion")
@@ -88,6 +88,9 @@ class CompareConfig:
     # training seeds run in this many processes at once (a seed's variants share its stage 1, so
     # they stay in one process); give each `threads` so that jobs x threads fits the cores
     jobs: int = 1
+    # each training's frozen-encoder memo cap [GB]; 0: half the memory available when the comparison
+    # starts, shared by the `jobs` processes training at once (each would otherwise take half for itself)
+    cache_features_gb: float = 0.0
     # demonstrations from scenes no variant trained on (a LeRobot v3 dataset): each policy's chunk is
     # compared with the demonstrated one on `heldout_frames` of their frames, open loop
     # (apt_core.model.openloop): it separates policies that all fail in closed loop
@@ -115,6 +118,8 @@ class CompareConfig:
         check_noise_scale(self.noise_scale)
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if not self.cache_features_gb >= 0:
+            raise ValueError(f"cache_features_gb must be >= 0, got {self.cache_features_gb}")
         if self.record < 0 or self.record_workers < 1:
             raise ValueError(
                 f"record must be >= 0 and record_workers >= 1, got {self.record}, {self.record_workers}"
@@ -156,6 +161,8 @@ class CompareConfig:
 
 def _train(cc: CompareConfig, out: Path, seed: int, **kw) -> Path:
     threads = cc.threads or TRAIN_PRESETS[cc.recipe].get("threads", 0)
+    if cc.cache_features_gb:
+        kw["cache_features_gb"] = cc.cache_features_gb
     cfg = train_preset(
         cc.recipe, dataset=cc.dataset, out_dir=str(out), seed=seed, progress=False, threads=threads, **kw
     )
@@ -285,6 +292,19 @@ def _record_dataset(cc: CompareConfig, episodes: int, seed: int, demos: str, dat
     convert_step(Path(cc.out_dir) / demos, dataset)
 
 
+def shared_memo_budget(cc: CompareConfig, workers: int, meminfo: str = "/proc/meminfo") -> CompareConfig:
+    """cc with every training's memo cap set for `workers` processes training at once: each of them
+    alone would take half the available memory (item 41's 73k-frame memo grew to 16 GB; three of
+    those on a 24 GB machine are killed). An explicit cache_features_gb is kept."""
+    if cc.cache_features_gb or workers < 2:
+        return cc
+    nbytes, why = feature_cache_budget(0.0, workers, meminfo)
+    print(
+        f"compare: frozen-encoder memo up to {nbytes / 1e9:.1f} GB per training process ({why})", flush=True
+    )
+    return replace(cc, cache_features_gb=nbytes / 1e9)
+
+
 def _reference_store(cc: CompareConfig) -> Path:
     """Where the reference's episodes are kept: per checkpoint folder, inside the comparison's."""
     ref = Path(cc.reference).resolve()
@@ -331,6 +351,7 @@ def run(cc: CompareConfig) -> Path:
         ctx = multiprocessing.get_context("spawn")
         # a fresh process per seed (max_tasks_per_child): each seed's memory goes back when it is done
         workers = min(cc.jobs, len(cc.seeds))
+        cc = shared_memo_budget(cc, workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
             futures = {pool.submit(_eval_seed, cc, seed): seed for seed in cc.seeds}
             for fut in as_completed(futures):
@@ -621,6 +642,12 @@ def main(argv: list[str] | None = None) -> None:
         help="training seeds run in this many processes at once (each with --threads threads)",
     )
     p.add_argument(
+        "--cache-features-gb",
+        type=float,
+        default=0.0,
+        help="each training's frozen-encoder memo cap in GB (0: half the available memory, shared by the --jobs processes)",
+    )
+    p.add_argument(
         "--noise-scale",
         type=float,
         default=0.0,
@@ -659,6 +686,7 @@ def _config(a: argparse.Namespace) -> CompareConfig:
         record_seed=a.record_seed,
         record_workers=a.record_workers,
         jobs=a.jobs,
+        cache_features_gb=a.cache_features_gb,
         heldout=a.heldout,
         record_heldout=a.record_heldout,
         heldout_frames=a.heldout_frames,
